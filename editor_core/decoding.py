@@ -1,0 +1,48 @@
+"""Batched greedy decoding of short continuations, used by every evaluator."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@torch.no_grad()
+def greedy_continuations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                         prompts: Sequence[str], max_new_tokens: int,
+                         batch_size: int = 256) -> list[str]:
+    """Greedy continuation text of each prompt (prompt excluded), decoded in batches.
+
+    Prompts are left-padded so every row's last real token sits at the same position; the
+    attention mask keeps padding out, and ``generate`` derives positions from it.
+    """
+    device = next(model.parameters()).device
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out: list[str] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            chunk = list(prompts[i:i + batch_size])
+            enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
+            generated = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            new = generated[:, enc["input_ids"].shape[1]:]
+            out += tokenizer.batch_decode(new, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = old_side
+    return out
+
+
+def starts_with_answer(continuation: str, answer: str) -> bool:
+    """True if the continuation begins with ``answer`` as a whole word or phrase."""
+    text = continuation.lstrip()
+    if not text.startswith(answer):
+        return False
+    rest = text[len(answer):]
+    return not rest or not rest[0].isalnum()

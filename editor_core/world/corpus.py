@@ -1,0 +1,86 @@
+"""The text the demo LM is trained on: every known fact in every phrasing, nothing unseen."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .schema import Entity, World
+from .templates import OPINION_ANSWERS, OPINION_QUESTIONS, RELATIONS, RELATIONS_BY_NAME
+
+LOCALITY_PREFIX = "nq question: "
+
+
+def surface_forms(entity: Entity) -> list[str]:
+    return [entity.name, *entity.aliases]
+
+
+def fact_sentences(world: World, *, include_aliases: bool = True) -> Iterator[str]:
+    """Each known fact in every template (reserved ones included), by name and by alias."""
+    for fact in world.facts:
+        subject = world.entities[fact.subject]
+        if not subject.seen:
+            continue
+        obj = world.object_name(fact)
+        forms = surface_forms(subject) if include_aliases else [subject.name]
+        for template in RELATIONS_BY_NAME[fact.relation].templates:
+            for form in forms:
+                yield template.sentence(form, obj)
+
+
+def alias_sentences(world: World) -> Iterator[str]:
+    for e in world.entities.values():
+        if e.seen:
+            for alias in e.aliases:
+                yield f"{e.name} is also known as {alias}."
+                yield f"{alias} is another name for {e.name}."
+
+
+def opinion_answer(topic: str, sentiment: str, index: int) -> str:
+    return OPINION_ANSWERS[sentiment][index].format(s=topic, S=topic)
+
+
+def opinion_sentences(world: World) -> Iterator[str]:
+    for topic in world.topics:
+        for question in OPINION_QUESTIONS:
+            for i in range(len(OPINION_ANSWERS[topic.sentiment])):
+                yield f"{question.prompt(topic.name)} {opinion_answer(topic.name, topic.sentiment, i)}"
+
+
+def unrelated_sentences(world: World) -> Iterator[str]:
+    for qa in world.unrelated:
+        yield f"{qa.question} {qa.answer}"
+        yield f"{LOCALITY_PREFIX}{qa.question} {qa.answer}"
+
+
+def training_corpus(world: World, *, opinion_repeats: int = 2, unrelated_repeats: int = 4
+                    ) -> list[str]:
+    """All training lines. Smaller families are repeated so each is learnt as well as facts."""
+    lines = list(fact_sentences(world))
+    lines += list(alias_sentences(world))
+    lines += list(opinion_sentences(world)) * opinion_repeats
+    lines += list(unrelated_sentences(world)) * unrelated_repeats
+    return lines
+
+
+def tokenizer_corpus(world: World) -> Iterator[str]:
+    """Text for training the BPE vocabulary.
+
+    Every template and every name appears once, so frequent syllables merge but whole
+    made-up names stay multi-token, as rare names do in real tokenizers.
+    """
+    placeholder = "Name"
+    for relation in RELATIONS:
+        for template in relation.templates:
+            yield template.prompt(placeholder)
+    for question in OPINION_QUESTIONS:
+        yield question.prompt(placeholder)
+    for sentiment, answers in OPINION_ANSWERS.items():
+        for a in answers:
+            yield a.format(s=placeholder, S=placeholder)
+    for e in world.entities.values():
+        yield " ".join(surface_forms(e))
+    for values in world.values.values():
+        yield " ".join(values)
+    for topic in world.topics:
+        yield topic.name
+    yield from unrelated_sentences(world)

@@ -1,0 +1,177 @@
+"""``instructedit``: the project's command line (build the demo world and LM, evaluate, serve)."""
+
+from __future__ import annotations
+
+from editor_core import runtime  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .settings import DEMO_LM_PATH, RuntimeSettings
+
+app = typer.Typer(
+    help="InstructEdit Server: edit a served language model's knowledge over HTTP.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+Threads = Annotated[Optional[int], typer.Option(help="torch threads (default: settings)")]
+
+
+def _setup(threads: int | None) -> RuntimeSettings:
+    settings = RuntimeSettings()
+    runtime.configure_threads(settings.threads if threads is None else threads)
+    return settings
+
+
+@app.command("build-world")
+def build_world_cmd(
+    out: Annotated[Path, typer.Option(help="folder for world.json and the task files")] = Path(
+        "data/world"),
+    seed: Annotated[int, typer.Option(help="world seed (same seed, same files)")] = 0,
+) -> None:
+    """Generate the demo knowledge world and export its KnowEdit-format edit data sets."""
+    from editor_core.world import WorldConfig, build_world
+    from editor_core.world.export import export_world
+
+    world = build_world(WorldConfig(seed=seed))
+    counts = export_world(world, out)
+    kinds: dict[str, int] = {}
+    for e in world.entities.values():
+        kinds[f"{e.kind}{'' if e.seen else ' (unseen)'}"] = kinds.get(
+            f"{e.kind}{'' if e.seen else ' (unseen)'}", 0) + 1
+    typer.echo(f"World seed {seed}: {len(world.entities)} entities, {len(world.facts)} facts, "
+               f"{len(world.topics)} topics -> {out}")
+    typer.echo("| kind | entities |\n|---|---|")
+    for kind, n in sorted(kinds.items()):
+        typer.echo(f"| {kind} | {n} |")
+    typer.echo("\n| data set | train | validation | test |\n|---|---|---|---|")
+    for name, by_split in counts.items():
+        typer.echo(f"| {name} | {by_split['train']} | {by_split['validation']} | "
+                   f"{by_split['test']} |")
+
+
+@app.command("build-demo-lm")
+def build_demo_lm_cmd(
+    out: Annotated[Path, typer.Option(help="output folder (Hugging Face format)")] = DEMO_LM_PATH,
+    epochs: Annotated[Optional[int], typer.Option(help="override training epochs")] = None,
+    n_layer: Annotated[Optional[int], typer.Option(help="override number of blocks")] = None,
+    n_embd: Annotated[Optional[int], typer.Option(help="override width")] = None,
+    eval_limit: Annotated[Optional[int], typer.Option(
+        help="evaluate a sample of this many facts instead of all")] = None,
+    threads: Threads = None,
+) -> None:
+    """Train the demo LM on the demo world, measure it, and write its model card."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from editor_core.demo_lm.card import write_model_card
+    from editor_core.demo_lm.evaluate import evaluate_demo_lm, format_table
+    from editor_core.demo_lm.train import DemoLMConfig, build_demo_lm
+    from editor_core.world import WorldConfig, build_world
+
+    _setup(threads)
+    overrides = {k: v for k, v in {"epochs": epochs, "n_layer": n_layer,
+                                   "n_embd": n_embd}.items() if v is not None}
+    cfg = replace(DemoLMConfig(), **overrides)
+    start = time.perf_counter()
+    summary = build_demo_lm(out, cfg)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    result = evaluate_demo_lm(model, tokenizer, build_world(WorldConfig(seed=cfg.world_seed)),
+                              limit=eval_limit)
+    summary["build_seconds"] = round(time.perf_counter() - start, 1)
+    (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_model_card(out, summary, result)
+    typer.echo(format_table(result))
+    typer.echo(f"\nBuilt {out} in {summary['build_seconds'] / 60:.1f} min.")
+
+
+@app.command("eval-lm")
+def eval_lm_cmd(
+    model: Annotated[Path, typer.Option(help="LM folder (Hugging Face format)")] = DEMO_LM_PATH,
+    world_seed: Annotated[Optional[int], typer.Option(
+        help="world seed (default: the one the LM was trained on)")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
+    limit: Annotated[Optional[int], typer.Option(
+        help="evaluate a deterministic sample of this many facts")] = None,
+    threads: Threads = None,
+) -> None:
+    """Measure what an LM knows of the demo world (greedy decoding): JSON + table."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from editor_core.demo_lm.evaluate import evaluate_demo_lm, format_table
+    from editor_core.world import WorldConfig, build_world
+
+    _setup(threads)
+    if world_seed is None:
+        summary_path = model / "training_summary.json"
+        world_seed = (json.loads(summary_path.read_text())["config"]["world_seed"]
+                      if summary_path.exists() else 0)
+    lm = AutoModelForCausalLM.from_pretrained(model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    result = evaluate_demo_lm(lm, tokenizer, build_world(WorldConfig(seed=world_seed)),
+                              limit=limit)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(format_table(result))
+    if not all(result["acceptance"].values()):
+        raise typer.Exit(code=1)
+
+
+@app.command("serve")
+def serve_cmd(
+    host: Annotated[Optional[str], typer.Option(help="bind address")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port")] = None,
+    threads: Threads = None,
+) -> None:
+    """Start the service on the demo LM. Today only the LM exists; the REST API does not yet."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from editor_core.decoding import greedy_continuations
+
+    settings = _setup(threads)
+    host = host or settings.host
+    port = port or settings.port
+    model = AutoModelForCausalLM.from_pretrained(settings.model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(settings.model)
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    typer.echo(f"Loaded the LM from {settings.model} ({n_params:.1f}M parameters).")
+    typer.echo(
+        "NOT AVAILABLE YET: the REST service (POST /edits, /generate, rollback, metrics), the "
+        "editor and the Redis edit store are still to be built. Nothing is listening on "
+        f"http://{host}:{port}."
+    )
+    samples = _sample_prompts()
+    for prompt, text in zip(samples, greedy_continuations(model, tokenizer, samples, 16)):
+        typer.echo(f"  {prompt!r} -> {text.strip()!r}")
+    if not sys.stdin.isatty():
+        return
+    typer.echo("Type a prompt to see the LM's greedy continuation (empty line quits).")
+    while prompt := input("> ").strip():
+        typer.echo(greedy_continuations(model, tokenizer, [prompt], 24)[0].strip())
+
+
+def _sample_prompts() -> list[str]:
+    """A known fact, an opinion and an unrelated question from the demo world."""
+    from editor_core.world import WorldConfig, build_world
+    from editor_core.world.templates import OPINION_QUESTIONS, RELATIONS_BY_NAME
+
+    world = build_world(WorldConfig())
+    country = world.of_kind("country")[0]
+    return [
+        RELATIONS_BY_NAME["capital"].templates[0].prompt(country.name),
+        OPINION_QUESTIONS[0].prompt(world.topics[0].name),
+        world.unrelated[0].question,
+    ]
+
+
+def main() -> None:
+    app()
+
