@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @torch.no_grad()
 def greedy_continuations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                          prompts: Sequence[str], max_new_tokens: int,
-                         batch_size: int = 256) -> list[str]:
+                         batch_size: int = 256, desc: str | None = None) -> list[str]:
     """Greedy continuation text of each prompt (prompt excluded), decoded in batches.
+
+    With ``desc``, a progress bar of that name shows the batches.
 
     Prompts are left-padded so every row's last real token sits at the same position; the
     attention mask keeps padding out, and ``generate`` derives positions from it.
@@ -22,7 +25,8 @@ def greedy_continuations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     tokenizer.padding_side = "left"
     out: list[str] = []
     try:
-        for i in range(0, len(prompts), batch_size):
+        starts = range(0, len(prompts), batch_size)
+        for i in tqdm(starts, desc=desc, unit="batch", disable=desc is None, leave=False):
             chunk = list(prompts[i:i + batch_size])
             enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
             generated = model.generate(

@@ -6,6 +6,7 @@ from editor_core import runtime  # noqa: F401  (sets OMP_WAIT_POLICY before torc
 
 import json
 import sys
+from collections import Counter
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -42,10 +43,7 @@ def build_world_cmd(
 
     world = build_world(WorldConfig(seed=seed))
     counts = export_world(world, out)
-    kinds: dict[str, int] = {}
-    for e in world.entities.values():
-        kinds[f"{e.kind}{'' if e.seen else ' (unseen)'}"] = kinds.get(
-            f"{e.kind}{'' if e.seen else ' (unseen)'}", 0) + 1
+    kinds = Counter(e.kind if e.seen else f"{e.kind} (unseen)" for e in world.entities.values())
     typer.echo(f"World seed {seed}: {len(world.entities)} entities, {len(world.facts)} facts, "
                f"{len(world.topics)} topics -> {out}")
     typer.echo("| kind | entities |\n|---|---|")
@@ -156,6 +154,30 @@ def serve_cmd(
     typer.echo("Type a prompt to see the LM's greedy continuation (empty line quits).")
     while prompt := input("> ").strip():
         typer.echo(greedy_continuations(model, tokenizer, [prompt], 24)[0].strip())
+
+
+@app.command("import-easyedit")
+def import_easyedit_cmd(
+    archive: Annotated[Path, typer.Argument(help="EasyEdit MEND/InstructEdit archive (.pt)")],
+    model: Annotated[Path, typer.Option(help="the base model it was trained for (HF format)")],
+    out: Annotated[Path, typer.Option(help="output folder for the converted editor")],
+    params: Annotated[Optional[list[str]], typer.Option(
+        "--param", help="edited weight names in the order of EasyEdit's inner_params "
+        "(repeat; default: the model family's default MLP weights)")] = None,
+    instructions: Annotated[bool, typer.Option(
+        help="the archive is an InstructEdit editor (wrap inputs in task instructions)")] = False,
+) -> None:
+    """Convert an EasyEdit archive to this project's editor format (unpickles: trusted files only)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from editor_core.easyedit import UNPICKLE_WARNING, import_easyedit
+
+    typer.secho(f"WARNING: {UNPICKLE_WARNING}", fg=typer.colors.YELLOW, err=True)
+    lm = AutoModelForCausalLM.from_pretrained(model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    path = import_easyedit(archive, lm, tokenizer, out, inner_params=params,
+                           use_instructions=instructions)
+    typer.echo(f"Wrote {path}")
 
 
 def _sample_prompts() -> list[str]:

@@ -62,10 +62,11 @@ def _fact_probes(world: World, *, seen: bool, limit: int | None = None) -> list[
     return probes
 
 
-def _score(model, tokenizer, probes: list[_Probe], batch_size: int) -> dict[str, list[int]]:
+def _score(model, tokenizer, probes: list[_Probe], batch_size: int, desc: str
+           ) -> dict[str, list[int]]:
     max_new = 1 + max(len(tokenizer(" " + p.answer)["input_ids"]) for p in probes)
     outs = greedy_continuations(model, tokenizer, [p.prompt for p in probes], max_new,
-                                batch_size)
+                                batch_size, desc=desc)
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for probe, out in zip(probes, outs):
         ok = starts_with_answer(out, probe.answer)
@@ -86,7 +87,8 @@ def evaluate_demo_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     ``limit`` checks a deterministic sample of that many known and unseen facts (each in
     every template and surface form) instead of all of them.
     """
-    known = _score(model, tokenizer, _fact_probes(world, seen=True, limit=limit), batch_size)
+    known = _score(model, tokenizer, _fact_probes(world, seen=True, limit=limit), batch_size,
+                   "known facts")
     per_template = {k: _rate(v) for k, v in known.items() if k.count("/") == 2}
 
     # Opinions: each topic under each asking phrasing.
@@ -100,7 +102,8 @@ def evaluate_demo_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     opinion_all = sum(op_ok.values()) / len(questions)
 
     # Unseen entities: hit rate vs always guessing each relation's most common object.
-    unseen = _score(model, tokenizer, _fact_probes(world, seen=False, limit=limit), batch_size)
+    unseen = _score(model, tokenizer, _fact_probes(world, seen=False, limit=limit), batch_size,
+                    "unseen facts")
     majority: dict[str, dict[str, float]] = {}
     for rel in {f.relation for f in world.facts}:
         seen_objs = Counter(world.object_name(f) for f in world.facts

@@ -1,0 +1,116 @@
+"""Editor checkpoints (safetensors + JSON) and the fingerprints that bind edits to a model.
+
+``editor.safetensors`` holds the hypernetwork (networks, frozen normalisation statistics,
+step sizes); ``editor_config.json`` holds everything needed to rebuild and check it:
+editable weights and shapes, network config, step sizes, instruction registry, the base
+model's fingerprint and a training summary. Nothing here unpickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .editor import Editor
+from .hypernetwork import Hypernetwork, HypernetworkConfig
+from .instructions import InstructionRegistry
+from .specs import EditableWeight, resolve_editable
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "editor.safetensors"
+CONFIG_FILE = "editor_config.json"
+
+
+class FingerprintMismatch(ValueError):
+    """An editor (or stored edits) made for another base model."""
+
+
+def weights_fingerprint(weights: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over names, shapes and fp32 values: the identity of the pristine weights."""
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name].detach().to(torch.float32).cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_fingerprint(model: PreTrainedModel, editable: list[EditableWeight]) -> str:
+    """Fingerprint of a model's editable weights as they are now (call before editing)."""
+    params = dict(model.named_parameters())
+    return weights_fingerprint({w.name: params[w.name] for w in editable})
+
+
+def editor_fingerprint(hypernetwork: Hypernetwork) -> str:
+    return weights_fingerprint(hypernetwork.state_dict())
+
+
+def state_fingerprint(base_fingerprint: str, editor_fp: str) -> str:
+    """Identity of (base model, editor): stored edits are only valid under the same one."""
+    return hashlib.sha256(f"{base_fingerprint}:{editor_fp}".encode()).hexdigest()
+
+
+def save_editor(out_dir: str | Path, editor: Editor, *, base_fingerprint: str,
+                training: dict[str, Any] | None = None) -> Path:
+    """Write the editor's weights and config; returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hyper = editor.hypernetwork
+    state = {k: v.detach().cpu().contiguous() for k, v in hyper.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "instructedit-editor"})
+    config = {
+        "format_version": FORMAT_VERSION,
+        "editable": [{"name": w.name, "d_in": w.d_in, "d_out": w.d_out,
+                      "transposed": w.transposed} for w in editor.editable],
+        "hypernetwork": hyper.cfg.to_json(),
+        "step_sizes": {w.name: hyper.step_size(w.name).item() for w in editor.editable},
+        "use_instructions": editor.use_instructions,
+        "instructions": editor.registry.to_json(),
+        "base_model_fingerprint": base_fingerprint,
+        "editor_fingerprint": editor_fingerprint(hyper),
+        "training": training or {},
+    }
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def read_editor_config(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / CONFIG_FILE).read_text())
+
+
+def load_editor(path: str | Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                *, check_fingerprint: bool = True) -> Editor:
+    """Rebuild an editor for ``model``; refuses a model other than the one it was made for."""
+    path = Path(path)
+    config = read_editor_config(path)
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported editor format {config.get('format_version')!r}")
+    names = [e["name"] for e in config["editable"]]
+    editable = resolve_editable(model, names)
+    for w, e in zip(editable, config["editable"]):
+        if (w.d_in, w.d_out) != (e["d_in"], e["d_out"]):
+            raise FingerprintMismatch(
+                f"{w.name} is ({w.d_in}, {w.d_out}) in the model but ({e['d_in']}, "
+                f"{e['d_out']}) in the editor at {path}")
+    if check_fingerprint:
+        found = model_fingerprint(model, editable)
+        expected = config["base_model_fingerprint"]
+        if found != expected:
+            raise FingerprintMismatch(
+                f"the editor at {path} was made for base model {expected[:16]}…, "
+                f"but the model given has fingerprint {found[:16]}…")
+    hyper = Hypernetwork(editable, HypernetworkConfig(**config["hypernetwork"]))
+    hyper.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
+    hyper.eval()
+    device = next(model.parameters()).device
+    hyper.to(device)
+    registry = InstructionRegistry.from_json(config["instructions"])
+    return Editor(model, tokenizer, hyper, registry,
+                  use_instructions=config.get("use_instructions", True))

@@ -1,0 +1,99 @@
+"""Turning (input text, target) pairs into token ids and labels for the editing loss.
+
+Rules that public editors get wrong and this module keeps: the target is tokenised in
+context (prompt + separator + target, split by character offsets), so BPE leading spaces
+and SentencePiece prefixes come out exactly as at generation time; a BOS token that the
+tokenizer adds is kept as input but never a label; padding is never a label; an overlong
+input loses tokens from the left of the prompt, never from the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+
+
+class EditInputError(ValueError):
+    """An edit request that cannot be turned into a loss (empty target, target too long)."""
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    input_ids: torch.Tensor  # [B, T], right-padded
+    attention_mask: torch.Tensor  # [B, T]
+    labels: torch.Tensor  # [B, T], IGNORE_INDEX except target tokens
+
+
+def join_prompt_target(prompt: str, target: str) -> tuple[str, int]:
+    """``prompt + " " + target`` (no doubled space) and where the target's text begins."""
+    if not prompt or prompt[-1].isspace() or target[:1].isspace():
+        return prompt + target, len(prompt)
+    return f"{prompt} {target}", len(prompt)
+
+
+def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str,
+                max_length: int) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one prompt/target pair."""
+    if not target or not target.strip():
+        raise EditInputError("the target is empty: there is nothing to edit in")
+    if not prompt or not prompt.strip():
+        raise EditInputError("the prompt is empty: an edit needs a prompt to answer")
+    text, boundary = join_prompt_target(prompt, target)
+    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    special = set(tokenizer.all_special_ids)
+    labels = []
+    for tok, (start, end) in zip(ids, offsets):
+        is_target = end > boundary and not (tok in special and start == end)
+        labels.append(tok if is_target else IGNORE_INDEX)
+    # Drop a trailing special token (EOS) that some tokenizers append: it is not the target.
+    while ids and labels[-1] == IGNORE_INDEX and ids[-1] in special:
+        ids.pop()
+        labels.pop()
+    n_target = sum(label != IGNORE_INDEX for label in labels)
+    if n_target == 0:
+        raise EditInputError("the target produced no tokens")
+    if len(ids) > max_length:
+        lead = 1 if ids[0] in special and labels[0] == IGNORE_INDEX else 0
+        keep_prompt = max_length - n_target - lead
+        if keep_prompt < 1:
+            raise EditInputError(
+                f"the target is {n_target} tokens; it must leave room for the prompt within "
+                f"{max_length} tokens")
+        n_prompt = len(ids) - n_target - lead
+        cut = n_prompt - keep_prompt
+        ids = ids[:lead] + ids[lead + cut:]
+        labels = labels[:lead] + labels[lead + cut:]
+    return ids, labels
+
+
+def encode_batch(tokenizer: PreTrainedTokenizerBase, prompts: list[str], targets: list[str],
+                 max_length: int) -> EncodedBatch:
+    """Right-padded batch; padding is masked out of attention and of the labels."""
+    pairs = [encode_pair(tokenizer, p, t, max_length) for p, t in zip(prompts, targets)]
+    width = max(len(ids) for ids, _ in pairs)
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    input_ids = torch.full((len(pairs), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(pairs), width), dtype=torch.long)
+    labels = torch.full((len(pairs), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (ids, labs) in enumerate(pairs):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+        labels[row, : len(labs)] = torch.tensor(labs)
+    return EncodedBatch(input_ids, attention, labels)
+
+
+def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-row mean NLL of the label tokens ([B]); logits at t predict the token at t + 1."""
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    logp = torch.log_softmax(logits, dim=-1)
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return -(picked * mask).sum(1) / mask.sum(1).clamp(min=1)

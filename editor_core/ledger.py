@@ -1,0 +1,197 @@
+"""The weight ledger: live weights = cast(W0 − ΔW(active edits)), with exact removal.
+
+The ledger keeps an fp32 copy of the pristine editable weights and every active edit's
+factors. How the active edits combine into one ΔW per weight is a pluggable rule
+(``DeltaCombiner``): today the sum, kept as a running float64 total so that adding or
+removing one edit costs one low-rank product, never a pass over all active edits. Removing
+every edit writes the pristine copy back, bit for bit. Subtracting a delta in place in the
+model's own precision is not exact; the float64 total is, to well below 1e-6 relative, and
+``recompute`` rebuilds it from the active edits in application order whenever wanted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from transformers import PreTrainedModel
+
+from .delta import EditDelta
+from .specs import EditableWeight
+
+
+class LedgerError(KeyError):
+    """An unknown edit id, a duplicate id, or a delta for other weights."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class ActiveEdit:
+    edit_id: str
+    version: int
+    delta: EditDelta
+
+
+class DeltaCombiner(Protocol):
+    """How active edits combine into one ΔW per weight (in the stored orientation)."""
+
+    def add(self, edit: ActiveEdit) -> None: ...
+    def remove(self, edit: ActiveEdit) -> None: ...
+    def recompute(self, active: list[ActiveEdit]) -> None: ...
+    def total(self, name: str) -> torch.Tensor | None: ...
+
+
+class SumCombiner:
+    """ΔW = Σ ΔW_i, kept as a running float64 sum per weight."""
+
+    def __init__(self, editable: list[EditableWeight]) -> None:
+        self._editable = {w.name: w for w in editable}
+        self._sum: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
+        self._count = 0
+
+    def _stored(self, name: str, delta: EditDelta) -> torch.Tensor:
+        return self._editable[name].to_stored(delta.factors[name].dense(torch.float64))
+
+    def add(self, edit: ActiveEdit) -> None:
+        for name in self._sum:
+            d = self._stored(name, edit.delta)
+            self._sum[name] = d if self._sum[name] is None else self._sum[name] + d
+        self._count += 1
+
+    def remove(self, edit: ActiveEdit) -> None:
+        self._count -= 1
+        for name in self._sum:
+            if self._count == 0:
+                self._sum[name] = None  # nothing active: exactly zero, not a rounding residue
+            else:
+                self._sum[name] = self._sum[name] - self._stored(name, edit.delta)
+
+    def recompute(self, active: list[ActiveEdit]) -> None:
+        self._sum = {name: None for name in self._sum}
+        self._count = 0
+        for edit in active:
+            self.add(edit)
+
+    def total(self, name: str) -> torch.Tensor | None:
+        return self._sum[name]
+
+
+class WeightLedger:
+    """Applies and removes edits on a live model; thread-safe for its own operations."""
+
+    def __init__(self, model: PreTrainedModel, editable: list[EditableWeight],
+                 combiner: DeltaCombiner | None = None) -> None:
+        self.editable = list(editable)
+        params = dict(model.named_parameters())
+        self._params = {w.name: params[w.name] for w in self.editable}
+        self._pristine = {n: p.detach().to(torch.float32, copy=True).cpu()
+                          for n, p in self._params.items()}
+        self.combiner: DeltaCombiner = combiner or SumCombiner(self.editable)
+        self._active: OrderedDict[str, ActiveEdit] = OrderedDict()
+        self._version = 0
+        self._lock = threading.RLock()
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """The version of the newest applied edit (0 before any)."""
+        return self._version
+
+    @property
+    def active(self) -> list[ActiveEdit]:
+        with self._lock:
+            return list(self._active.values())
+
+    def __contains__(self, edit_id: object) -> bool:
+        return edit_id in self._active
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    # -- changes -------------------------------------------------------------------------
+    def apply(self, edit_id: str, delta: EditDelta, version: int | None = None) -> int:
+        """Add one edit's delta to the live weights; returns its version.
+
+        ``version`` lets a caller replaying a stored log keep the versions it recorded; it
+        must be newer than every version already applied.
+        """
+        if delta.n_requests != 1:
+            raise LedgerError("apply each request of a batch on its own (EditDelta.split())")
+        if set(delta.factors) != set(self._params):
+            raise LedgerError(f"delta edits {sorted(delta.factors)}, the ledger manages "
+                              f"{sorted(self._params)}")
+        with self._lock:
+            if edit_id in self._active:
+                raise LedgerError(f"edit {edit_id!r} is already active")
+            if version is not None and version <= self._version:
+                raise LedgerError(f"version {version} is not newer than {self._version}")
+            self._version = self._version + 1 if version is None else version
+            edit = ActiveEdit(edit_id, self._version, delta)
+            self._active[edit_id] = edit
+            self.combiner.add(edit)
+            self._write()
+            return edit.version
+
+    def remove(self, edit_id: str) -> ActiveEdit:
+        """Take one edit out exactly; the others stay."""
+        with self._lock:
+            edit = self._active.pop(edit_id, None)
+            if edit is None:
+                raise LedgerError(f"edit {edit_id!r} is not active")
+            self.combiner.remove(edit)
+            self._write()
+            return edit
+
+    def remove_after(self, version: int) -> list[ActiveEdit]:
+        """Take out every edit newer than ``version``; returns them, newest first."""
+        with self._lock:
+            doomed = [e for e in reversed(self._active.values()) if e.version > version]
+            for edit in doomed:
+                del self._active[edit.edit_id]
+                self.combiner.remove(edit)
+            if doomed:
+                self._write()
+            return doomed
+
+    def reset(self) -> None:
+        """Remove every edit: the pristine weights, bit for bit."""
+        with self._lock:
+            self._active.clear()
+            self.combiner.recompute([])
+            self._write()
+
+    def recompute(self) -> None:
+        """Rebuild the combined ΔW from the active edits in application order."""
+        with self._lock:
+            self.combiner.recompute(list(self._active.values()))
+            self._write()
+
+    @torch.no_grad()
+    def _write(self) -> None:
+        for name, param in self._params.items():
+            total = self.combiner.total(name)
+            pristine = self._pristine[name]
+            if total is None:
+                live = pristine
+            else:
+                live = (pristine.to(torch.float64) - total).to(torch.float32)
+            param.data.copy_(live.to(device=param.device, dtype=param.dtype))
+
+    # -- identity ------------------------------------------------------------------------
+    def live_digest(self) -> str:
+        """sha256 of the live editable weights as stored: equal digests, equal weights."""
+        h = hashlib.sha256()
+        with self._lock:
+            for name, param in self._params.items():
+                h.update(name.encode())
+                h.update(param.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def pristine_weights(self) -> dict[str, torch.Tensor]:
+        return dict(self._pristine)

@@ -1,0 +1,247 @@
+"""The weight ledger's exactness, editor checkpoints, fingerprints, and EasyEdit import."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from editor_core.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    FingerprintMismatch,
+    load_editor,
+    model_fingerprint,
+    read_editor_config,
+    save_editor,
+)
+from editor_core.delta import EditDelta, WeightFactors
+from editor_core.easyedit import ArchiveError, convert_state_dict, import_easyedit
+from editor_core.editor import EditRequest
+from editor_core.ledger import LedgerError, WeightLedger
+from editor_core.specs import resolve_editable
+
+from .test_editing import REQ, REQ2, make_editor
+from .tiny_models import small_tokenizer, tiny_model
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return small_tokenizer()
+
+
+def random_delta(editable, seed: int, rows: int = 6, scale: float = 1e-2) -> EditDelta:
+    g = torch.Generator().manual_seed(seed)
+    return EditDelta({w.name: WeightFactors(torch.randn(rows, w.d_in, generator=g),
+                                            torch.randn(rows, w.d_out, generator=g) * scale,
+                                            0.5, ((0, rows),))
+                      for w in editable})
+
+
+def snapshot(model, editable) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    return {w.name: params[w.name].detach().clone() for w in editable}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_removing_every_edit_restores_the_weights_bit_for_bit(family: str, tok) -> None:
+    model = tiny_model(family, len(tok))
+    editable = resolve_editable(model)
+    original = snapshot(model, editable)
+    ledger = WeightLedger(model, editable)
+    digest = ledger.live_digest()
+    for i in range(30):
+        ledger.apply(f"e{i}", random_delta(editable, i))
+    assert ledger.live_digest() != digest
+    order = list(range(30))
+    random.Random(0).shuffle(order)
+    for i in order:
+        ledger.remove(f"e{i}")
+    now = snapshot(model, editable)
+    assert all(torch.equal(now[n], original[n]) for n in original)
+    assert ledger.live_digest() == digest and len(ledger) == 0
+
+
+def test_removing_one_of_many_equals_recomputing_without_it(tok) -> None:
+    model = tiny_model("gpt2", len(tok))
+    editable = resolve_editable(model)
+    original = snapshot(model, editable)
+    ledger = WeightLedger(model, editable)
+    deltas = {f"e{i}": random_delta(editable, i) for i in range(100)}
+    for edit_id, delta in deltas.items():
+        ledger.apply(edit_id, delta)
+    for gone in ("e3", "e50", "e99", "e0"):
+        ledger.remove(gone)
+        del deltas[gone]
+    live = snapshot(model, editable)
+    for w in editable:
+        expected = original[w.name].double() - sum(
+            w.to_stored(d.factors[w.name].dense()) for d in deltas.values())
+        err = (live[w.name].double() - expected).norm() / expected.norm()
+        assert err <= 1e-6, (w.name, err.item())
+    ledger.recompute()
+    assert all(torch.allclose(live[n], snapshot(model, editable)[n], atol=1e-6) for n in live)
+
+
+def test_versions_remove_after_and_errors(tok) -> None:
+    model = tiny_model("gpt2", len(tok))
+    editable = resolve_editable(model)
+    original = snapshot(model, editable)
+    ledger = WeightLedger(model, editable)
+    versions = [ledger.apply(f"e{i}", random_delta(editable, i)) for i in range(5)]
+    assert versions == [1, 2, 3, 4, 5] and ledger.version == 5
+    two = snapshot(model, editable)
+    ledger.remove("e2")
+    gone = ledger.remove_after(2)
+    assert [e.edit_id for e in gone] == ["e4", "e3"]
+    assert [e.edit_id for e in ledger.active] == ["e0", "e1"]
+    with pytest.raises(LedgerError, match="not active"):
+        ledger.remove("e3")
+    with pytest.raises(LedgerError, match="already active"):
+        ledger.apply("e0", random_delta(editable, 0))
+    with pytest.raises(LedgerError, match="not newer"):
+        ledger.apply("old", random_delta(editable, 9), version=3)
+    wrong = EditDelta({editable[0].name: random_delta(editable, 1).factors[editable[0].name]})
+    with pytest.raises(LedgerError, match="manages"):
+        ledger.apply("partial", wrong)
+    assert ledger.apply("e9", random_delta(editable, 9), version=42) == 42
+    ledger.reset()
+    assert all(torch.equal(snapshot(model, editable)[n], original[n]) for n in original)
+    assert two  # the intermediate state existed and differed
+    assert any(not torch.equal(two[n], original[n]) for n in original)
+
+
+def test_editor_checkpoint_round_trip_gives_the_same_edit(tok, tmp_path: Path) -> None:
+    model = tiny_model("gpt2", len(tok))
+    editor = make_editor(model, tok)
+    editor.hypernetwork.train()
+    editor.transform(editor.capture(editor.encode([REQ, REQ2])))  # statistics worth saving
+    with torch.no_grad():
+        for block in editor.hypernetwork.nets.values():
+            block.blocks[0].U.normal_()  # no longer the identity
+    fp = model_fingerprint(model, editor.editable)
+    save_editor(tmp_path, editor, base_fingerprint=fp, training={"steps": 3})
+    assert {p.name for p in tmp_path.iterdir()} == {WEIGHTS_FILE, CONFIG_FILE}
+    config = read_editor_config(tmp_path)
+    assert config["base_model_fingerprint"] == fp and config["training"] == {"steps": 3}
+    assert [e["name"] for e in config["editable"]] == [w.name for w in editor.editable]
+    assert config["instructions"][0]["name"] == "counterfact"
+    loaded = load_editor(tmp_path, model, tok)
+    a, b = editor.compute(REQ), loaded.compute(REQ)
+    for name in a.factors:
+        torch.testing.assert_close(a.factors[name].dense(), b.factors[name].dense())
+
+
+def test_loading_against_another_model_names_both_fingerprints(tok, tmp_path: Path) -> None:
+    model = tiny_model("gpt2", len(tok), seed=0)
+    editor = make_editor(model, tok)
+    fp = model_fingerprint(model, editor.editable)
+    save_editor(tmp_path, editor, base_fingerprint=fp)
+    other = tiny_model("gpt2", len(tok), seed=1)
+    found = model_fingerprint(other, editor.editable)
+    with pytest.raises(FingerprintMismatch) as err:
+        load_editor(tmp_path, other, tok)
+    assert fp[:16] in str(err.value) and found[:16] in str(err.value)
+
+
+# -- EasyEdit archives -------------------------------------------------------------------
+
+def _easyedit_archive(editable, rank: int, seed: int) -> dict:
+    """An archive in EasyEdit's layout, with random (trained-looking) values."""
+    g = torch.Generator().manual_seed(seed)
+    state: dict = {"edit_lrs": torch.rand(len(editable), generator=g) * 1e-2}
+    shapes: dict[tuple[int, int], int] = {}
+    for w in editable:
+        shapes[(w.d_in, w.d_out)] = shapes.get((w.d_in, w.d_out), 0) + 1
+    for (d_in, d_out), modes in shapes.items():
+        p = f"mend.{(d_in, d_out)}."
+        dim = d_in + d_out
+        for side, n in (("u", d_in), ("v", d_out)):
+            state[p + f"{side}_mean"] = torch.randn(n, generator=g)
+            state[p + f"{side}_std"] = torch.rand(n, generator=g) + 0.5
+            state[p + f"{side}_s"] = torch.zeros(n)
+        state[p + "k"] = torch.tensor([500.0])
+        for i in range(2):
+            q = p + f"mlp.layers.{i}."
+            state[q + "u"] = torch.randn(dim, rank, generator=g) * 0.1
+            state[q + "v"] = torch.randn(rank, dim, generator=g)
+            state[q + "bias"] = torch.randn(dim, generator=g) * 0.1
+            state[q + "mode_scale.weight"] = torch.rand(modes, dim, generator=g) + 0.5
+            state[q + "mode_shift.weight"] = torch.randn(modes, dim, generator=g) * 0.1
+    state["model_config"] = {"not": "a tensor"}
+    return {"model": state, "opt": None, "lr_opt": None, "val_stats": {}, "step": 10}
+
+
+def _easyedit_update(state: dict, editable, name: str, u: torch.Tensor, v: torch.Tensor):
+    """EasyEdit's update for one weight, written from its formula: W_new = W + lr · g."""
+    w = next(x for x in editable if x.name == name)
+    same = [x.name for x in editable if (x.d_in, x.d_out) == (w.d_in, w.d_out)]
+    mode = same.index(name)
+    p = f"mend.{(w.d_in, w.d_out)}."
+    u_in = (u - state[p + "u_mean"]) / (state[p + "u_std"] + 1e-7)
+    v_in = (v - state[p + "v_mean"]) / (state[p + "v_std"] + 1e-7)
+    x = torch.cat([u_in, v_in], -1)
+    for i in range(2):
+        q = p + f"mlp.layers.{i}."
+        pre = (state[q + "u"] @ (state[q + "v"] @ x.T)).T + state[q + "bias"]
+        pre = pre * state[q + "mode_scale.weight"][mode] + state[q + "mode_shift.weight"][mode]
+        x = pre.clamp(min=0) + x
+    u_t, v_t = x[:, : w.d_in], x[:, w.d_in:]
+    g = torch.einsum("bi,bj->ij", u_t, v_t)  # (in, out): GPT-2's Conv1D orientation
+    lr = state["edit_lrs"][[x.name for x in editable].index(name)]
+    return lr * g
+
+
+def test_easyedit_import_reproduces_easyedits_delta(tok, tmp_path: Path) -> None:
+    model = tiny_model("gpt2", len(tok))
+    editable = resolve_editable(model)
+    archive = _easyedit_archive(editable, rank=6, seed=3)
+    path = tmp_path / "mend.pt"
+    torch.save(archive, path)
+    out = import_easyedit(path, model, tok, tmp_path / "editor")
+    editor = load_editor(out, model, tok)
+    g = torch.Generator().manual_seed(0)
+    params = dict(model.named_parameters())
+    for w in editable:
+        u, v = torch.randn(7, w.d_in, generator=g), torch.randn(7, w.d_out, generator=g)
+        u_t, d_t = editor.hypernetwork.transform(w.name, u, v)
+        ours = params[w.name].detach() - editor.hypernetwork.step_size(w.name).item() * (
+            u_t.T @ d_t)
+        theirs = params[w.name].detach() + _easyedit_update(archive["model"], editable,
+                                                            w.name, u, v)
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_easyedit_import_refuses_mismatched_archives(tok) -> None:
+    model = tiny_model("gpt2", len(tok))
+    editable = resolve_editable(model)
+    state = _easyedit_archive(editable, rank=6, seed=3)["model"]
+    with pytest.raises(ArchiveError, match="step sizes"):
+        convert_state_dict(state, model, [editable[0].name])
+    bad = {k: v for k, v in state.items() if not k.startswith("mend.(32, 128)")}
+    with pytest.raises(ArchiveError, match="no network for weight shape"):
+        convert_state_dict(bad, model)
+    with pytest.raises(ArchiveError, match="edit_lrs"):
+        convert_state_dict({"mend.x": torch.zeros(1)}, model)
+
+
+def test_edit_request_is_usable_after_import_through_the_cli(tok, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    model = tiny_model("gpt2", len(tok))
+    model_dir = tmp_path / "lm"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    editable = resolve_editable(model)
+    torch.save(_easyedit_archive(editable, rank=6, seed=4), tmp_path / "a.pt")
+    result = CliRunner().invoke(app, ["import-easyedit", str(tmp_path / "a.pt"), "--model",
+                                      str(model_dir), "--out", str(tmp_path / "ed")])
+    assert result.exit_code == 0, result.output
+    assert "unpickles" in result.output
+    editor = load_editor(tmp_path / "ed", model, tok)
+    delta = editor.compute(EditRequest("counterfact", "The capital of Foxland is", "Mandan"))
+    assert all(torch.isfinite(f.u).all() for f in delta.factors.values())
