@@ -42,10 +42,26 @@ def weights_fingerprint(weights: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def model_fingerprint(model: PreTrainedModel, editable: list[EditableWeight]) -> str:
-    """Fingerprint of a model's editable weights as they are now (call before editing)."""
+def model_fingerprint(model: PreTrainedModel, editable: list[EditableWeight],
+                      tokenizer: PreTrainedTokenizerBase | None = None) -> str:
+    """Identity of a base model for edits: call it on the pristine weights, before editing.
+
+    It hashes the editable weights in full (as fp32 values: the same weights loaded in
+    another dtype are another model for edits), every other parameter's name, shape and
+    leading values (a different model shows there without hashing gigabytes), and the
+    tokenizer's vocabulary.
+    """
     params = dict(model.named_parameters())
-    return weights_fingerprint({w.name: params[w.name] for w in editable})
+    names = {w.name for w in editable}
+    h = hashlib.sha256(weights_fingerprint({n: params[n] for n in names}).encode())
+    for name, p in params.items():
+        if name not in names:
+            head = p.detach().reshape(-1)[:1024].to(torch.float32).cpu()
+            h.update(f"{name}:{tuple(p.shape)};".encode())
+            h.update(head.numpy().tobytes())
+    if tokenizer is not None:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    return h.hexdigest()
 
 
 def editor_fingerprint(hypernetwork: Hypernetwork) -> str:
@@ -86,8 +102,11 @@ def read_editor_config(path: str | Path) -> dict[str, Any]:
 
 
 def load_editor(path: str | Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                *, check_fingerprint: bool = True) -> Editor:
-    """Rebuild an editor for ``model``; refuses a model other than the one it was made for."""
+                *, check_fingerprint: bool = True, fp32_replica: bool = True) -> Editor:
+    """Rebuild an editor for ``model``; refuses a model other than the one it was made for.
+
+    Load it before any edit is applied: the fingerprint is of the pristine model.
+    """
     path = Path(path)
     config = read_editor_config(path)
     if config.get("format_version") != FORMAT_VERSION:
@@ -95,12 +114,13 @@ def load_editor(path: str | Path, model: PreTrainedModel, tokenizer: PreTrainedT
     names = [e["name"] for e in config["editable"]]
     editable = resolve_editable(model, names)
     for w, e in zip(editable, config["editable"]):
-        if (w.d_in, w.d_out) != (e["d_in"], e["d_out"]):
+        if (w.d_in, w.d_out, w.transposed) != (e["d_in"], e["d_out"], e["transposed"]):
             raise FingerprintMismatch(
-                f"{w.name} is ({w.d_in}, {w.d_out}) in the model but ({e['d_in']}, "
-                f"{e['d_out']}) in the editor at {path}")
+                f"{w.name} is ({w.d_in}, {w.d_out}, transposed={w.transposed}) in the model "
+                f"but ({e['d_in']}, {e['d_out']}, transposed={e['transposed']}) in the editor "
+                f"at {path}")
     if check_fingerprint:
-        found = model_fingerprint(model, editable)
+        found = model_fingerprint(model, editable, tokenizer)
         expected = config["base_model_fingerprint"]
         if found != expected:
             raise FingerprintMismatch(
@@ -108,9 +128,13 @@ def load_editor(path: str | Path, model: PreTrainedModel, tokenizer: PreTrainedT
                 f"but the model given has fingerprint {found[:16]}…")
     hyper = Hypernetwork(editable, HypernetworkConfig(**config["hypernetwork"]))
     hyper.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
+    if editor_fingerprint(hyper) != config["editor_fingerprint"]:
+        raise FingerprintMismatch(f"{path / WEIGHTS_FILE} does not match the fingerprint in "
+                                  f"{CONFIG_FILE}: the files come from different editors")
     hyper.eval()
     device = next(model.parameters()).device
     hyper.to(device)
     registry = InstructionRegistry.from_json(config["instructions"])
     return Editor(model, tokenizer, hyper, registry,
-                  use_instructions=config.get("use_instructions", True))
+                  use_instructions=config.get("use_instructions", True),
+                  fp32_replica=fp32_replica)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from safetensors.torch import load as st_load
@@ -75,7 +75,6 @@ class EditDelta:
 
     factors: dict[str, WeightFactors]
     n_requests: int = 1
-    meta: dict = field(default_factory=dict)
 
     def split(self) -> list[EditDelta]:
         """One delta per request of a batch, in request order."""

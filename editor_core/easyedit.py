@@ -113,5 +113,6 @@ def import_easyedit(archive_path: str | Path, model: PreTrainedModel,
     hyper = convert_state_dict(_state_dict(archive), model, inner_params)
     editor = Editor(model, tokenizer, hyper, InstructionRegistry(),
                     use_instructions=use_instructions)
-    return save_editor(out_dir, editor, base_fingerprint=model_fingerprint(model, hyper.editable),
+    return save_editor(out_dir, editor,
+                       base_fingerprint=model_fingerprint(model, hyper.editable, tokenizer),
                        training={"imported_from": str(archive_path), "source": "EasyEdit"})

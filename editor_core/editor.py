@@ -1,15 +1,23 @@
 """Computing an edit: instruction-wrapped input → editing gradient → hypernetwork → EditDelta.
 
 One forward and one backward pass of the target NLL on the model as it stands. The layer
-inputs u and output gradients δ of the editable weights are captured by forward hooks that
-exist only for the duration of the call and only listen to the calling thread, so nothing is
-left on the modules and a concurrent generation in another thread neither disturbs nor is
-disturbed by the capture. Gradients are taken with ``torch.autograd.grad`` with respect to
-the layer outputs, so no model parameter ever receives ``.grad``.
+inputs u and output gradients δ of the editable weights are captured by hooks that exist
+only for the duration of the call and only act in the calling thread, so nothing is left on
+the modules and a concurrent generation in another thread neither disturbs nor is disturbed
+by the capture. The graph starts at the input of the first edited block (a hook makes that
+hidden state a leaf that requires grad), so no parameter flag is touched, the backward pass
+stops there, and gradients are taken with ``torch.autograd.grad`` with respect to the layer
+outputs: no model parameter ever receives ``.grad``.
+
+The editing path runs in fp32: for a half-precision model the editor keeps an fp32 replica
+(``edit_model``) that the ledger keeps in step with the served weights (``WeightLedger.
+for_editor``); with ``fp32_replica=False`` it edits in the model's dtype instead (fp16 with
+loss scaling), trading accuracy for memory.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -60,7 +68,8 @@ class Editor:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  hypernetwork: Hypernetwork, registry: InstructionRegistry | None = None, *,
-                 use_instructions: bool = True, max_length: int | None = None) -> None:
+                 use_instructions: bool = True, max_length: int | None = None,
+                 fp32_replica: bool = True) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.hypernetwork = hypernetwork
@@ -70,9 +79,15 @@ class Editor:
         limit = getattr(model.config, "max_position_embeddings", None) or getattr(
             model.config, "n_positions", None) or DEFAULT_MAX_LENGTH
         self.max_length = min(max_length or limit, limit)
-        modules = dict(model.named_modules())
+        dtype = next(model.parameters()).dtype
+        if fp32_replica and dtype != torch.float32:
+            self.edit_model = copy.deepcopy(model).float().eval().requires_grad_(False)
+        else:
+            self.edit_model = model
+        modules = dict(self.edit_model.named_modules())
         self._modules = {w.name: modules[w.module_name] for w in self.editable}
-        self._params = dict(model.named_parameters())
+        self._first_block = modules[_first_block_name(self.edit_model, self.editable)]
+        self._dtype = next(self.edit_model.parameters()).dtype
 
     # -- inputs ------------------------------------------------------------------------
     def edit_input(self, request: EditRequest, *, held_out: bool = False) -> str:
@@ -83,16 +98,19 @@ class Editor:
                                     sentiment=request.sentiment, topic=request.subject,
                                     held_out=held_out)
 
-    def encode(self, requests: Sequence[EditRequest]) -> EncodedBatch:
+    def encode(self, requests: Sequence[EditRequest], *, held_out: bool = False
+               ) -> EncodedBatch:
+        """Token ids and labels; an overlong input loses prompt tokens, never instruction."""
         if not requests:
             raise EditInputError("no edit requests given")
         for r in requests:
             if r.task not in self.registry:
                 raise EditInputError(f"unknown task {r.task!r}; known tasks: "
                                      f"{self.registry.names}")
-        texts = [self.edit_input(r) for r in requests]
+        texts = [self.edit_input(r, held_out=held_out) for r in requests]
+        prefixes = [len(t) - len(r.prompt) for t, r in zip(texts, requests)]
         return encode_batch(self.tokenizer, texts, [r.target for r in requests],
-                            self.max_length)
+                            self.max_length, prefixes)
 
     # -- the editing gradient -------------------------------------------------------------
     @contextmanager
@@ -116,29 +134,37 @@ class Editor:
                 h.remove()
 
     @contextmanager
-    def _editable_requires_grad(self) -> Iterator[None]:
-        """Let the editable weights join the graph for this call, then restore the flags."""
-        params = [self._params[w.name] for w in self.editable]
-        before = [p.requires_grad for p in params]
+    def _graph_from_first_block(self) -> Iterator[None]:
+        """Make the first edited block's input hidden state a leaf that requires grad."""
+        owner = threading.get_ident()
+
+        def hook(module, args, kwargs):
+            if threading.get_ident() != owner:
+                return None
+            if args and isinstance(args[0], torch.Tensor):
+                return (args[0].detach().requires_grad_(), *args[1:]), kwargs
+            if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+                return args, {**kwargs, "hidden_states":
+                              kwargs["hidden_states"].detach().requires_grad_()}
+            return None
+
+        handle = self._first_block.register_forward_pre_hook(hook, with_kwargs=True)
         try:
-            for p in params:
-                p.requires_grad_(True)
             yield
         finally:
-            for p, flag in zip(params, before):
-                p.requires_grad_(flag)
+            handle.remove()
 
     def capture(self, batch: EncodedBatch) -> Captured:
         """Forward + backward of the summed per-request target NLL; u and δ per weight (fp32)."""
-        device = next(self.model.parameters()).device
+        device = next(self.edit_model.parameters()).device
         store: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         input_ids = batch.input_ids.to(device)
         mask = batch.attention_mask.to(device)
         labels = batch.labels.to(device)
-        dtype = self._params[self.editable[0].name].dtype
-        scale = _FP16_LOSS_SCALE if dtype == torch.float16 else 1.0
-        with torch.enable_grad(), self._editable_requires_grad(), self._capture_hooks(store):
-            logits = self.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+        scale = _FP16_LOSS_SCALE if self._dtype == torch.float16 else 1.0
+        with torch.enable_grad(), self._graph_from_first_block(), self._capture_hooks(store):
+            logits = self.edit_model(input_ids=input_ids, attention_mask=mask,
+                                     use_cache=False).logits
             per_request = target_nll(logits, labels)
             names = [w.name for w in self.editable]
             outputs = [store[n][1] for n in names]
@@ -192,3 +218,18 @@ class Editor:
         finally:
             self.hypernetwork.train(was_training)
         return self._finish(factors, len(requests))
+
+
+def _first_block_name(model: torch.nn.Module, editable: list[EditableWeight]) -> str:
+    """The block holding the first editable weight in forward order (e.g. ``transformer.h.3``).
+
+    A block is the deepest ancestor whose last name part is a layer index; without one, the
+    first editable module itself.
+    """
+    targets = {w.module_name for w in editable}
+    first = next(name for name, _ in model.named_modules() if name in targets)
+    parts = first.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        if parts[end - 1].isdigit():
+            return ".".join(parts[:end])
+    return first

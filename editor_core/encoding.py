@@ -36,12 +36,19 @@ def join_prompt_target(prompt: str, target: str) -> tuple[str, int]:
 
 
 def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str,
-                max_length: int) -> tuple[list[int], list[int]]:
-    """(input ids, labels) of one prompt/target pair."""
+                max_length: int, keep_prefix: int = 0) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one prompt/target pair.
+
+    If the pair is too long, prompt tokens are dropped from the left, but never a leading
+    BOS, the first ``keep_prefix`` characters of the prompt (an instruction), or the target.
+    """
     if not target or not target.strip():
         raise EditInputError("the target is empty: there is nothing to edit in")
     if not prompt or not prompt.strip():
         raise EditInputError("the prompt is empty: an edit needs a prompt to answer")
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError("editing needs a fast (Rust) tokenizer: targets are located by "
+                        "character offsets")
     text, boundary = join_prompt_target(prompt, target)
     enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
@@ -58,23 +65,29 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str,
     if n_target == 0:
         raise EditInputError("the target produced no tokens")
     if len(ids) > max_length:
-        lead = 1 if ids[0] in special and labels[0] == IGNORE_INDEX else 0
-        keep_prompt = max_length - n_target - lead
-        if keep_prompt < 1:
-            raise EditInputError(
-                f"the target is {n_target} tokens; it must leave room for the prompt within "
-                f"{max_length} tokens")
+        # Protected head: a BOS and every token inside the kept prefix.
+        lead = 0
+        while lead < len(ids) and labels[lead] == IGNORE_INDEX and (
+                (ids[lead] in special and offsets[lead][0] == offsets[lead][1])
+                or offsets[lead][1] <= keep_prefix):
+            lead += 1
         n_prompt = len(ids) - n_target - lead
-        cut = n_prompt - keep_prompt
+        cut = len(ids) - max_length
+        if cut >= n_prompt:
+            raise EditInputError(
+                f"the input is {len(ids)} tokens (target {n_target}); at most {max_length} "
+                "fit, and the instruction and target must stay whole with some prompt left")
         ids = ids[:lead] + ids[lead + cut:]
         labels = labels[:lead] + labels[lead + cut:]
     return ids, labels
 
 
 def encode_batch(tokenizer: PreTrainedTokenizerBase, prompts: list[str], targets: list[str],
-                 max_length: int) -> EncodedBatch:
+                 max_length: int, keep_prefixes: list[int] | None = None) -> EncodedBatch:
     """Right-padded batch; padding is masked out of attention and of the labels."""
-    pairs = [encode_pair(tokenizer, p, t, max_length) for p, t in zip(prompts, targets)]
+    keep = keep_prefixes or [0] * len(prompts)
+    pairs = [encode_pair(tokenizer, p, t, max_length, k)
+             for p, t, k in zip(prompts, targets, keep)]
     width = max(len(ids) for ids, _ in pairs)
     pad = tokenizer.pad_token_id
     if pad is None:

@@ -192,5 +192,8 @@ def _task_from_mapping(d: Any, source: str = "task list") -> TaskInstruction:
                                                 for x in descriptions):
         raise InstructionError(f"{source}: 'descriptions' of {d['name']!r} must be a list "
                                "of non-empty strings")
+    held_out = d.get("held_out")
+    if held_out is not None and (isinstance(held_out, bool) or not isinstance(held_out, int)):
+        raise InstructionError(f"{source}: 'held_out' of {d['name']!r} must be an index")
     return TaskInstruction(str(d["name"]), str(d.get("title") or d["name"]),
-                           tuple(descriptions), d.get("held_out"))
+                           tuple(descriptions), held_out)

@@ -7,6 +7,10 @@ removing one edit costs one low-rank product, never a pass over all active edits
 every edit writes the pristine copy back, bit for bit. Subtracting a delta in place in the
 model's own precision is not exact; the float64 total is, to well below 1e-6 relative, and
 ``recompute`` rebuilds it from the active edits in application order whenever wanted.
+
+Readers (generation, computing the next edit) hold ``reading()``; the ledger writes new
+weights under the matching write lock, so a reader sees every weight before an edit or every
+weight after it, never a mix. A failed ``apply`` changes nothing.
 """
 
 from __future__ import annotations
@@ -14,21 +18,21 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from transformers import PreTrainedModel
+from readerwriterlock import rwlock
+from torch import nn
 
 from .delta import EditDelta
 from .specs import EditableWeight
 
 
-class LedgerError(KeyError):
-    """An unknown edit id, a duplicate id, or a delta for other weights."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0]) if self.args else ""
+class LedgerError(Exception):
+    """An unknown or duplicate edit id, a stale version, or a delta that does not fit."""
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,8 @@ class SumCombiner:
         return self._editable[name].to_stored(delta.factors[name].dense(torch.float64))
 
     def add(self, edit: ActiveEdit) -> None:
-        for name in self._sum:
-            d = self._stored(name, edit.delta)
+        new = {name: self._stored(name, edit.delta) for name in self._sum}  # all, then commit
+        for name, d in new.items():
             self._sum[name] = d if self._sum[name] is None else self._sum[name] + d
         self._count += 1
 
@@ -83,19 +87,38 @@ class SumCombiner:
 
 
 class WeightLedger:
-    """Applies and removes edits on a live model; thread-safe for its own operations."""
+    """Applies and removes edits on a live model (and on any fp32 mirrors of it).
 
-    def __init__(self, model: PreTrainedModel, editable: list[EditableWeight],
-                 combiner: DeltaCombiner | None = None) -> None:
+    ``mirrors`` are copies of the model that must carry the same edits in fp32, such as the
+    editor's fp32 editing replica of a half-precision model (see ``for_editor``).
+    """
+
+    def __init__(self, model: nn.Module, editable: list[EditableWeight],
+                 combiner: DeltaCombiner | None = None,
+                 mirrors: Iterable[nn.Module] = ()) -> None:
         self.editable = list(editable)
+        self._shapes = {w.name: (w.d_in, w.d_out) for w in self.editable}
         params = dict(model.named_parameters())
         self._params = {w.name: params[w.name] for w in self.editable}
+        self._mirrors = [{w.name: dict(m.named_parameters())[w.name] for w in self.editable}
+                         for m in mirrors]
         self._pristine = {n: p.detach().to(torch.float32, copy=True).cpu()
                           for n, p in self._params.items()}
         self.combiner: DeltaCombiner = combiner or SumCombiner(self.editable)
         self._active: OrderedDict[str, ActiveEdit] = OrderedDict()
         self._version = 0
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # serialises ledger changes
+        self._rw = rwlock.RWLockWrite()  # readers of the weights vs the weight writer
+
+    @classmethod
+    def for_editor(cls, editor, combiner: DeltaCombiner | None = None) -> WeightLedger:
+        """A ledger for the editor's model that keeps its fp32 editing replica in step."""
+        mirrors = [] if editor.edit_model is editor.model else [editor.edit_model]
+        return cls(editor.model, editor.editable, combiner, mirrors)
+
+    def reading(self) -> AbstractContextManager:
+        """Hold while reading the weights (generating, computing an edit)."""
+        return self._rw.gen_rlock()
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -121,11 +144,7 @@ class WeightLedger:
         ``version`` lets a caller replaying a stored log keep the versions it recorded; it
         must be newer than every version already applied.
         """
-        if delta.n_requests != 1:
-            raise LedgerError("apply each request of a batch on its own (EditDelta.split())")
-        if set(delta.factors) != set(self._params):
-            raise LedgerError(f"delta edits {sorted(delta.factors)}, the ledger manages "
-                              f"{sorted(self._params)}")
+        self._check(delta)
         with self._lock:
             if edit_id in self._active:
                 raise LedgerError(f"edit {edit_id!r} is already active")
@@ -137,6 +156,24 @@ class WeightLedger:
             self.combiner.add(edit)
             self._write()
             return edit.version
+
+    def _check(self, delta: EditDelta) -> None:
+        """Refuse a delta that does not fit, before anything changes."""
+        if delta.n_requests != 1:
+            raise LedgerError("apply each request of a batch on its own (EditDelta.split())")
+        if set(delta.factors) != set(self._params):
+            raise LedgerError(f"delta edits {sorted(delta.factors)}, the ledger manages "
+                              f"{sorted(self._params)}")
+        for name, f in delta.factors.items():
+            d_in, d_out = self._shapes[name]
+            if f.u.dim() != 2 or f.d.dim() != 2 or f.u.shape[0] != f.d.shape[0] or (
+                    f.u.shape[1], f.d.shape[1]) != (d_in, d_out):
+                raise LedgerError(f"factors of {name} are {tuple(f.u.shape)} and "
+                                  f"{tuple(f.d.shape)}; expected (rows, {d_in}) and "
+                                  f"(rows, {d_out})")
+            if not (torch.isfinite(f.u).all() and torch.isfinite(f.d).all()
+                    and torch.isfinite(torch.tensor(float(f.step)))):
+                raise LedgerError(f"factors of {name} are not finite")
 
     def remove(self, edit_id: str) -> ActiveEdit:
         """Take one edit out exactly; the others stay."""
@@ -174,24 +211,29 @@ class WeightLedger:
 
     @torch.no_grad()
     def _write(self) -> None:
-        for name, param in self._params.items():
+        """Build every new weight, then swap them all in under the write lock."""
+        live = {}
+        for name in self._params:
             total = self.combiner.total(name)
             pristine = self._pristine[name]
-            if total is None:
-                live = pristine
-            else:
-                live = (pristine.to(torch.float64) - total).to(torch.float32)
-            param.data.copy_(live.to(device=param.device, dtype=param.dtype))
+            live[name] = pristine if total is None else (
+                pristine.to(torch.float64) - total).to(torch.float32)
+        with self._rw.gen_wlock():
+            for name, param in self._params.items():
+                param.copy_(live[name].to(device=param.device, dtype=param.dtype))
+                for mirror in self._mirrors:
+                    mirror[name].copy_(live[name].to(mirror[name].device))
 
     # -- identity ------------------------------------------------------------------------
     def live_digest(self) -> str:
         """sha256 of the live editable weights as stored: equal digests, equal weights."""
         h = hashlib.sha256()
-        with self._lock:
+        with self._lock, self.reading():
             for name, param in self._params.items():
                 h.update(name.encode())
                 h.update(param.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
     def pristine_weights(self) -> dict[str, torch.Tensor]:
-        return dict(self._pristine)
+        """Copies of the pristine editable weights (fp32)."""
+        return {n: t.clone() for n, t in self._pristine.items()}

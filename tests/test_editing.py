@@ -67,7 +67,7 @@ def test_overlong_prompt_is_cut_from_the_left_never_the_target() -> None:
     assert len(ids) == 16 and ids[0] == tok.bos_token_id  # BOS survives truncation
     assert tok.decode([t for t in labels if t != IGNORE_INDEX]) == " Mandan City"
     assert tok.decode(ids).endswith("and finally Mandan City")
-    with pytest.raises(EditInputError, match="room for the prompt"):
+    with pytest.raises(EditInputError, match="target must stay whole"):
         encode_pair(tok, "x", "word " * 40, 16)
 
 
@@ -153,9 +153,17 @@ def test_an_edit_lowers_the_target_nll(tok) -> None:
     assert after.item() < before.item() - 1e-3
 
 
-def test_batch_delta_equals_the_single_deltas(tok) -> None:
-    model = tiny_model("gpt2", len(tok))
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_batch_delta_equals_the_single_deltas(family: str) -> None:
+    tok = bos_tokenizer() if family == "llama" else small_tokenizer()
+    model = tiny_model(family, len(tok))
     editor = make_editor(model, tok)
+    editor.hypernetwork.train()
+    editor.transform(editor.capture(editor.encode([REQ, REQ2])))  # statistics
+    editor.hypernetwork.eval()
+    with torch.no_grad():
+        for net in editor.hypernetwork.nets.values():
+            net.blocks[0].U.normal_(std=0.1)  # a non-identity network
     batch = editor.compute([REQ, REQ2])
     singles = [editor.compute(REQ), editor.compute(REQ2)]
     for name in batch.factors:
@@ -205,6 +213,22 @@ def test_capture_ignores_forward_passes_from_other_threads(tok) -> None:
         assert set(store) == {w.name for w in editor.editable}
 
 
+def test_overlong_edit_input_keeps_its_instruction(tok) -> None:
+    model = tiny_model("gpt2", len(tok))
+    editor = make_editor(model, tok)
+    long = EditRequest("counterfact", "word " * 200 + "The capital of Foxland is", "Mandan")
+    instruction = editor.edit_input(long)[: -len(long.prompt)]
+    editor.max_length = len(tok(instruction)["input_ids"]) + 12
+    batch = editor.encode([long])
+    text = tok.decode(batch.input_ids[0])
+    assert batch.input_ids.shape[1] == editor.max_length
+    assert text.startswith(editor.edit_input(long)[:40])  # Task/Description intact
+    assert text.endswith("The capital of Foxland is Mandan")
+    editor.max_length = len(tok(instruction)["input_ids"])  # no room left for the prompt
+    with pytest.raises(EditInputError, match="instruction and target must stay whole"):
+        editor.encode([long])
+
+
 def test_instructions_change_the_edit_input_and_can_be_switched_off(tok) -> None:
     model = tiny_model("gpt2", len(tok))
     with_inst = make_editor(model, tok)
@@ -222,14 +246,23 @@ def test_instructions_change_the_edit_input_and_can_be_switched_off(tok) -> None
 def test_half_precision_models_are_edited_in_fp32_without_nan(tok, dtype) -> None:
     model = tiny_model("gpt2", len(tok)).to(dtype)
     editor = make_editor(model, tok)
-    editor.hypernetwork.float()
     delta = editor.compute([REQ, REQ2])
     for f in delta.factors.values():
         assert f.u.dtype == f.d.dtype == torch.float32
         assert torch.isfinite(f.u).all() and torch.isfinite(f.d).all() and f.d.abs().sum() > 0
+    # The same weights in an fp32 model give the same delta: the path really is fp32.
+    reference = make_editor(tiny_model("gpt2", len(tok)).to(dtype).float(), tok)
+    expected = reference.compute([REQ, REQ2])
+    for name, f in delta.factors.items():
+        torch.testing.assert_close(f.dense(), expected.factors[name].dense(), rtol=1e-5,
+                                   atol=1e-9)
+    # Editing in the model's own dtype (no replica) still gives finite factors.
+    native = make_editor(model, tok, fp32_replica=False).compute([REQ, REQ2])
+    assert all(torch.isfinite(f.d).all() and f.d.abs().sum() > 0
+               for f in native.factors.values())
     params = dict(model.named_parameters())
     original = {w.name: params[w.name].detach().clone() for w in editor.editable}
-    ledger = WeightLedger(model, editor.editable)
+    ledger = WeightLedger.for_editor(editor)
     for i, part in enumerate(delta.split()):
         ledger.apply(f"e{i}", part)
     assert all(params[n].dtype == dtype and torch.isfinite(params[n]).all() for n in original)

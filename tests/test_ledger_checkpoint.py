@@ -121,7 +121,7 @@ def test_editor_checkpoint_round_trip_gives_the_same_edit(tok, tmp_path: Path) -
     with torch.no_grad():
         for block in editor.hypernetwork.nets.values():
             block.blocks[0].U.normal_()  # no longer the identity
-    fp = model_fingerprint(model, editor.editable)
+    fp = model_fingerprint(model, editor.editable, tok)
     save_editor(tmp_path, editor, base_fingerprint=fp, training={"steps": 3})
     assert {p.name for p in tmp_path.iterdir()} == {WEIGHTS_FILE, CONFIG_FILE}
     config = read_editor_config(tmp_path)
@@ -137,13 +137,84 @@ def test_editor_checkpoint_round_trip_gives_the_same_edit(tok, tmp_path: Path) -
 def test_loading_against_another_model_names_both_fingerprints(tok, tmp_path: Path) -> None:
     model = tiny_model("gpt2", len(tok), seed=0)
     editor = make_editor(model, tok)
-    fp = model_fingerprint(model, editor.editable)
+    fp = model_fingerprint(model, editor.editable, tok)
     save_editor(tmp_path, editor, base_fingerprint=fp)
     other = tiny_model("gpt2", len(tok), seed=1)
-    found = model_fingerprint(other, editor.editable)
+    found = model_fingerprint(other, editor.editable, tok)
     with pytest.raises(FingerprintMismatch) as err:
         load_editor(tmp_path, other, tok)
     assert fp[:16] in str(err.value) and found[:16] in str(err.value)
+    # Same editable weights but a different embedding is another model too.
+    lower = tiny_model("gpt2", len(tok), seed=0)
+    with torch.no_grad():
+        lower.transformer.wte.weight[0, 0] += 1.0
+    with pytest.raises(FingerprintMismatch):
+        load_editor(tmp_path, lower, tok)
+    # An editor weights file swapped for another editor's is caught as well.
+    other_editor = make_editor(model, tok, step=0.123)
+    save_editor(tmp_path / "b", other_editor, base_fingerprint=fp)
+    (tmp_path / WEIGHTS_FILE).write_bytes((tmp_path / "b" / WEIGHTS_FILE).read_bytes())
+    with pytest.raises(FingerprintMismatch, match="different editors"):
+        load_editor(tmp_path, model, tok)
+
+
+def test_a_failed_apply_changes_nothing(tok) -> None:
+    model = tiny_model("gpt2", len(tok))
+    editable = resolve_editable(model)
+    ledger = WeightLedger(model, editable)
+    ledger.apply("ok", random_delta(editable, 1))
+    before, version = snapshot(model, editable), ledger.version
+    last = editable[-1].name
+    bad_shape = random_delta(editable, 2)
+    f = bad_shape.factors[last]
+    bad_shape.factors[last] = WeightFactors(f.u, f.d[:, :-1], f.step, f.spans)
+    nan = random_delta(editable, 3)
+    nan.factors[last].u[0, 0] = float("nan")
+    for bad, message in ((bad_shape, "expected"), (nan, "not finite")):
+        with pytest.raises(LedgerError, match=message):
+            ledger.apply("bad", bad)
+    assert "bad" not in ledger and ledger.version == version
+    assert all(torch.equal(snapshot(model, editable)[n], before[n]) for n in before)
+    ledger.remove("ok")
+    assert len(ledger) == 0
+
+
+def test_readers_never_see_half_an_edit(tok) -> None:
+    import threading
+
+    model = tiny_model("gpt2", len(tok))
+    editable = resolve_editable(model)
+    ledger = WeightLedger(model, editable)
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (ledger.apply("e", random_delta(editable, 1)),
+                                              done.set()))
+    with ledger.reading():
+        before = snapshot(model, editable)
+        writer.start()
+        assert not done.wait(0.3)  # the write waits for the reader
+        assert all(torch.equal(snapshot(model, editable)[n], before[n]) for n in before)
+    writer.join(5)
+    assert done.is_set() and "e" in ledger
+
+
+def test_fp32_replica_follows_the_ledger(tok) -> None:
+    model = tiny_model("gpt2", len(tok)).to(torch.bfloat16)
+    editor = make_editor(model, tok, step=0.5)
+    assert editor.edit_model is not model
+    ledger = WeightLedger.for_editor(editor)
+    delta = editor.compute(REQ)
+    ledger.apply("e", delta)
+    served = dict(model.named_parameters())
+    replica = dict(editor.edit_model.named_parameters())
+    for w in editor.editable:
+        assert replica[w.name].dtype == torch.float32
+        assert torch.equal(replica[w.name].to(torch.bfloat16), served[w.name])
+    # The next edit is computed on the edited weights, in fp32.
+    second = editor.compute(REQ)
+    assert any(not torch.equal(second.factors[n].d, delta.factors[n].d) for n in delta.factors)
+    ledger.remove("e")
+    assert all(torch.equal(replica[w.name], ledger.pristine_weights()[w.name])
+               for w in editor.editable)
 
 
 # -- EasyEdit archives -------------------------------------------------------------------
@@ -175,7 +246,11 @@ def _easyedit_archive(editable, rank: int, seed: int) -> dict:
 
 
 def _easyedit_update(state: dict, editable, name: str, u: torch.Tensor, v: torch.Tensor):
-    """EasyEdit's update for one weight, written from its formula: W_new = W + lr · g."""
+    """EasyEdit's update for one weight, written from its formula: W_new = W + lr · g.
+
+    g is ``einsum("bi,bj->ij")`` for GPT-2's Conv1D (in, out) and ``"bi,bj->ji"`` for
+    Linear weights (out, in).
+    """
     w = next(x for x in editable if x.name == name)
     same = [x.name for x in editable if (x.d_in, x.d_out) == (w.d_in, w.d_out)]
     mode = same.index(name)
@@ -189,13 +264,14 @@ def _easyedit_update(state: dict, editable, name: str, u: torch.Tensor, v: torch
         pre = pre * state[q + "mode_scale.weight"][mode] + state[q + "mode_shift.weight"][mode]
         x = pre.clamp(min=0) + x
     u_t, v_t = x[:, : w.d_in], x[:, w.d_in:]
-    g = torch.einsum("bi,bj->ij", u_t, v_t)  # (in, out): GPT-2's Conv1D orientation
+    g = torch.einsum("bi,bj->ji" if w.transposed else "bi,bj->ij", u_t, v_t)
     lr = state["edit_lrs"][[x.name for x in editable].index(name)]
     return lr * g
 
 
-def test_easyedit_import_reproduces_easyedits_delta(tok, tmp_path: Path) -> None:
-    model = tiny_model("gpt2", len(tok))
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_easyedit_import_reproduces_easyedits_delta(family: str, tok, tmp_path: Path) -> None:
+    model = tiny_model(family, len(tok))
     editable = resolve_editable(model)
     archive = _easyedit_archive(editable, rank=6, seed=3)
     path = tmp_path / "mend.pt"
@@ -208,7 +284,7 @@ def test_easyedit_import_reproduces_easyedits_delta(tok, tmp_path: Path) -> None
         u, v = torch.randn(7, w.d_in, generator=g), torch.randn(7, w.d_out, generator=g)
         u_t, d_t = editor.hypernetwork.transform(w.name, u, v)
         ours = params[w.name].detach() - editor.hypernetwork.step_size(w.name).item() * (
-            u_t.T @ d_t)
+            w.to_stored(u_t.T @ d_t))
         theirs = params[w.name].detach() + _easyedit_update(archive["model"], editable,
                                                             w.name, u, v)
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
