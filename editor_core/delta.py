@@ -16,8 +16,11 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-# Stored edits keep ΔW to this relative (Frobenius) accuracy; see WeightFactors.compressed.
-STORE_REL_TOL = 1e-3
+# The stored form of an edit: ΔW truncated to 1% relative Frobenius error, factors kept in
+# bfloat16 (fp32's range, so no underflow). The stored factors *are* the edit: the ledger
+# applies and removes exactly them, so live weights and replays always agree.
+STORE_REL_TOL = 1e-2
+STORE_DTYPE = torch.bfloat16
 
 
 @dataclass(frozen=True)
@@ -41,32 +44,43 @@ class WeightFactors:
         return WeightFactors(self.u[start:stop], self.d[start:stop], self.step,
                              ((0, stop - start),))
 
-    def compressed(self, rel_tol: float) -> WeightFactors:
-        """The same ΔW with fewer rows: truncated SVD of its (small) core.
+    def compressed(self, rel_tol: float, dtype: torch.dtype = torch.float32) -> WeightFactors:
+        """The same ΔW with fewer rows, truncated to a relative Frobenius error ≤ ``rel_tol``.
 
-        ``ΔW = step · Aᵀ B`` with A [R, d_in], B [R, d_out]. With thin QRs Aᵀ = Q_a R_a and
-        Bᵀ = Q_b R_b, ΔW = step · Q_a (R_a R_bᵀ) Q_bᵀ, and only the R×R core needs an SVD.
-        Singular directions are dropped while the Frobenius error stays ≤ ``rel_tol``·‖ΔW‖.
+        ``ΔW = step · Aᵀ B`` with A [R, d_in], B [R, d_out]. Only R×R problems are solved:
+        with ``A Aᵀ = V Λ Vᵀ``, ``Aᵀ = Q Λ^½ Vᵀ`` (Q orthonormal), so ``Aᵀ B = Q P`` with
+        ``P = Λ^½ Vᵀ B``; the eigenvectors W of ``P Pᵀ`` give the SVD ``P = W Σ Zᵀ``. The
+        smallest singular directions are dropped while their energy stays within tolerance,
+        and the kept ones are stored balanced (``Σ^½`` on each side) in ``dtype``.
+        Symmetric eigensolvers are used because LAPACK's QR/SVD at these sizes can stall for
+        hundreds of milliseconds when torch's threads compete for cores.
         """
         if self.rows <= 1:
-            return self
-        a, b = self.u.to(torch.float64).T, self.d.to(torch.float64).T
-        qa, ra = torch.linalg.qr(a)
-        qb, rb = torch.linalg.qr(b)
-        left, sing, right_h = torch.linalg.svd(ra @ rb.T)
-        energy = sing.square()
-        total = energy.sum()
+            return WeightFactors(self.u.to(dtype), self.d.to(dtype), self.step,
+                                 ((0, self.rows),))
+        a, b = self.u.to(torch.float64), self.d.to(torch.float64)
+        lam, vec = torch.linalg.eigh(a @ a.T)
+        nonzero = lam > lam.max().clamp(min=0) * 1e-12
+        if not nonzero.any():
+            return WeightFactors(self.u[:0].to(dtype), self.d[:0].to(dtype), self.step,
+                                 ((0, 0),))
+        lam, vec = lam[nonzero], vec[:, nonzero]
+        p = (vec * lam.sqrt()).T @ b
+        sig2, w = torch.linalg.eigh(p @ p.T)
+        sig2, w = sig2.flip(0).clamp(min=0), w.flip(1)  # descending
+        total = sig2.sum()
         if total == 0:
-            return WeightFactors(self.u[:0], self.d[:0], self.step, ((0, 0),))
-        # Smallest k whose dropped tail energy is within tolerance.
-        tail = energy.flip(0).cumsum(0).flip(0)  # tail[k] = energy of directions k..end
-        allowed = (rel_tol ** 2) * total
-        keep = int((tail > allowed).sum().item())
-        keep = max(1, keep)
-        u = (qa @ (left[:, :keep] * sing[:keep])).T
-        d = (qb @ right_h[:keep].T).T
-        return WeightFactors(u.to(torch.float32).contiguous(), d.to(torch.float32).contiguous(),
-                             self.step, ((0, keep),))
+            return WeightFactors(self.u[:0].to(dtype), self.d[:0].to(dtype), self.step,
+                                 ((0, 0),))
+        tail = sig2.flip(0).cumsum(0).flip(0)  # tail[k] = energy of directions k..end
+        keep = max(1, int((tail > (rel_tol ** 2) * total).sum().item()))
+        sig = sig2[:keep].sqrt()
+        left = (a.T @ (vec / lam.sqrt())) @ w[:, :keep]  # Q W_k, orthonormal columns
+        right = (p.T @ w[:, :keep]) / sig  # Z_k
+        root = sig.sqrt()
+        u = (left * root).T.contiguous().to(dtype)
+        d = (right * root).T.contiguous().to(dtype)
+        return WeightFactors(u, d, self.step, ((0, keep),))
 
 
 @dataclass(frozen=True)
@@ -87,9 +101,12 @@ class EditDelta:
             }, 1))
         return out
 
-    def compressed(self, rel_tol: float) -> EditDelta:
-        """Each request's factors truncated to the rank ``rel_tol`` allows (see WeightFactors)."""
-        parts = [EditDelta({n: f.compressed(rel_tol) for n, f in p.factors.items()}, 1)
+    def compressed(self, rel_tol: float | None = None, dtype: torch.dtype | None = None
+                   ) -> EditDelta:
+        """Each request's factors in their stored form (see ``WeightFactors.compressed``)."""
+        rel_tol = STORE_REL_TOL if rel_tol is None else rel_tol
+        dtype = STORE_DTYPE if dtype is None else dtype
+        parts = [EditDelta({n: f.compressed(rel_tol, dtype) for n, f in p.factors.items()}, 1)
                  for p in self.split()]
         return parts[0] if len(parts) == 1 else merge(parts)
 

@@ -220,7 +220,7 @@ def test_overlong_edit_input_keeps_its_instruction(tok) -> None:
     instruction = editor.edit_input(long)[: -len(long.prompt)]
     editor.max_length = len(tok(instruction)["input_ids"]) + 12
     batch = editor.encode([long])
-    text = tok.decode(batch.input_ids[0])
+    text = tok.decode(batch.input_ids[0], skip_special_tokens=True)
     assert batch.input_ids.shape[1] == editor.max_length
     assert text.startswith(editor.edit_input(long)[:40])  # Task/Description intact
     assert text.endswith("The capital of Foxland is Mandan")
@@ -288,15 +288,40 @@ def test_delta_bytes_round_trip_and_split_merge(tok) -> None:
         delta.to_bytes()
 
 
-def test_compression_keeps_the_delta_within_tolerance(tok) -> None:
+@pytest.mark.parametrize("rel_tol", [1e-6, 1e-3, 1e-1])
+def test_compression_keeps_the_delta_within_tolerance(tok, rel_tol: float) -> None:
+    model = tiny_model("gpt2", len(tok))
+    editor = make_editor(model, tok)
+    delta = editor.compute([REQ, REQ2])
+    small = delta.compressed(rel_tol, torch.float32)
+    assert small.n_requests == 2
+    for whole, part in zip(delta.split(), small.split()):
+        for name, f in whole.factors.items():
+            full, approx = f.dense(), part.factors[name].dense()
+            assert (full - approx).norm() <= rel_tol * full.norm() * (1 + 1e-6) + 1e-12
+            assert part.factors[name].rows <= f.rows
+    if rel_tol >= 1e-3:
+        assert small.nbytes() < delta.nbytes()
+
+
+def test_stored_form_is_bf16_and_close(tok) -> None:
     model = tiny_model("gpt2", len(tok))
     editor = make_editor(model, tok)
     delta = editor.compute(REQ)
-    small = delta.compressed(1e-3)
-    assert small.nbytes() < delta.nbytes()
+    stored = delta.compressed()
     for name, f in delta.factors.items():
-        full, approx = f.dense(), small.factors[name].dense()
-        assert (full - approx).norm() <= 1e-3 * full.norm() * (1 + 1e-6)
+        g = stored.factors[name]
+        assert g.u.dtype == g.d.dtype == torch.bfloat16
+        assert (f.dense() - g.dense()).norm() <= 0.02 * f.dense().norm()
+    again = EditDelta.from_bytes(stored.to_bytes())
+    assert all(torch.equal(again.factors[n].d, stored.factors[n].d) for n in stored.factors)
+
+
+def test_compressing_a_zero_delta_gives_no_rows() -> None:
+    from editor_core.delta import WeightFactors
+
+    f = WeightFactors(torch.zeros(4, 8), torch.zeros(4, 16), 1.0, ((0, 4),))
+    assert f.compressed(1e-3).rows == 0
 
 
 def test_editing_the_demo_lm_moves_it_to_the_new_fact(demo_lm, world) -> None:

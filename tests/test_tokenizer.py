@@ -39,7 +39,9 @@ def test_every_entity_name_is_several_tokens(tokenizer, world) -> None:
         assert len(tokenizer(" " + e.name, add_special_tokens=False)["input_ids"]) >= 2, e.name
 
 
-def test_special_tokens_are_gpt2_style(tokenizer) -> None:
+def test_bos_is_prepended_like_every_training_row(tokenizer) -> None:
     assert tokenizer.eos_token == tokenizer.bos_token == tokenizer.pad_token == "<|endoftext|>"
-    # No BOS is prepended: a prompt's first token is text, as with GPT-2.
-    assert tokenizer("Hello")["input_ids"][0] != tokenizer.bos_token_id
+    ids = tokenizer("Hello")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and tokenizer.bos_token_id not in ids[1:]
+    assert ids[1:] == tokenizer("Hello", add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "Hello"

@@ -16,11 +16,10 @@ END_OF_TEXT = "<|endoftext|>"
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096,
                         min_frequency: int = 2) -> PreTrainedTokenizerFast:
-    """Train a GPT-2-style tokenizer; ``<|endoftext|>`` is BOS, EOS and padding."""
+    """Train a GPT-2-style tokenizer; ``<|endoftext|>`` is BOS (prepended), EOS and padding."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
@@ -29,6 +28,15 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096,
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    # Every encoded text starts with BOS, as every training row does: without it the first
+    # real token would sit where the LM has only ever seen BOS.
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{END_OF_TEXT} $A",
+                                      pair=f"{END_OF_TEXT} $A $B",
+                                      special_tokens=[(END_OF_TEXT,
+                                                       tok.token_to_id(END_OF_TEXT))]),
+    ])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=END_OF_TEXT,
