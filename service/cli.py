@@ -143,17 +143,22 @@ def serve_cmd(
     typer.echo(f"Loaded the LM from {settings.model} ({n_params:.1f}M parameters).")
     typer.echo(
         "NOT AVAILABLE YET: the REST service (POST /edits, /generate, rollback, metrics), the "
-        "editor and the Redis edit store are still to be built. Nothing is listening on "
+        "trained demo editor and the Redis edit store are still to be built (the editor "
+        "library exists: see README). Nothing is listening on "
         f"http://{host}:{port}."
     )
     samples = _sample_prompts()
-    for prompt, text in zip(samples, greedy_continuations(model, tokenizer, samples, 16)):
-        typer.echo(f"  {prompt!r} -> {text.strip()!r}")
+    for prompt, text in zip(samples, greedy_continuations(model, tokenizer, samples, 24)):
+        typer.echo(f"  {prompt!r} -> {_first_line(text)!r}")
     if not sys.stdin.isatty():
         return
     typer.echo("Type a prompt to see the LM's greedy continuation (empty line quits).")
     while prompt := input("> ").strip():
-        typer.echo(greedy_continuations(model, tokenizer, [prompt], 24)[0].strip())
+        typer.echo(_first_line(greedy_continuations(model, tokenizer, [prompt], 24)[0]))
+
+
+def _first_line(text: str) -> str:
+    return text.strip().split("\n", 1)[0]
 
 
 @app.command("import-easyedit")
