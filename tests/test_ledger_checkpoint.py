@@ -321,3 +321,41 @@ def test_edit_request_is_usable_after_import_through_the_cli(tok, tmp_path: Path
     editor = load_editor(tmp_path / "ed", model, tok)
     delta = editor.compute(EditRequest("counterfact", "The capital of Foxland is", "Mandan"))
     assert all(torch.isfinite(f.u).all() for f in delta.factors.values())
+
+
+def test_state_fingerprint_binds_model_and_editor(tok) -> None:
+    from editor_core.checkpoint import editor_fingerprint, state_fingerprint
+
+    model = tiny_model("gpt2", len(tok))
+    base = model_fingerprint(model, resolve_editable(model), tok)
+    a, b = make_editor(model, tok, step=0.1), make_editor(model, tok, step=0.2)
+    fa, fb = editor_fingerprint(a.hypernetwork), editor_fingerprint(b.hypernetwork)
+    assert fa != fb
+    assert state_fingerprint(base, fa) == state_fingerprint(base, fa)
+    assert state_fingerprint(base, fa) != state_fingerprint(base, fb)
+    other = model_fingerprint(tiny_model("gpt2", len(tok), seed=5), resolve_editable(model), tok)
+    assert state_fingerprint(other, fa) != state_fingerprint(base, fa)
+
+
+def test_the_combining_rule_is_pluggable(tok) -> None:
+    from editor_core.ledger import SumCombiner
+
+    class HalfSum(SumCombiner):
+        """A stand-in rule: half of the summed deltas."""
+
+        def total(self, name):
+            t = super().total(name)
+            return None if t is None else t / 2
+
+    model = tiny_model("gpt2", len(tok))
+    editable = resolve_editable(model)
+    original = snapshot(model, editable)
+    ledger = WeightLedger(model, editable, combiner=HalfSum(editable))
+    delta = random_delta(editable, 1)
+    ledger.apply("e", delta)
+    for w in editable:
+        expected = original[w.name].double() - w.to_stored(delta.factors[w.name].dense()) / 2
+        torch.testing.assert_close(snapshot(model, editable)[w.name].double(), expected,
+                                   rtol=1e-6, atol=1e-6)
+    ledger.remove("e")
+    assert all(torch.equal(snapshot(model, editable)[n], original[n]) for n in original)
