@@ -79,6 +79,7 @@ class Editor:
         limit = getattr(model.config, "max_position_embeddings", None) or getattr(
             model.config, "n_positions", None) or DEFAULT_MAX_LENGTH
         self.max_length = min(max_length or limit, limit)
+        model.eval()  # edits are computed without dropout, on the model as it serves
         dtype = next(model.parameters()).dtype
         if fp32_replica and dtype != torch.float32:
             self.edit_model = copy.deepcopy(model).float().eval().requires_grad_(False)
