@@ -161,6 +161,24 @@ def _first_line(text: str) -> str:
     return text.strip().split("\n", 1)[0]
 
 
+@app.command("train")
+def train_cmd(
+    config: Annotated[Optional[Path], typer.Option(help="YAML or JSON training config")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="override a config value: key=value (repeatable)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from OUT_DIR/last if present")] = True,
+    threads: Threads = None,
+) -> None:
+    """Meta-train an editor (runs under torchrun for data-parallel training)."""
+    from editor_core.training.config import load_train_config
+    from editor_core.training.trainer import Trainer
+
+    cfg = load_train_config(config, overrides or [])
+    _setup(cfg.threads if threads is None else threads)
+    summary = Trainer(cfg).fit(resume=resume)
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+
+
 @app.command("import-easyedit")
 def import_easyedit_cmd(
     archive: Annotated[Path, typer.Argument(help="EasyEdit MEND/InstructEdit archive (.pt)")],
@@ -202,3 +220,7 @@ def _sample_prompts() -> list[str]:
 def main() -> None:
     app()
 
+
+
+if __name__ == "__main__":  # python -m service.cli (e.g. under torchrun)
+    main()

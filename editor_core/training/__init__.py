@@ -1,0 +1,1 @@
+"""Meta-training the editor: configuration, examples, objective, and the training loop."""

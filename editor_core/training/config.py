@@ -1,0 +1,73 @@
+"""Meta-training configuration: a file (YAML or JSON) plus ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..data.records import TASKS
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run depends on; saved beside its checkpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "checkpoints/demo-lm"
+    data_dir: str = "data/world"
+    out_dir: str = "runs/demo-editor"
+    tasks: list[str] = Field(default_factory=lambda: ["counterfact", "recent", "convsent"])
+    task_weights: dict[str, float] | None = None  # None: balanced, whatever the file sizes
+    use_instructions: bool = True
+    editable: list[str] | None = None
+    last_blocks: int = 3
+    rank: int = 256
+    n_blocks: int = 2
+    init_step_size: float = 1e-3
+    lr: float = 1e-4
+    step_size_lr: float = 1e-3
+    c_edit: float = 0.1
+    c_loc: float = 1.0
+    grad_clip: float = 100.0
+    accumulate: int = 4  # edits per optimiser step (per process)
+    steps: int = 2000  # optimiser steps
+    val_every: int = 200
+    val_edits: int = 48
+    max_paraphrases: int = 3
+    max_locality: int = 6
+    seed: int = 0
+    threads: int = 2
+    max_minutes: float | None = None
+
+    def task_mix(self) -> dict[str, float]:
+        """Sampling probability per task (balanced unless weights are given)."""
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; known: {list(TASKS)}")
+        weights = self.task_weights or {t: 1.0 for t in self.tasks}
+        missing = [t for t in self.tasks if t not in weights]
+        if missing:
+            raise ValueError(f"task_weights lacks {missing}")
+        total = sum(weights[t] for t in self.tasks)
+        return {t: weights[t] / total for t in self.tasks}
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as YAML (``lr=1e-4``, ``tasks=[zsre]``)."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} is not key=value")
+    key, value = item.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        data = json.loads(text) if str(path).endswith(".json") else (yaml.safe_load(text) or {})
+    data.update(dict(parse_override(o) for o in overrides))
+    return TrainConfig.model_validate(data)

@@ -1,0 +1,79 @@
+"""The meta-training objective: run the model with an edit's ΔW, differentiably.
+
+``edited_logits`` evaluates the model with W − ΔW substituted for each editable weight
+(``torch.func.functional_call``), so gradients reach the hypernetwork and step sizes through
+ΔW while the model's own weights stay untouched. Both terms score only answer tokens, with
+the logits at position t predicting the token at t + 1 (the alignment the public locality
+code gets wrong by one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.func import functional_call
+
+from ..data.records import Probe
+from ..delta import WeightFactors
+from ..editor import Editor
+from ..encoding import IGNORE_INDEX, EncodedBatch, encode_batch, target_nll
+
+
+def encode_probes(editor: Editor, probes: Sequence[Probe]) -> EncodedBatch:
+    return encode_batch(editor.tokenizer, [p.prompt for p in probes],
+                        [p.answer for p in probes], editor.max_length)
+
+
+def edited_weights(editor: Editor, factors: dict[str, WeightFactors]) -> dict[str, torch.Tensor]:
+    params = dict(editor.edit_model.named_parameters())
+    out = {}
+    for w in editor.editable:
+        f = factors[w.name]
+        delta = (f.u.T @ f.d) * f.step
+        out[w.name] = params[w.name] - w.to_stored(delta).to(params[w.name].dtype)
+    return out
+
+
+def logits_with(editor: Editor, batch: EncodedBatch,
+                weights: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """Logits of the model, with ``weights`` substituted (None: the model as it is)."""
+    device = next(editor.edit_model.parameters()).device
+    kwargs = {"input_ids": batch.input_ids.to(device),
+              "attention_mask": batch.attention_mask.to(device), "use_cache": False}
+    if weights is None:
+        return editor.edit_model(**kwargs).logits
+    return functional_call(editor.edit_model, weights, args=(), kwargs=kwargs).logits
+
+
+def answer_mask(batch: EncodedBatch) -> torch.Tensor:
+    """[B, T-1] mask of positions whose logits predict an answer token."""
+    return batch.labels[:, 1:] != IGNORE_INDEX
+
+
+def locality_kl(pre_logits: torch.Tensor, post_logits: torch.Tensor,
+                batch: EncodedBatch) -> torch.Tensor:
+    """Mean over answer tokens of KL(p_pre ‖ p_post)."""
+    mask = answer_mask(batch).to(pre_logits.device)
+    pre = torch.log_softmax(pre_logits[:, :-1].float(), -1)[mask]
+    post = torch.log_softmax(post_logits[:, :-1].float(), -1)[mask]
+    return (pre.exp() * (pre - post)).sum(-1).mean()
+
+
+def token_accuracy(logits: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:
+    """Per row: fraction of answer tokens that are the argmax (KnowEdit's reliability)."""
+    mask = answer_mask(batch).to(logits.device)
+    hit = (logits[:, :-1].argmax(-1) == batch.labels[:, 1:].to(logits.device)) & mask
+    return hit.sum(1).float() / mask.sum(1).clamp(min=1)
+
+
+def unchanged_fraction(pre_logits: torch.Tensor, post_logits: torch.Tensor,
+                       batch: EncodedBatch) -> torch.Tensor:
+    """Per row: fraction of answer positions whose argmax the edit left alone (locality)."""
+    mask = answer_mask(batch).to(pre_logits.device)
+    same = (pre_logits[:, :-1].argmax(-1) == post_logits[:, :-1].argmax(-1)) & mask
+    return same.sum(1).float() / mask.sum(1).clamp(min=1)
+
+
+def edit_nll(logits: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:
+    return target_nll(logits, batch.labels.to(logits.device)).mean()

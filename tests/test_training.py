@@ -1,0 +1,159 @@
+"""Meta-training on a tiny random model: the loop, its files, resuming, skipping bad steps."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from editor_core.checkpoint import load_editor
+from editor_core.data.records import EditRecord, Probe
+from editor_core.training.config import TrainConfig, load_train_config, parse_override
+from editor_core.training.examples import TaskSampler, make_example
+from editor_core.training.objective import answer_mask, encode_probes, locality_kl
+from editor_core.training.trainer import Trainer
+
+from .tiny_models import small_tokenizer, tiny_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory) -> Path:
+    tok = small_tokenizer()
+    path = tmp_path_factory.mktemp("tiny-lm")
+    tiny_model("gpt2", len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def tiny_config(tiny_lm: Path, exported: Path, out: Path, **over) -> TrainConfig:
+    base = dict(model=str(tiny_lm), data_dir=str(exported), out_dir=str(out), rank=8,
+                accumulate=2, steps=4, val_every=2, val_edits=3, threads=1, lr=1e-3)
+    base.update(over)
+    return TrainConfig(**base)
+
+
+def test_config_file_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("lr: 0.01\ntasks: [counterfact, recent]\n")
+    cfg = load_train_config(path, ["lr=3e-4", "task_weights={counterfact: 3, recent: 1}"])
+    assert cfg.lr == 3e-4 and cfg.tasks == ["counterfact", "recent"]
+    assert cfg.task_mix() == {"counterfact": 0.75, "recent": 0.25}
+    assert TrainConfig().task_mix() == {t: 1 / 3 for t in ("counterfact", "recent", "convsent")}
+    assert parse_override("tasks=[zsre]") == ("tasks", ["zsre"])
+    with pytest.raises(ValueError):
+        load_train_config(None, ["no_such_key=1"])
+    with pytest.raises(ValueError, match="unknown task"):
+        TrainConfig(tasks=["bogus"]).task_mix()
+
+
+def test_sampler_balances_tasks_whatever_their_sizes() -> None:
+    def rec(task: str, i: int) -> EditRecord:
+        return EditRecord(task, f"s{i}", f"p{i}", "t")
+
+    records = {"counterfact": [rec("counterfact", i) for i in range(1000)],
+               "recent": [rec("recent", i) for i in range(10)]}
+    sampler = TaskSampler(records, {"counterfact": 0.5, "recent": 0.5}, random.Random(0))
+    drawn = [sampler.sample().task for _ in range(4000)]
+    assert abs(drawn.count("recent") / len(drawn) - 0.5) < 0.03
+
+
+def test_examples_use_paraphrases_and_locality(exported: Path) -> None:
+    from editor_core.data import load_edit_records
+
+    record = load_edit_records(exported / "counterfact_train.json")[0]
+    ex = make_example(record, random.Random(0), max_paraphrases=5, max_locality=10)
+    assert ex.edit_probes[0] == Probe(record.prompt, record.target_new)
+    assert {p.prompt for p in ex.edit_probes[1:]} == set(record.rephrases)
+    assert all(p.answer == record.target_new for p in ex.edit_probes)
+    locality = {p for probes in record.locality.values() for p in probes}
+    assert set(ex.locality_probes) <= locality and ex.locality_probes
+    convsent = load_edit_records(exported / "convsent_train.json")[0]
+    ex = make_example(convsent, random.Random(0), 5, 10)
+    assert all(p.answer in convsent.answers for p in ex.edit_probes)
+
+
+def test_locality_kl_is_zero_for_identical_logits_and_counts_answer_tokens_only() -> None:
+    tok = small_tokenizer()
+
+    class Holder:
+        tokenizer = tok
+        max_length = 64
+
+    batch = encode_probes(Holder(), [Probe("Which day comes after Monday?", "Tuesday")])
+    logits = torch.randn(1, batch.input_ids.shape[1], len(tok))
+    assert locality_kl(logits, logits, batch).item() == pytest.approx(0, abs=1e-6)
+    changed = logits.clone()
+    mask = answer_mask(batch)
+    changed[:, :-1][~mask] += torch.randn_like(changed[:, :-1][~mask]) * 5
+    assert locality_kl(logits, changed, batch).item() == pytest.approx(0, abs=1e-6)
+    changed[:, :-1][mask] += torch.randn_like(changed[:, :-1][mask]) * 5
+    assert locality_kl(logits, changed, batch).item() > 0.01
+
+
+def test_training_runs_validates_saves_and_resumes(tiny_lm, exported, tmp_path) -> None:
+    out = tmp_path / "run"
+    trainer = Trainer(tiny_config(tiny_lm, exported, out, steps=2))
+    before = {k: v.clone() for k, v in trainer.editor.hypernetwork.state_dict().items()}
+    summary = trainer.fit()
+    assert summary["steps"] == 2 and summary["skipped_steps"] == 0
+    after = trainer.editor.hypernetwork.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it learned something
+    for name in ("config.json", "log.jsonl", "training_curves.png", "best/editor.safetensors",
+                 "last/trainer_state.json", "last/optimizer.safetensors"):
+        assert (out / name).exists(), name
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]
+    val = [r for r in rows if r["kind"] == "validation"]
+    assert val and 0 <= val[-1]["score"] <= 1 and "recent/locality" in val[-1]
+    # The best checkpoint loads against the model it was trained for.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    editor = load_editor(out / "best", model, AutoTokenizer.from_pretrained(tiny_lm))
+    assert editor.use_instructions
+    # Resuming continues from step 2 with the saved optimiser state.
+    again = Trainer(tiny_config(tiny_lm, exported, out, steps=4))
+    assert again.resume() and again.step == 2
+    assert again.optim.state_dict()["state"]
+    again.fit()
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4]
+
+
+def test_non_finite_steps_are_skipped_and_counted(tiny_lm, exported, tmp_path) -> None:
+    trainer = Trainer(tiny_config(tiny_lm, exported, tmp_path / "nan", c_edit=float("nan")))
+    before = {k: v.clone() for k, v in trainer.editor.hypernetwork.named_parameters()}
+    record = trainer.train_step()
+    assert record["skipped"] == 1 and trainer.skipped == 1
+    assert all(torch.equal(before[k], v) for k, v in trainer.editor.hypernetwork.named_parameters())
+
+
+def test_without_instructions_ablation(tiny_lm, exported, tmp_path) -> None:
+    trainer = Trainer(tiny_config(tiny_lm, exported, tmp_path / "plain",
+                                  use_instructions=False, tasks=["counterfact"]))
+    example = make_example(trainer.sampler.sample(), random.Random(0), 2, 2)
+    assert trainer.editor.edit_input(example.request) == example.request.prompt
+    assert trainer.train_step()["step"] == 1
+
+
+def test_data_parallel_training_with_two_processes(tiny_lm, exported, tmp_path) -> None:
+    """torchrun with 2 CPU processes (gloo) trains and saves one checkpoint."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", str(29500 + random.Random().randrange(1000)),
+           "-m", "service.cli", "train", "--threads", "1",
+           "--set", f"model={tiny_lm}", "--set", f"data_dir={exported}",
+           "--set", f"out_dir={out}", "--set", "rank=8", "--set", "accumulate=1",
+           "--set", "steps=2", "--set", "val_every=2", "--set", "val_edits=2",
+           "--set", "tasks=[counterfact]"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((out / "best" / "editor_config.json").read_text())
+    assert config["training"]["processes"] == 2 and config["training"]["steps"] == 2
