@@ -28,7 +28,9 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..checkpoint import model_fingerprint, save_editor
+from ..data.records import Probe
 from ..editor import Captured, Editor
+from ..encoding import target_nll
 from ..hypernetwork import Hypernetwork, HypernetworkConfig
 from ..instructions import InstructionRegistry
 from ..specs import resolve_editable
@@ -183,8 +185,11 @@ class Trainer:
                 factors = self.editor.transform(
                     self.editor.capture(self.editor.encode([ex.request])))
                 weights = edited_weights(self.editor, factors)
-                eb = encode_probes(self.editor, ex.edit_probes)
-                acc.append(token_accuracy(logits_with(self.editor, eb, weights), eb).mean())
+                if record.task == "convsent" and record.opposite_answers:
+                    acc.append(self._sentiment_success(record, weights))
+                else:
+                    eb = encode_probes(self.editor, ex.edit_probes)
+                    acc.append(token_accuracy(logits_with(self.editor, eb, weights), eb).mean())
                 if ex.locality_probes:
                     lb = encode_probes(self.editor, ex.locality_probes)
                     pre = logits_with(self.editor, lb, None)
@@ -195,6 +200,19 @@ class Trainer:
             scores.append((result[f"{task}/edit_acc"] + result[f"{task}/locality"]) / 2)
         result["score"] = sum(scores) / len(scores)
         return result
+
+    def _sentiment_success(self, record, weights) -> torch.Tensor:
+        """Share of (question, phrasing) pairs where the edited model prefers the answer of
+        the new sentiment to the same phrasing of the old one (token accuracy would reward
+        the answers' shared wording instead)."""
+        prompts = [record.prompt, *record.rephrases]
+        pairs = list(zip(record.answers, record.opposite_answers))
+        new = [Probe(p, a) for p in prompts for a, _ in pairs]
+        old = [Probe(p, b) for p in prompts for _, b in pairs]
+        nb, ob = encode_probes(self.editor, new), encode_probes(self.editor, old)
+        nll_new = target_nll(logits_with(self.editor, nb, weights), nb.labels)
+        nll_old = target_nll(logits_with(self.editor, ob, weights), ob.labels)
+        return (nll_new < nll_old).float().mean()
 
     # -- state --------------------------------------------------------------------------
     def _summary(self) -> dict:
