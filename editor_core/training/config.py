@@ -27,9 +27,9 @@ class TrainConfig(BaseModel):
     last_blocks: int = 3
     rank: int = 256
     n_blocks: int = 2
-    init_step_size: float = 1e-3
+    init_step_size: float = 1e-4
     lr: float = 1e-4
-    step_size_lr: float = 1e-3
+    step_size_lr: float = 1e-5  # step sizes are ~1e-4: a larger rate makes them swing
     c_edit: float = 0.1
     c_loc: float = 1.0
     grad_clip: float = 100.0
