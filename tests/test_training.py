@@ -97,6 +97,27 @@ def test_locality_kl_is_zero_for_identical_logits_and_counts_answer_tokens_only(
     assert locality_kl(logits, changed, batch).item() > 0.01
 
 
+def test_edit_loss_mean_or_sum_over_answer_tokens() -> None:
+    from editor_core.training.objective import edit_nll
+
+    tok = small_tokenizer()
+
+    class Holder:
+        tokenizer = tok
+        max_length = 64
+
+    batch = encode_probes(Holder(), [Probe("Q?", "one two three four"), Probe("Q?", "five")])
+    logits = torch.randn(2, batch.input_ids.shape[1], len(tok))
+    n_tokens = answer_mask(batch).sum(1).float()
+    per_token = edit_nll(logits[:1], type(batch)(batch.input_ids[:1], batch.attention_mask[:1],
+                                                  batch.labels[:1]))
+    summed = edit_nll(logits[:1], type(batch)(batch.input_ids[:1], batch.attention_mask[:1],
+                                               batch.labels[:1]), "sum")
+    assert summed.item() == pytest.approx(per_token.item() * n_tokens[0].item(), rel=1e-5)
+    with pytest.raises(ValueError, match="reduction"):
+        edit_nll(logits, batch, "max")
+
+
 def test_training_runs_validates_saves_and_resumes(tiny_lm, exported, tmp_path) -> None:
     out = tmp_path / "run"
     trainer = Trainer(tiny_config(tiny_lm, exported, out, steps=2))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,6 +31,7 @@ class TrainConfig(BaseModel):
     lr: float = 1e-4
     step_size_lr: float = 1e-5  # step sizes are ~1e-4: a larger rate makes them swing
     c_edit: float = 0.1
+    edit_loss: Literal["mean", "sum"] = "mean"  # per-token mean or sum of the answer NLL
     c_loc: float = 1.0
     grad_clip: float = 100.0
     accumulate: int = 4  # edits per optimiser step (per process)

@@ -75,5 +75,15 @@ def unchanged_fraction(pre_logits: torch.Tensor, post_logits: torch.Tensor,
     return same.sum(1).float() / mask.sum(1).clamp(min=1)
 
 
-def edit_nll(logits: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:
-    return target_nll(logits, batch.labels.to(logits.device)).mean()
+def edit_nll(logits: torch.Tensor, batch: EncodedBatch, reduction: str = "mean"
+             ) -> torch.Tensor:
+    """Mean over probes of the answer NLL, itself a mean (``"mean"``) or a sum (``"sum"``)
+    over the answer's tokens. Summing weighs a long answer whose meaning hinges on one token
+    (a ConvSent reply) like a short fact, instead of diluting that token."""
+    labels = batch.labels.to(logits.device)
+    per_probe = target_nll(logits, labels)
+    if reduction == "sum":
+        per_probe = per_probe * (labels[:, 1:] != IGNORE_INDEX).sum(1)
+    elif reduction != "mean":
+        raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
+    return per_probe.mean()

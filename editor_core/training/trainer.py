@@ -127,7 +127,8 @@ class Trainer:
     def _loss(self, example: TrainingExample, factors) -> tuple[torch.Tensor, dict]:
         weights = edited_weights(self.editor, factors)
         edit_batch = encode_probes(self.editor, example.edit_probes)
-        l_edit = edit_nll(logits_with(self.editor, edit_batch, weights), edit_batch)
+        l_edit = edit_nll(logits_with(self.editor, edit_batch, weights), edit_batch,
+                          self.cfg.edit_loss)
         loss = self.cfg.c_edit * l_edit
         stats = {"edit_nll": l_edit.item()}
         if example.locality_probes:
