@@ -179,6 +179,60 @@ def train_cmd(
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
 
 
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
+    editor: Annotated[Optional[list[Path]], typer.Option(
+        help="trained editor folder to evaluate (repeatable)")] = None,
+    ftl: Annotated[bool, typer.Option(help="include the FT-L fine-tuning baseline")] = True,
+    data_dir: Annotated[Path, typer.Option(help="folder of {task}_{split}.json files")] = Path(
+        "data/world"),
+    tasks: Annotated[str, typer.Option(help="comma-separated tasks")] = (
+        "counterfact,recent,convsent,zsre"),
+    split: Annotated[str, typer.Option(help="which split to evaluate")] = "test",
+    limit: Annotated[Optional[int], typer.Option(
+        help="a deterministic sample of this many edits per task")] = None,
+    held_out_instruction: Annotated[bool, typer.Option(
+        help="also evaluate each editor with its tasks' held-out descriptions")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
+    threads: Threads = None,
+) -> None:
+    """Evaluate editors and baselines on edit records (JSON + markdown table)."""
+    import random
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from editor_core.checkpoint import load_editor
+    from editor_core.evaluation.evaluator import Evaluator, markdown_table
+    from editor_core.evaluation.methods import FineTuneMethod, HypernetworkMethod, NoEditMethod
+    from editor_core.specs import resolve_editable
+    from editor_core.training.examples import load_task_records
+
+    _setup(threads)
+    lm = AutoModelForCausalLM.from_pretrained(model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    records = load_task_records(data_dir, [t.strip() for t in tasks.split(",")], split)
+    if limit is not None:
+        records = {t: random.Random(0).sample(r, min(limit, len(r))) for t, r in records.items()}
+    methods: list = [NoEditMethod()]
+    for path in editor or []:
+        ed = load_editor(path, lm, tokenizer)
+        methods.append(HypernetworkMethod(path.name, ed))
+        if held_out_instruction:
+            methods.append(HypernetworkMethod(f"{path.name} (held-out instruction)", ed,
+                                              held_out_instruction=True))
+    if ftl:
+        methods.append(FineTuneMethod(lm, tokenizer, resolve_editable(lm)))
+    evaluator = Evaluator(lm, tokenizer)
+    results = {m.name: evaluator.evaluate(m, records) for m in methods}
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        settings = {"model": str(model), "data_dir": str(data_dir), "split": split,
+                    "limit": limit, "tasks": list(records)}
+        json_path.write_text(json.dumps({"results": results, "settings": settings}, indent=2))
+    typer.echo(markdown_table(results))
+
+
 @app.command("import-easyedit")
 def import_easyedit_cmd(
     archive: Annotated[Path, typer.Argument(help="EasyEdit MEND/InstructEdit archive (.pt)")],

@@ -1,0 +1,85 @@
+"""The evaluator: same code for every method, model restored after every edit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from editor_core.data import load_edit_records
+from editor_core.evaluation.evaluator import Evaluator, markdown_table, summarize
+from editor_core.evaluation.methods import FineTuneMethod, HypernetworkMethod, NoEditMethod
+from editor_core.specs import resolve_editable
+
+from .test_editing import make_editor
+
+
+def _snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def records(exported: Path):
+    return {"counterfact": load_edit_records(exported / "counterfact_test.json")[:3],
+            "convsent": load_edit_records(exported / "convsent_test.json")[:2]}
+
+
+def test_summary_statistics() -> None:
+    s = summarize([1.0, 0.0, 1.0, 0.0])
+    assert s["mean"] == 0.5 and s["n"] == 4 and s["se"] == pytest.approx((1 / 12) ** 0.5)
+    assert summarize([0.7])["se"] == 0.0
+
+
+def test_fine_tuning_edits_and_everything_is_restored(demo_lm, records) -> None:
+    model, tok = demo_lm
+    before = _snapshot(model)
+    evaluator = Evaluator(model, tok)
+    cf = {"counterfact": records["counterfact"]}
+    unedited = evaluator.evaluate(NoEditMethod(), cf, progress=False)
+    ftl = FineTuneMethod(model, tok, resolve_editable(model), steps=10, lr=1e-3)
+    tuned = evaluator.evaluate(ftl, cf, progress=False)
+    after = _snapshot(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    plain_u, plain_t = unedited["counterfact"]["plain"], tuned["counterfact"]["plain"]
+    assert plain_u["reliability_em"]["mean"] == 0.0  # the LM knows the old fact
+    assert plain_t["reliability_tf"]["mean"] > plain_u["reliability_tf"]["mean"]
+    assert plain_u["locality/Unrelated"]["mean"] == 1.0
+    for protocol in ("plain", "instruction"):
+        metrics = tuned["counterfact"][protocol]
+        assert {"reliability_tf", "reliability_em", "generalization_tf",
+                "generalization_em", "locality/Neighborhood",
+                "locality/Relation_Specificity", "portability/Subject_Aliasing_tf"} <= set(metrics)
+        assert metrics["reliability_tf"]["n"] == 3
+
+
+def test_hypernetwork_method_and_convsent_sentiment(demo_lm, records) -> None:
+    model, tok = demo_lm
+    before = _snapshot(model)
+    editor = make_editor(model, tok, step=1e-3, rank=16)
+    method = HypernetworkMethod("fresh", editor, held_out_instruction=True)
+    result = Evaluator(model, tok).evaluate(method, records, progress=False)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    sentiment = result["convsent"]["plain"]["reliability_sentiment"]
+    assert 0.0 <= sentiment["mean"] <= 1.0 and sentiment["n"] == 2
+    table = markdown_table({"fresh": result})
+    assert "| fresh | convsent | instruction |" in table and "reliability_tf" in table
+
+
+def test_eval_command_writes_json_and_table(exported: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, ["eval", "--data-dir", str(exported), "--tasks",
+                                      "counterfact,zsre", "--limit", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert set(data["results"]) == {"unedited", "FT-L"}
+    assert set(data["results"]["FT-L"]) == {"counterfact", "zsre"}
+    zsre = data["results"]["FT-L"]["zsre"]["plain"]
+    assert zsre["reliability_tf"]["n"] == 2 and "locality/NQ" in zsre
+    assert "| FT-L | zsre | plain |" in result.output
