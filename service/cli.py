@@ -194,6 +194,8 @@ def eval_cmd(
         help="a deterministic sample of this many edits per task")] = None,
     held_out_instruction: Annotated[bool, typer.Option(
         help="also evaluate each editor with its tasks' held-out descriptions")] = False,
+    sequential: Annotated[Optional[str], typer.Option(
+        help="also apply N edits in a row, e.g. 10,100,1000 (CounterFact, all splits)")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
     threads: Threads = None,
 ) -> None:
@@ -225,12 +227,28 @@ def eval_cmd(
         methods.append(FineTuneMethod(lm, tokenizer, resolve_editable(lm)))
     evaluator = Evaluator(lm, tokenizer)
     results = {m.name: evaluator.evaluate(m, records) for m in methods}
+    chains: dict[str, dict[int, dict]] = {}
+    if sequential:
+        pool = [r for s in ("test", "validation", "train")
+                for r in load_task_records(data_dir, ["counterfact"], s)["counterfact"]]
+        random.Random(0).shuffle(pool)
+        for m in methods:
+            chains[m.name] = {int(n): evaluator.sequential(m, pool, int(n))
+                              for n in sequential.split(",")}
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         settings = {"model": str(model), "data_dir": str(data_dir), "split": split,
-                    "limit": limit, "tasks": list(records)}
-        json_path.write_text(json.dumps({"results": results, "settings": settings}, indent=2))
+                    "limit": limit, "tasks": list(records), "sequential": sequential}
+        json_path.write_text(json.dumps({"results": results, "sequential": chains,
+                                         "settings": settings}, indent=2))
     typer.echo(markdown_table(results))
+    if chains:
+        typer.echo("\n| method | edits in a row | retention (TF) | retention (EM) | locality |")
+        typer.echo("|---|---|---|---|---|")
+        for name, by_n in chains.items():
+            for n, r in by_n.items():
+                typer.echo(f"| {name} | {n} | {r['retention_tf']['mean']:.3f} | "
+                           f"{r['retention_em']['mean']:.3f} | {r['locality']['mean']:.3f} |")
 
 
 @app.command("import-easyedit")

@@ -75,7 +75,8 @@ def test_eval_command_writes_json_and_table(exported: Path, tmp_path: Path) -> N
 
     out = tmp_path / "eval.json"
     result = CliRunner().invoke(app, ["eval", "--data-dir", str(exported), "--tasks",
-                                      "counterfact,zsre", "--limit", "2", "--json", str(out)])
+                                      "counterfact,zsre", "--limit", "2", "--sequential", "2",
+                                      "--json", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert set(data["results"]) == {"unedited", "FT-L"}
@@ -83,3 +84,22 @@ def test_eval_command_writes_json_and_table(exported: Path, tmp_path: Path) -> N
     zsre = data["results"]["FT-L"]["zsre"]["plain"]
     assert zsre["reliability_tf"]["n"] == 2 and "locality/NQ" in zsre
     assert "| FT-L | zsre | plain |" in result.output
+    assert data["sequential"]["FT-L"]["2"]["retention_tf"]["n"] == 2
+    assert "| FT-L | 2 |" in result.output
+
+
+def test_sequential_edits_accumulate_then_restore(demo_lm, exported: Path) -> None:
+    model, tok = demo_lm
+    before = _snapshot(model)
+    pool = load_edit_records(exported / "counterfact_train.json")
+    evaluator = Evaluator(model, tok)
+    ftl = FineTuneMethod(model, tok, resolve_editable(model), steps=10, lr=1e-3)
+    one = evaluator.sequential(ftl, pool, 1, probe_first=1)
+    five = evaluator.sequential(ftl, pool, 5, probe_first=1)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert one["retention_tf"]["mean"] == 1.0 and one["retention_tf"]["n"] == 1
+    assert five["locality"]["mean"] <= one["locality"]["mean"]
+    unedited = evaluator.sequential(NoEditMethod(), pool, 3, probe_first=3)
+    assert unedited["locality"]["mean"] == 1.0 and unedited["retention_em"]["mean"] == 0.0
+    with pytest.raises(ValueError, match="needs 9 records"):
+        evaluator.sequential(NoEditMethod(), pool[:2], 9)
