@@ -190,9 +190,12 @@ class Editor:
     def transform(self, captured: Captured) -> dict[str, WeightFactors]:
         """Run the hypernetwork on captured rows (differentiable; the trainer uses this)."""
         factors = {}
+        per_edit = self.hypernetwork.cfg.delta_scaling == "per_edit"
         for w in self.editable:
-            u_t, d_t = self.hypernetwork.transform(w.name, captured.u[w.name],
-                                                   captured.delta[w.name])
+            delta = captured.delta[w.name]
+            if per_edit:
+                delta = _unit_per_span(delta, captured.spans[w.name])
+            u_t, d_t = self.hypernetwork.transform(w.name, captured.u[w.name], delta)
             factors[w.name] = WeightFactors(u_t, d_t, self.hypernetwork.step_size(w.name),
                                             captured.spans[w.name])
         return factors
@@ -219,6 +222,15 @@ class Editor:
         finally:
             self.hypernetwork.train(was_training)
         return self._finish(factors, len(requests))
+
+
+def _unit_per_span(rows: torch.Tensor, spans: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    """Each request's rows divided by their joint Frobenius norm."""
+    scale = torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=rows.device)
+    for start, stop in spans:
+        if stop > start:
+            scale[start:stop] = 1 / rows[start:stop].norm().clamp(min=1e-12)
+    return rows * scale
 
 
 def _first_block_name(model: torch.nn.Module, editable: list[EditableWeight]) -> str:

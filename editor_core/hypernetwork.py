@@ -26,6 +26,16 @@ class HypernetworkConfig:
     n_blocks: int = 2
     init_step_size: float = 1e-4
     norm_eps: float = 1e-7
+    # "per_edit": scale each edit's δ rows (per weight) to unit Frobenius norm before the
+    # running normalisation, so tasks whose editing gradients differ in scale by orders of
+    # magnitude (a counterfactual object vs. one sentiment word) share statistics fairly;
+    # the learned step sizes restore the magnitude. "none" is MEND's behaviour.
+    delta_scaling: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.delta_scaling not in ("none", "per_edit"):
+            raise ValueError(f"delta_scaling must be 'none' or 'per_edit', "
+                             f"not {self.delta_scaling!r}")
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -344,3 +344,29 @@ def test_editing_the_demo_lm_moves_it_to_the_new_fact(demo_lm, world) -> None:
         assert editor.capture(batch).loss.item() < before
     finally:
         ledger.reset()
+
+
+def test_per_edit_delta_scaling_makes_each_edit_unit_norm(tok) -> None:
+    model = tiny_model("gpt2", len(tok))
+    editable = resolve_editable(model)
+    plain = Editor(model, tok, Hypernetwork(editable, HypernetworkConfig(rank=8,
+                                                                         init_step_size=1.0)))
+    scaled = Editor(model, tok, Hypernetwork(editable, HypernetworkConfig(
+        rank=8, init_step_size=1.0, delta_scaling="per_edit")))
+    for hyper in (plain.hypernetwork, scaled.hypernetwork):
+        hyper.eval()
+    raw, unit = plain.compute(REQ), scaled.compute(REQ)
+    captured = plain.capture(plain.encode([REQ]))
+    for name, f in unit.factors.items():
+        norm = captured.delta[name].norm()
+        torch.testing.assert_close(f.dense(), raw.factors[name].dense() / norm.double(),
+                                   rtol=1e-4, atol=1e-9)
+    # Scaling is per request: a batch is still the sum of its requests' edits.
+    batch = scaled.compute([REQ, REQ2])
+    single = [scaled.compute(REQ), scaled.compute(REQ2)]
+    for name in batch.factors:
+        expected = sum(s.factors[name].dense() for s in single)
+        torch.testing.assert_close(batch.factors[name].dense(), expected,
+                                   rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+    with pytest.raises(ValueError, match="delta_scaling"):
+        HypernetworkConfig(delta_scaling="bogus")

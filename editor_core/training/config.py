@@ -28,6 +28,7 @@ class TrainConfig(BaseModel):
     rank: int = 256
     n_blocks: int = 2
     init_step_size: float = 1e-4
+    delta_scaling: Literal["none", "per_edit"] = "none"
     lr: float = 1e-4
     step_size_lr: float = 1e-5  # step sizes are ~1e-4: a larger rate makes them swing
     c_edit: float = 0.1

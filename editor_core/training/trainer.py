@@ -87,7 +87,8 @@ def build_editor(cfg: TrainConfig, device: str = "cpu") -> Editor:
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     editable = resolve_editable(model, cfg.editable, cfg.last_blocks)
     hyper = Hypernetwork(editable, HypernetworkConfig(rank=cfg.rank, n_blocks=cfg.n_blocks,
-                                                      init_step_size=cfg.init_step_size))
+                                                      init_step_size=cfg.init_step_size,
+                                                      delta_scaling=cfg.delta_scaling))
     return Editor(model, tokenizer, hyper.to(device), InstructionRegistry(),
                   use_instructions=cfg.use_instructions)
 
