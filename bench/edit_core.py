@@ -22,7 +22,6 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editor_core.checkpoint import load_editor

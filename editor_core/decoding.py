@@ -21,25 +21,22 @@ def greedy_continuations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     attention mask keeps padding out, and ``generate`` derives positions from it.
     """
     device = next(model.parameters()).device
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     out: list[str] = []
-    try:
-        starts = range(0, len(prompts), batch_size)
-        for i in tqdm(starts, desc=desc, unit="batch", disable=desc is None, leave=False):
-            chunk = list(prompts[i:i + batch_size])
-            enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
-            generated = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            new = generated[:, enc["input_ids"].shape[1]:]
-            out += tokenizer.batch_decode(new, skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = old_side
+    starts = range(0, len(prompts), batch_size)
+    for i in tqdm(starts, desc=desc, unit="batch", disable=desc is None, leave=False):
+        chunk = list(prompts[i:i + batch_size])
+        # Left padding per call: the shared tokenizer is not mutated (thread-safe).
+        enc = tokenizer(chunk, return_tensors="pt", padding=True,
+                        padding_side="left").to(device)
+        generated = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new = generated[:, enc["input_ids"].shape[1]:]
+        out += tokenizer.batch_decode(new, skip_special_tokens=True)
     return out
 
 

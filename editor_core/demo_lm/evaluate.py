@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -12,7 +11,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..decoding import greedy_continuations, starts_with_answer
 from ..world.corpus import LOCALITY_PREFIX, surface_forms
 from ..world.schema import World
-from ..world.templates import OPINION_QUESTIONS, RELATIONS_BY_NAME, SENTIMENT_WORDS
+from ..world.sentiment import sentiment_of
+from ..world.templates import OPINION_QUESTIONS, RELATIONS_BY_NAME
 
 # Acceptance floors for the shipped LM.
 KNOWN_FLOOR = 0.99
@@ -25,21 +25,6 @@ class _Probe:
     prompt: str
     answer: str
     group: tuple[str, ...]  # keys this probe's outcome is counted under
-
-
-_MARKERS = {
-    sentiment: re.compile(r"\b(" + "|".join(map(re.escape, words)) + r")\b")
-    for sentiment, words in SENTIMENT_WORDS.items()
-}
-
-
-def sentiment_of(text: str) -> str | None:
-    """The sentiment an answer expresses, read from its marker words (None if unclear)."""
-    lowered = text.lower()
-    hits = {s: len(pattern.findall(lowered)) for s, pattern in _MARKERS.items()}
-    if hits["positive"] == hits["negative"]:
-        return None
-    return max(hits, key=hits.get)
 
 
 def _fact_probes(world: World, *, seen: bool, limit: int | None = None) -> list[_Probe]:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..data.records import EditRecord, Probe
 from ..decoding import greedy_continuations
-from ..demo_lm.evaluate import sentiment_of
+from ..world.sentiment import sentiment_of
 from ..instructions import InstructionRegistry
 from .methods import EditMethod
 from .metrics import answer_argmax, exact_match, token_accuracy, unchanged_share

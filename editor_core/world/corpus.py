@@ -74,7 +74,7 @@ def tokenizer_corpus(world: World) -> Iterator[str]:
             yield template.prompt(placeholder)
     for question in OPINION_QUESTIONS:
         yield question.prompt(placeholder)
-    for sentiment, answers in OPINION_ANSWERS.items():
+    for answers in OPINION_ANSWERS.values():
         for a in answers:
             yield a.format(s=placeholder, S=placeholder)
     for e in world.entities.values():
