@@ -25,6 +25,15 @@ app = typer.Typer(
 Threads = Annotated[Optional[int], typer.Option(help="torch threads (default: settings)")]
 
 
+def _named_path(item: str) -> tuple[str, Path]:
+    """``NAME=FOLDER`` or ``FOLDER`` (named after the run: ``runs/x/best`` is ``x``)."""
+    if "=" in item:
+        name, path = item.split("=", 1)
+        return name, Path(path)
+    path = Path(item)
+    return (path.parent.name if path.name in ("best", "last") else path.name), path
+
+
 def _setup(threads: int | None) -> RuntimeSettings:
     settings = RuntimeSettings()
     runtime.configure_threads(settings.threads if threads is None else threads)
@@ -182,8 +191,11 @@ def train_cmd(
 @app.command("eval")
 def eval_cmd(
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
-    editor: Annotated[Optional[list[Path]], typer.Option(
-        help="trained editor folder to evaluate (repeatable)")] = None,
+    editor: Annotated[Optional[list[str]], typer.Option(
+        help="trained editor to evaluate, [NAME=]FOLDER (repeatable)")] = None,
+    single_task: Annotated[Optional[list[str]], typer.Option(
+        help="an editor trained on one task, TASK=FOLDER (repeatable): evaluated together "
+             "as one method on those tasks")] = None,
     ftl: Annotated[bool, typer.Option(help="include the FT-L fine-tuning baseline")] = True,
     data_dir: Annotated[Path, typer.Option(help="folder of {task}_{split}.json files")] = Path(
         "data/world"),
@@ -206,7 +218,8 @@ def eval_cmd(
 
     from editor_core.checkpoint import load_editor
     from editor_core.evaluation.evaluator import Evaluator, markdown_table
-    from editor_core.evaluation.methods import FineTuneMethod, HypernetworkMethod, NoEditMethod
+    from editor_core.evaluation.methods import (FineTuneMethod, HypernetworkMethod,
+                                                NoEditMethod, PerTaskMethod)
     from editor_core.specs import resolve_editable
     from editor_core.training.examples import load_task_records
 
@@ -217,22 +230,28 @@ def eval_cmd(
     if limit is not None:
         records = {t: random.Random(0).sample(r, min(limit, len(r))) for t, r in records.items()}
     methods: list = [NoEditMethod()]
-    for path in editor or []:
+    for name, path in map(_named_path, editor or []):
         ed = load_editor(path, lm, tokenizer)
-        methods.append(HypernetworkMethod(path.name, ed))
-        if held_out_instruction:
-            methods.append(HypernetworkMethod(f"{path.name} (held-out instruction)", ed,
+        methods.append(HypernetworkMethod(name, ed))
+        if held_out_instruction and ed.use_instructions:
+            methods.append(HypernetworkMethod(f"{name} (held-out instruction)", ed,
                                               held_out_instruction=True))
+    if single_task:
+        per_task = {}
+        for task, path in map(_named_path, single_task):
+            per_task[task] = HypernetworkMethod(task, load_editor(path, lm, tokenizer))
+        methods.append(PerTaskMethod("MEND single-task", per_task))
     if ftl:
         methods.append(FineTuneMethod(lm, tokenizer, resolve_editable(lm)))
     evaluator = Evaluator(lm, tokenizer)
-    results = {m.name: evaluator.evaluate(m, records) for m in methods}
+    results = {m.name: evaluator.evaluate(m, {t: r for t, r in records.items()
+                                              if m.covers(t)}) for m in methods}
     chains: dict[str, dict[int, dict]] = {}
     if sequential:
         pool = [r for s in ("test", "validation", "train")
                 for r in load_task_records(data_dir, ["counterfact"], s)["counterfact"]]
         random.Random(0).shuffle(pool)
-        for m in methods:
+        for m in [m for m in methods if m.covers("counterfact")]:
             chains[m.name] = {int(n): evaluator.sequential(m, pool, int(n))
                               for n in sequential.split(",")}
     if json_path is not None:
@@ -249,6 +268,53 @@ def eval_cmd(
             for n, r in by_n.items():
                 typer.echo(f"| {name} | {n} | {r['retention_tf']['mean']:.3f} | "
                            f"{r['retention_em']['mean']:.3f} | {r['locality']['mean']:.3f} |")
+
+
+@app.command("analyze")
+def analyze_cmd(
+    editor: Annotated[list[str], typer.Option(
+        help="trained editor, [NAME=]FOLDER (repeatable: one panel each)")],
+    model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
+    data_dir: Annotated[Path, typer.Option(help="folder of {task}_{split}.json files")] = Path(
+        "data/world"),
+    tasks: Annotated[str, typer.Option(help="comma-separated tasks")] = (
+        "counterfact,recent,convsent,zsre"),
+    split: Annotated[str, typer.Option(help="which split's edits to analyse")] = "test",
+    limit: Annotated[int, typer.Option(help="edits per task (deterministic sample)")] = 60,
+    png: Annotated[Path, typer.Option(help="where to draw the picture")] = Path(
+        "runs/edit_regions.png"),
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
+    threads: Threads = None,
+) -> None:
+    """Edit-region analysis: PCA of each task's edit directions, one panel per editor."""
+    import random
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from editor_core.checkpoint import load_editor
+    from editor_core.evaluation.analysis import analyze_editor, plot_edit_regions
+    from editor_core.training.examples import load_task_records
+
+    _setup(threads)
+    lm = AutoModelForCausalLM.from_pretrained(model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    records = load_task_records(data_dir, [t.strip() for t in tasks.split(",")], split)
+    records = {t: random.Random(0).sample(r, min(limit, len(r))) for t, r in records.items()}
+    analyses = {}
+    for name, path in map(_named_path, editor):
+        analyses[name] = analyze_editor(load_editor(path, lm, tokenizer), records, desc=name)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    plot_edit_regions(analyses, png)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(analyses, indent=1) + "\n")
+    typer.echo("| editor | nearest-centroid accuracy | cosine within task | cosine between |")
+    typer.echo("|---|---|---|---|")
+    for name, result in analyses.items():
+        sep = result["separation"]
+        typer.echo(f"| {name} | {sep['nearest_centroid_accuracy']:.3f} | "
+                   f"{sep['within_task_cosine']:.3f} | {sep['between_task_cosine']:.3f} |")
+    typer.echo(f"picture: {png}")
 
 
 @app.command("import-easyedit")

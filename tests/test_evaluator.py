@@ -103,3 +103,50 @@ def test_sequential_edits_accumulate_then_restore(demo_lm, exported: Path) -> No
     assert unedited["locality"]["mean"] == 1.0 and unedited["retention_em"]["mean"] == 0.0
     with pytest.raises(ValueError, match="needs 9 records"):
         evaluator.sequential(NoEditMethod(), pool[:2], 9)
+
+
+def test_per_task_method_routes_by_task_and_restores(demo_lm, records) -> None:
+    from editor_core.evaluation.methods import PerTaskMethod
+
+    model, tok = demo_lm
+    before = _snapshot(model)
+    cf_editor = HypernetworkMethod("cf", make_editor(model, tok, step=1e-3, rank=16))
+    cs_editor = HypernetworkMethod("cs", make_editor(model, tok, step=2e-3, rank=16))
+    method = PerTaskMethod("single-task", {"counterfact": cf_editor, "convsent": cs_editor})
+    assert method.covers("convsent") and not method.covers("zsre")
+    for record, used, unused in ((records["counterfact"][0], cf_editor, cs_editor),
+                                 (records["convsent"][0], cs_editor, cf_editor)):
+        method.apply(record)
+        assert len(used.ledger.active) == 1 and not unused.ledger.active
+        assert not all(torch.equal(before[n], p) for n, p in model.named_parameters())
+        method.restore()
+        assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+        assert not used.ledger.active
+
+
+def test_eval_command_names_editors_and_evaluates_single_task_ones(
+        demo_lm, exported: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from editor_core.checkpoint import model_fingerprint, save_editor
+    from service.cli import app
+
+    model, tok = demo_lm
+    editor = make_editor(model, tok, step=1e-3, rank=16)
+    fp = model_fingerprint(model, editor.editable, tok)
+    save_editor(tmp_path / "runs" / "mine" / "best", editor, base_fingerprint=fp)
+    save_editor(tmp_path / "cf", editor, base_fingerprint=fp)
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, [
+        "eval", "--data-dir", str(exported), "--tasks", "counterfact,zsre", "--limit", "1",
+        "--editor", str(tmp_path / "runs" / "mine" / "best"), "--editor",
+        f"Named={tmp_path / 'cf'}", "--single-task", f"counterfact={tmp_path / 'cf'}",
+        "--held-out-instruction", "--no-ftl", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())["results"]
+    assert set(data) == {"unedited", "mine", "mine (held-out instruction)", "Named",
+                         "Named (held-out instruction)", "MEND single-task"}
+    assert set(data["MEND single-task"]) == {"counterfact"}
+    assert set(data["Named"]) == {"counterfact", "zsre"}

@@ -20,8 +20,14 @@ from ..specs import EditableWeight
 class EditMethod(Protocol):
     name: str
 
+    def covers(self, task: str) -> bool: ...
     def apply(self, record: EditRecord) -> None: ...
     def restore(self) -> None: ...
+
+
+class _AnyTask:
+    def covers(self, task: str) -> bool:
+        return True
 
 
 def request_for(record: EditRecord, description: str | None = None) -> EditRequest:
@@ -29,7 +35,7 @@ def request_for(record: EditRecord, description: str | None = None) -> EditReque
                        description=description, sentiment=record.sentiment)
 
 
-class HypernetworkMethod:
+class HypernetworkMethod(_AnyTask):
     """A trained editor (InstructEdit, or MEND when it was trained without instructions).
 
     ``held_out_instruction`` wraps each edit in its task's held-out description instead of
@@ -55,7 +61,32 @@ class HypernetworkMethod:
         self.ledger.reset()
 
 
-class FineTuneMethod:
+class PerTaskMethod:
+    """One method per task under a single name: e.g. MEND trained separately on each task.
+
+    It covers only the tasks it has a method for; the evaluator skips the others.
+    """
+
+    def __init__(self, name: str, methods: dict[str, EditMethod]) -> None:
+        self.name = name
+        self.methods = methods
+        self._applied: list[EditMethod] = []
+
+    def covers(self, task: str) -> bool:
+        return task in self.methods
+
+    def apply(self, record: EditRecord) -> None:
+        method = self.methods[record.task]
+        method.apply(record)
+        self._applied.append(method)
+
+    def restore(self) -> None:
+        for method in dict.fromkeys(self._applied):
+            method.restore()
+        self._applied.clear()
+
+
+class FineTuneMethod(_AnyTask):
     """FT-L: a few Adam steps on the editable weights, minimising the target's NLL on the
     plain prompt (no locality term), as the usual fine-tuning baseline does."""
 
@@ -99,7 +130,7 @@ class FineTuneMethod:
             p.copy_(original)
 
 
-class NoEditMethod:
+class NoEditMethod(_AnyTask):
     """The unedited model: the floor every method's reliability is compared with."""
 
     name = "unedited"
