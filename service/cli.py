@@ -317,6 +317,32 @@ def analyze_cmd(
     typer.echo(f"picture: {png}")
 
 
+@app.command("editor-card")
+def editor_card_cmd(
+    run: Annotated[Path, typer.Option(help="the editor's training run (uses run/best)")] = Path(
+        "runs/demo-editor"),
+    eval_json: Annotated[Path, typer.Option("--eval", help="instructedit eval --json output")
+                         ] = Path("runs/demo-editor-eval.json"),
+    analysis: Annotated[Path, typer.Option(help="instructedit analyze --json output")] = Path(
+        "runs/demo-editor-analysis.json"),
+    regions: Annotated[Path, typer.Option(help="instructedit analyze --png output")] = Path(
+        "runs/demo-editor-regions.png"),
+    notes: Annotated[Optional[Path], typer.Option(help="markdown appended to the card")] = None,
+    out: Annotated[Path, typer.Option(help="checkpoint folder to write")] = Path(
+        "checkpoints/demo-editor"),
+) -> None:
+    """Ship a trained editor: copy it with its evaluation and write its model card."""
+    from editor_core.evaluation.card import write_editor_card
+
+    commands = {"train": "instructedit train --config configs/demo-editor.yaml",
+                "eval": "scripts/build-demo-editor (its eval step)",
+                "analyze": "scripts/build-demo-editor (its analyze step)"}
+    path = write_editor_card(out, run / "best", eval_json, analysis, regions,
+                             run / "training_curves.png", commands=commands,
+                             notes=notes.read_text() if notes else "")
+    typer.echo(f"wrote {path}")
+
+
 @app.command("import-easyedit")
 def import_easyedit_cmd(
     archive: Annotated[Path, typer.Argument(help="EasyEdit MEND/InstructEdit archive (.pt)")],
