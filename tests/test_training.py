@@ -178,3 +178,31 @@ def test_data_parallel_training_with_two_processes(tiny_lm, exported, tmp_path) 
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((out / "best" / "editor_config.json").read_text())
     assert config["training"]["processes"] == 2 and config["training"]["steps"] == 2
+
+
+def test_weights_substituted_matches_functional_call_and_always_restores(tiny_lm) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from editor_core.training.objective import weights_substituted
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
+    name = "transformer.h.1.mlp.c_fc.weight"
+    own = dict(model.named_parameters())[name]
+    original = own.detach().clone()
+    other = {name: original + 0.5}
+    ids = torch.tensor([[1, 5, 9, 3]])
+    with torch.no_grad():
+        expected = torch.func.functional_call(model, other, args=(ids,)).logits
+        with weights_substituted(model, other) as swapped:
+            torch.testing.assert_close(swapped(ids).logits, expected)
+        with pytest.raises(RuntimeError, match="boom"), weights_substituted(model, other):
+            raise RuntimeError("boom")
+    assert dict(model.named_parameters())[name] is own and torch.equal(own, original)
+
+
+def test_convsent_validation_scores_greedy_sentiment(tiny_lm, exported, tmp_path) -> None:
+    trainer = Trainer(tiny_config(tiny_lm, exported, tmp_path / "cs", tasks=["convsent"],
+                                  val_edits=2))
+    val = trainer.validate()
+    # A random tiny model answers with no sentiment words: no edit counts as flipped.
+    assert val["convsent/edit_acc"] == 0.0 and 0.0 <= val["convsent/locality"] <= 1.0

@@ -9,7 +9,8 @@ code gets wrong by one).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch.func import functional_call
@@ -33,6 +34,22 @@ def edited_weights(editor: Editor, factors: dict[str, WeightFactors]) -> dict[st
         delta = (f.u.T @ f.d) * f.step
         out[w.name] = params[w.name] - w.to_stored(delta).to(params[w.name].dtype)
     return out
+
+
+@contextmanager
+def weights_substituted(model: torch.nn.Module, weights: dict[str, torch.Tensor]
+                        ) -> Iterator[torch.nn.Module]:
+    """The model with ``weights`` in place of its own, for code that calls it directly (e.g.
+    ``generate``); gradient-free, single-threaded use only (validation)."""
+    params = dict(model.named_parameters())
+    saved = {name: params[name].data for name in weights}
+    try:
+        for name, value in weights.items():
+            params[name].data = value.detach()
+        yield model
+    finally:
+        for name, value in saved.items():
+            params[name].data = value
 
 
 def logits_with(editor: Editor, batch: EncodedBatch,

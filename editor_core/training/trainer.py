@@ -28,12 +28,12 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..checkpoint import model_fingerprint, save_editor
-from ..data.records import Probe
+from ..decoding import greedy_continuations
 from ..editor import Captured, Editor
-from ..encoding import target_nll
 from ..hypernetwork import Hypernetwork, HypernetworkConfig
 from ..instructions import InstructionRegistry
 from ..specs import resolve_editable
+from ..world.sentiment import sentiment_of
 from .config import TrainConfig
 from .examples import TaskSampler, TrainingExample, load_task_records, make_example
 from .objective import (
@@ -44,6 +44,7 @@ from .objective import (
     logits_with,
     token_accuracy,
     unchanged_fraction,
+    weights_substituted,
 )
 
 STATE_FILE = "trainer_state.json"
@@ -187,7 +188,7 @@ class Trainer:
                 factors = self.editor.transform(
                     self.editor.capture(self.editor.encode([ex.request])))
                 weights = edited_weights(self.editor, factors)
-                if record.task == "convsent" and record.opposite_answers:
+                if record.task == "convsent" and record.sentiment:
                     acc.append(self._sentiment_success(record, weights))
                 else:
                     eb = encode_probes(self.editor, ex.edit_probes)
@@ -204,17 +205,14 @@ class Trainer:
         return result
 
     def _sentiment_success(self, record, weights) -> torch.Tensor:
-        """Share of (question, phrasing) pairs where the edited model prefers the answer of
-        the new sentiment to the same phrasing of the old one (token accuracy would reward
-        the answers' shared wording instead)."""
+        """Share of the topic's questions whose greedy answer under the edit carries the new
+        sentiment: what the evaluator measures (teacher-forced accuracy would reward the
+        answers' shared wording instead)."""
         prompts = [record.prompt, *record.rephrases]
-        pairs = list(zip(record.answers, record.opposite_answers))
-        new = [Probe(p, a) for p in prompts for a, _ in pairs]
-        old = [Probe(p, b) for p in prompts for _, b in pairs]
-        nb, ob = encode_probes(self.editor, new), encode_probes(self.editor, old)
-        nll_new = target_nll(logits_with(self.editor, nb, weights), nb.labels)
-        nll_old = target_nll(logits_with(self.editor, ob, weights), ob.labels)
-        return (nll_new < nll_old).float().mean()
+        with weights_substituted(self.editor.edit_model, weights) as model:
+            answers = greedy_continuations(model, self.editor.tokenizer, prompts, 24)
+        return torch.tensor([float(sentiment_of(a) == record.sentiment) for a in answers]
+                            ).mean()
 
     # -- state --------------------------------------------------------------------------
     def _summary(self) -> dict:
