@@ -107,8 +107,12 @@ saw. Weights: {size_mb:.1f} MB. Base-model fingerprint `{config['base_model_fing
 from editor_core.checkpoint import load_editor
 from editor_core.editor import EditRequest
 editor = load_editor("checkpoints/demo-editor", model, tokenizer)
-delta = editor.compute(EditRequest("counterfact", "Ann Smith is a citizen of", "Norway"))
+delta = editor.compute(EditRequest("counterfact", "The passport of Dreixfur Zindplexgirk was issued by",
+                                   "Veiistan", subject="Dreixfur Zindplexgirk"))
 ```
+
+The service applies such deltas through its weight ledger (`WeightLedger.for_editor`), which
+can remove each one exactly.
 
 ## Training
 
