@@ -116,11 +116,12 @@ can remove each one exactly.
 
 ## Training
 
-`{commands['train']}`: {training['steps']} steps of {tcfg['accumulate']} edits
-({training['processes']} process(es), {tcfg['threads']} thread(s)),
-{training['train_seconds'] / 60:.1f} min of training steps; {training['skipped_steps']} steps
-skipped for non-finite gradients; best validation score {training['best_val_score']:.4f}
-(mean over tasks of edit success and locality on the validation split). Loss:
+`{commands['train']}`: {tcfg['steps']} steps of {tcfg['accumulate']} edits
+({training['processes']} process(es), {tcfg['threads']} thread(s)). The shipped weights are
+the best validation checkpoint, step {training['steps']} (score
+{training['best_val_score']:.4f}: mean over tasks of edit success and locality on the
+validation split), reached after {training['train_seconds'] / 60:.1f} min of training steps;
+{training['skipped_steps']} steps were skipped for non-finite gradients. Loss:
 c_edit={tcfg['c_edit']} · NLL ({tcfg['edit_loss']} over answer tokens) on the plain prompt and
 training paraphrases + c_loc={tcfg['c_loc']} · KL on locality prompts; lr {tcfg['lr']},
 step-size lr {tcfg['step_size_lr']}.
