@@ -151,10 +151,10 @@ def serve_cmd(
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     typer.echo(f"Loaded the LM from {settings.model} ({n_params:.1f}M parameters).")
     typer.echo(
-        "NOT AVAILABLE YET: the REST service (POST /edits, /generate, rollback, metrics), the "
-        "trained demo editor and the Redis edit store are still to be built (the editor "
-        "library exists: see README). Nothing is listening on "
-        f"http://{host}:{port}."
+        "NOT AVAILABLE YET: the REST service (POST /edits, /generate, rollback, metrics) is "
+        "still to be built; the editor library, the trained demo editor "
+        "(checkpoints/demo-editor) and the Redis edit store exist (see README). Nothing is "
+        f"listening on http://{host}:{port}."
     )
     samples = _sample_prompts()
     for prompt, text in zip(samples, greedy_continuations(model, tokenizer, samples, 24)):
