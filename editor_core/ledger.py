@@ -144,7 +144,7 @@ class WeightLedger:
         ``version`` lets a caller replaying a stored log keep the versions it recorded; it
         must be newer than every version already applied.
         """
-        self._check(delta)
+        self.validate(delta)
         with self._lock:
             if edit_id in self._active:
                 raise LedgerError(f"edit {edit_id!r} is already active")
@@ -157,8 +157,9 @@ class WeightLedger:
             self._write()
             return edit.version
 
-    def _check(self, delta: EditDelta) -> None:
-        """Refuse a delta that does not fit, before anything changes."""
+    def validate(self, delta: EditDelta) -> None:
+        """Refuse a delta that does not fit (LedgerError), before anything changes; callers
+        that persist an edit first check it here so a stored edit always applies."""
         if delta.n_requests != 1:
             raise LedgerError("apply each request of a batch on its own (EditDelta.split())")
         if set(delta.factors) != set(self._params):

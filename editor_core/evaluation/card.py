@@ -107,8 +107,8 @@ saw. Weights: {size_mb:.1f} MB. Base-model fingerprint `{config['base_model_fing
 from editor_core.checkpoint import load_editor
 from editor_core.editor import EditRequest
 editor = load_editor("checkpoints/demo-editor", model, tokenizer)
-delta = editor.compute(EditRequest("counterfact", "The passport of Dreixfur Zindplexgirk was issued by",
-                                   "Veiistan", subject="Dreixfur Zindplexgirk"))
+delta = editor.compute(EditRequest("counterfact", "Plyndti Brynta is a citizen of", "Veiistan",
+                                   subject="Plyndti Brynta"))
 ```
 
 The service applies such deltas through its weight ledger (`WeightLedger.for_editor`), which

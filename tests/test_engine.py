@@ -1,0 +1,118 @@
+"""The edit engine with the shipped demo editor, a real Redis and a restart in between."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from editor_core.checkpoint import load_editor
+from editor_core.decoding import greedy_continuations
+from editor_core.editor import EditRequest
+from editor_core.ledger import WeightLedger
+from service.engine import EditEngine
+from service.store import EditStore, StoreError
+
+from .conftest import DEMO_LM, REPO
+
+DEMO_EDITOR = REPO / "checkpoints" / "demo-editor"
+PROMPT = "Plyndti Brynta is a citizen of"  # a demo-world test edit
+TARGET = "Veiistan"
+REQUEST = EditRequest("counterfact", PROMPT, TARGET, subject="Plyndti Brynta")
+RECORD = {"task": "counterfact", "prompt": PROMPT, "target": TARGET,
+          "subject": "Plyndti Brynta"}
+
+
+class Replica:
+    """A freshly started process's model, editor and ledger (pristine weights)."""
+
+    def __init__(self) -> None:
+        self.model = AutoModelForCausalLM.from_pretrained(DEMO_LM).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(DEMO_LM)
+        self.editor = load_editor(DEMO_EDITOR, self.model, self.tokenizer)
+        self.ledger = WeightLedger.for_editor(self.editor)
+        self.pristine_digest = self.ledger.live_digest()
+
+    def engine(self, socket: str) -> EditEngine:
+        client = aioredis.Redis(unix_socket_path=socket)
+        return EditEngine(self.editor, self.ledger, EditStore(client, "demo"))
+
+    def answer(self, prompt: str = PROMPT) -> str:
+        return greedy_continuations(self.model, self.tokenizer, [prompt], 8)[0].strip()
+
+
+@pytest.fixture()
+def first() -> Replica:
+    return Replica()
+
+
+def test_edit_persists_replays_after_restart_and_rolls_back_exactly(redis_socket) -> None:
+    first, second = Replica(), Replica()
+    assert not first.answer().startswith(TARGET)
+
+    async def edit_then_restart():
+        added = await first.engine(redis_socket).create(REQUEST, RECORD)
+        replayed = await second.engine(redis_socket).replay()
+        return added, replayed
+
+    added, replayed = asyncio.run(edit_then_restart())
+    assert added.created and added.edit.version == 1 and first.ledger.version == 1
+    assert first.answer().startswith(TARGET)
+    # The restarted replica rebuilds the same live weights from the store.
+    assert replayed == 1 and second.ledger.live_digest() == first.ledger.live_digest()
+    assert second.answer().startswith(TARGET)
+
+    async def roll_back_twice():
+        engine = first.engine(redis_socket)
+        done = await engine.rollback(added.edit.id, by="tester", at="t")
+        with pytest.raises(StoreError) as again:
+            await engine.rollback(added.edit.id, by="tester", at="t")
+        return done, again.value
+
+    done, again = asyncio.run(roll_back_twice())
+    assert done.status == "rolled_back" and again.code == "conflict"
+    assert first.ledger.live_digest() == first.pristine_digest  # bit for bit
+    assert len(first.ledger) == 0
+
+
+def test_idempotency_key_applies_once(redis_socket, first: Replica) -> None:
+    async def twice():
+        engine = first.engine(redis_socket)
+        a = await engine.create(REQUEST, RECORD, idempotency_key="same")
+        b = await engine.create(REQUEST, RECORD, idempotency_key="same")
+        return a, b, await engine.store.version()
+
+    a, b, version = asyncio.run(twice())
+    assert a.created and not b.created and b.edit.id == a.edit.id
+    assert version == 1 and [e.edit_id for e in first.ledger.active] == [a.edit.id]
+
+
+def test_rollback_after_version(redis_socket, first: Replica) -> None:
+    async def three_then_back():
+        engine = first.engine(redis_socket)
+        ids = []
+        for target in ("Veiistan", "Krexstan", "Foxland"):
+            record = dict(RECORD, target=target)
+            request = EditRequest("counterfact", PROMPT, target, subject=RECORD["subject"])
+            ids.append((await engine.create(request, record)).edit.id)
+        taken = await engine.rollback_after(1, by="tester", at="t")
+        return ids, taken
+
+    ids, taken = asyncio.run(three_then_back())
+    assert taken == [ids[2], ids[1]]
+    assert [e.edit_id for e in first.ledger.active] == [ids[0]]
+
+
+def test_a_store_failure_leaves_the_weights_untouched(tmp_path, first: Replica) -> None:
+    async def unreachable():
+        client = aioredis.Redis(unix_socket_path=str(tmp_path / "no-redis.sock"))
+        engine = EditEngine(first.editor, first.ledger, EditStore(client, "demo"))
+        with pytest.raises(RedisConnectionError):
+            await engine.create(REQUEST, RECORD)
+
+    asyncio.run(unreachable())
+    assert len(first.ledger) == 0 and first.ledger.live_digest() == first.pristine_digest
+    assert not first.answer().startswith(TARGET)
