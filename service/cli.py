@@ -5,7 +5,6 @@ from __future__ import annotations
 from editor_core import runtime  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 
 import json
-import sys
 from collections import Counter
 import time
 from dataclasses import replace
@@ -136,38 +135,21 @@ def eval_lm_cmd(
 def serve_cmd(
     host: Annotated[Optional[str], typer.Option(help="bind address")] = None,
     port: Annotated[Optional[int], typer.Option(help="port")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(
+        help="where the embedded Redis keeps its files")] = None,
     threads: Threads = None,
 ) -> None:
-    """Start the service on the demo LM. Today only the LM exists; the REST API does not yet."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Start the HTTP service: the demo LM and demo editor by default, with an embedded
+    Redis unless REDIS_URL is set."""
+    import uvicorn
 
-    from editor_core.decoding import greedy_continuations
+    from .app import create_app
+    from .settings import ServiceSettings
 
-    settings = _setup(threads)
-    host = host or settings.host
-    port = port or settings.port
-    model = AutoModelForCausalLM.from_pretrained(settings.model).eval()
-    tokenizer = AutoTokenizer.from_pretrained(settings.model)
-    n_params = sum(p.numel() for p in model.parameters()) / 1e6
-    typer.echo(f"Loaded the LM from {settings.model} ({n_params:.1f}M parameters).")
-    typer.echo(
-        "NOT AVAILABLE YET: the REST service (POST /edits, /generate, rollback, metrics) is "
-        "still to be built; the editor library, the trained demo editor "
-        "(checkpoints/demo-editor) and the Redis edit store exist (see README). Nothing is "
-        f"listening on http://{host}:{port}."
-    )
-    samples = _sample_prompts()
-    for prompt, text in zip(samples, greedy_continuations(model, tokenizer, samples, 24)):
-        typer.echo(f"  {prompt!r} -> {_first_line(text)!r}")
-    if not sys.stdin.isatty():
-        return
-    typer.echo("Type a prompt to see the LM's greedy continuation (empty line quits).")
-    while prompt := input("> ").strip():
-        typer.echo(_first_line(greedy_continuations(model, tokenizer, [prompt], 24)[0]))
-
-
-def _first_line(text: str) -> str:
-    return text.strip().split("\n", 1)[0]
+    given = {"host": host, "port": port, "data_dir": data_dir, "threads": threads}
+    settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})
+    runtime.configure_threads(settings.threads)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
 
 
 @app.command("train")
@@ -365,20 +347,6 @@ def import_easyedit_cmd(
     path = import_easyedit(archive, lm, tokenizer, out, inner_params=params,
                            use_instructions=instructions)
     typer.echo(f"Wrote {path}")
-
-
-def _sample_prompts() -> list[str]:
-    """A known fact, an opinion and an unrelated question from the demo world."""
-    from editor_core.world import WorldConfig, build_world
-    from editor_core.world.templates import OPINION_QUESTIONS, RELATIONS_BY_NAME
-
-    world = build_world(WorldConfig())
-    country = world.of_kind("country")[0]
-    return [
-        RELATIONS_BY_NAME["capital"].templates[0].prompt(country.name),
-        OPINION_QUESTIONS[0].prompt(world.topics[0].name),
-        world.unrelated[0].question,
-    ]
 
 
 def main() -> None:

@@ -1,0 +1,64 @@
+"""The live service's parts, built at startup and released at shutdown.
+
+Startup order: load the base model and editor (the editor checks the model's fingerprint),
+connect to Redis (embedded unless ``REDIS_URL`` is set), open the fingerprint's edit store,
+replay its active edits into the live weights, then report ready.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from editor_core.checkpoint import load_editor, model_fingerprint
+from editor_core.editor import Editor
+from editor_core.ledger import WeightLedger
+
+from .engine import EditEngine
+from .redis_server import EmbeddedRedis
+from .settings import ServiceSettings
+from .store import EditStore
+
+
+@dataclass
+class LiveService:
+    settings: ServiceSettings
+    model: torch.nn.Module
+    tokenizer: object
+    editor: Editor
+    ledger: WeightLedger
+    engine: EditEngine
+    fingerprint: str
+    pristine_digest: str
+    client: aioredis.Redis
+    embedded: EmbeddedRedis | None
+    replayed: int = 0
+    ready: bool = False
+
+    @classmethod
+    async def start(cls, settings: ServiceSettings) -> LiveService:
+        dtype = getattr(torch, settings.dtype)
+        model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype).eval()
+        model.to(settings.device)
+        tokenizer = AutoTokenizer.from_pretrained(settings.model)
+        editor = load_editor(settings.editor, model, tokenizer)
+        fingerprint = model_fingerprint(model, editor.editable, tokenizer)
+        ledger = WeightLedger.for_editor(editor)
+        embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir)
+        client = aioredis.from_url(settings.redis_url or embedded.url)
+        store = EditStore(client, fingerprint[:32])
+        engine = EditEngine(editor, ledger, store)
+        live = cls(settings, model, tokenizer, editor, ledger, engine, fingerprint,
+                   ledger.live_digest(), client, embedded)
+        live.replayed = await engine.replay()
+        live.ready = True
+        return live
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.client.aclose()
+        if self.embedded is not None:
+            self.embedded.close()
