@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 
 Threads = Annotated[Optional[int], typer.Option(help="torch threads (default: settings)")]
+DataDir = Annotated[Path, typer.Option(help="folder of {task}_{split}.json files")]
+TaskList = Annotated[str, typer.Option(help="comma-separated tasks")]
 
 
 def _named_path(item: str) -> tuple[str, Path]:
@@ -179,10 +181,8 @@ def eval_cmd(
         help="an editor trained on one task, TASK=FOLDER (repeatable): evaluated together "
              "as one method on those tasks")] = None,
     ftl: Annotated[bool, typer.Option(help="include the FT-L fine-tuning baseline")] = True,
-    data_dir: Annotated[Path, typer.Option(help="folder of {task}_{split}.json files")] = Path(
-        "data/world"),
-    tasks: Annotated[str, typer.Option(help="comma-separated tasks")] = (
-        "counterfact,recent,convsent,zsre"),
+    data_dir: DataDir = Path("data/world"),
+    tasks: TaskList = "counterfact,recent,convsent,zsre",
     split: Annotated[str, typer.Option(help="which split to evaluate")] = "test",
     limit: Annotated[Optional[int], typer.Option(
         help="a deterministic sample of this many edits per task")] = None,
@@ -257,10 +257,8 @@ def analyze_cmd(
     editor: Annotated[list[str], typer.Option(
         help="trained editor, [NAME=]FOLDER (repeatable: one panel each)")],
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
-    data_dir: Annotated[Path, typer.Option(help="folder of {task}_{split}.json files")] = Path(
-        "data/world"),
-    tasks: Annotated[str, typer.Option(help="comma-separated tasks")] = (
-        "counterfact,recent,convsent,zsre"),
+    data_dir: DataDir = Path("data/world"),
+    tasks: TaskList = "counterfact,recent,convsent,zsre",
     split: Annotated[str, typer.Option(help="which split's edits to analyse")] = "test",
     limit: Annotated[int, typer.Option(help="edits per task (deterministic sample)")] = 60,
     png: Annotated[Path, typer.Option(help="where to draw the picture")] = Path(
