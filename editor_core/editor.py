@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .data.records import EditRecord
 from .delta import EditDelta, WeightFactors
 from .encoding import EditInputError, EncodedBatch, encode_batch, target_nll
 from .hypernetwork import Hypernetwork
@@ -51,6 +52,12 @@ class EditRequest:
     subject: str | None = None
     description: str | None = None
     sentiment: str | None = None
+
+    @classmethod
+    def from_record(cls, record: EditRecord, description: str | None = None) -> EditRequest:
+        """The request a data set's edit record stands for (training and evaluation)."""
+        return cls(record.task, record.prompt, record.target_new, subject=record.subject,
+                   description=description, sentiment=record.sentiment)
 
 
 @dataclass(frozen=True)

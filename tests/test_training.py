@@ -200,9 +200,20 @@ def test_weights_substituted_matches_functional_call_and_always_restores(tiny_lm
     assert dict(model.named_parameters())[name] is own and torch.equal(own, original)
 
 
-def test_convsent_validation_scores_greedy_sentiment(tiny_lm, exported, tmp_path) -> None:
+def test_convsent_validation_scores_greedy_sentiment(tiny_lm, exported, tmp_path,
+                                                     monkeypatch) -> None:
+    import editor_core.training.trainer as trainer_module
+
     trainer = Trainer(tiny_config(tiny_lm, exported, tmp_path / "cs", tasks=["convsent"],
-                                  val_edits=2))
+                                  val_edits=4))
     val = trainer.validate()
     # A random tiny model answers with no sentiment words: no edit counts as flipped.
     assert val["convsent/edit_acc"] == 0.0 and 0.0 <= val["convsent/locality"] <= 1.0
+    # Answers that always praise: exactly the edits whose new sentiment is positive succeed.
+    monkeypatch.setattr(trainer_module, "greedy_continuations",
+                        lambda model, tok, prompts, n: ["I love it. It is wonderful."] * len(
+                            prompts))
+    chosen = random.Random(trainer.cfg.seed).sample(trainer.val["convsent"], 4)
+    expected = sum(r.sentiment == "positive" for r in chosen) / 4
+    assert 0 < expected < 1  # the sample holds both directions, so the check can tell
+    assert trainer.validate()["convsent/edit_acc"] == pytest.approx(expected)

@@ -20,8 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data.records import EditRecord
 from ..delta import EditDelta
-from ..editor import Editor
-from .methods import request_for
+from ..editor import EditRequest, Editor
 
 
 def edit_gram(deltas: Sequence[EditDelta]) -> torch.Tensor:
@@ -83,7 +82,7 @@ def analyze_editor(editor: Editor, records: dict[str, list[EditRecord]],
     deltas, labels = [], []
     flat = [(task, r) for task, recs in records.items() for r in recs]
     for task, record in tqdm(flat, desc=desc, leave=False):
-        deltas.append(editor.compute(request_for(record)))
+        deltas.append(editor.compute(EditRequest.from_record(record)))
         labels.append(task)
     gram = edit_gram(deltas)
     coords, share = pca_from_gram(gram)

@@ -30,11 +30,6 @@ class _AnyTask:
         return True
 
 
-def request_for(record: EditRecord, description: str | None = None) -> EditRequest:
-    return EditRequest(record.task, record.prompt, record.target_new, subject=record.subject,
-                       description=description, sentiment=record.sentiment)
-
-
 class HypernetworkMethod(_AnyTask):
     """A trained editor (InstructEdit, or MEND when it was trained without instructions).
 
@@ -53,7 +48,7 @@ class HypernetworkMethod(_AnyTask):
         description = None
         if self.held_out_instruction and self.editor.use_instructions:
             description = self.editor.registry.get(record.task).held_out_description()
-        delta = self.editor.compute(request_for(record, description)).compressed()
+        delta = self.editor.compute(EditRequest.from_record(record, description)).compressed()
         self._count += 1
         self.ledger.apply(f"eval-{self._count}", delta)
 

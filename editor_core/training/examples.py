@@ -26,11 +26,6 @@ class TrainingExample:
     record: EditRecord
 
 
-def to_request(record: EditRecord, description: str | None = None) -> EditRequest:
-    return EditRequest(record.task, record.prompt, record.target_new, subject=record.subject,
-                       description=description, sentiment=record.sentiment)
-
-
 def make_example(record: EditRecord, rng: random.Random, max_paraphrases: int,
                  max_locality: int) -> TrainingExample:
     rephrases = list(record.rephrases)
@@ -42,7 +37,7 @@ def make_example(record: EditRecord, rng: random.Random, max_paraphrases: int,
         edit = tuple(Probe(p, record.target_new) for p in prompts)
     locality = [p for probes in record.locality.values() for p in probes]
     rng.shuffle(locality)
-    return TrainingExample(to_request(record), edit, tuple(locality[:max_locality]), record)
+    return TrainingExample(EditRequest.from_record(record), edit, tuple(locality[:max_locality]), record)
 
 
 class TaskSampler:
