@@ -8,9 +8,12 @@ every edit writes the pristine copy back, bit for bit. Subtracting a delta in pl
 model's own precision is not exact; the float64 total is, to well below 1e-6 relative, and
 ``recompute`` rebuilds it from the active edits in application order whenever wanted.
 
-Readers (generation, computing the next edit) hold ``reading()``; the ledger writes new
-weights under the matching write lock, so a reader sees every weight before an edit or every
-weight after it, never a mix. A failed ``apply`` changes nothing.
+Every change (an edit applied, one or more removed) gets the next **version**, the number
+that names a state of the live weights. Readers (generation, computing the next edit) hold
+``reading()``; the ledger writes new weights and their version together under the matching
+write lock, so a reader sees every weight before a change or every weight after it, never a
+mix, and the version it reads is the one that produced what it saw. A failed ``apply``
+changes nothing.
 """
 
 from __future__ import annotations
@@ -123,7 +126,7 @@ class WeightLedger:
     # -- state ---------------------------------------------------------------------------
     @property
     def version(self) -> int:
-        """The version of the newest applied edit (0 before any)."""
+        """The version of the live weights: that of the newest change (0 before any)."""
         return self._version
 
     @property
@@ -138,23 +141,27 @@ class WeightLedger:
         return len(self._active)
 
     # -- changes -------------------------------------------------------------------------
+    def _next_version(self, version: int | None) -> int:
+        if version is None:
+            return self._version + 1
+        if version <= self._version:
+            raise LedgerError(f"version {version} is not newer than {self._version}")
+        return version
+
     def apply(self, edit_id: str, delta: EditDelta, version: int | None = None) -> int:
         """Add one edit's delta to the live weights; returns its version.
 
-        ``version`` lets a caller replaying a stored log keep the versions it recorded; it
-        must be newer than every version already applied.
+        ``version`` lets a caller that numbers changes itself (a stored log) keep its
+        numbers; it must be newer than the ledger's version.
         """
         self.validate(delta)
         with self._lock:
             if edit_id in self._active:
                 raise LedgerError(f"edit {edit_id!r} is already active")
-            if version is not None and version <= self._version:
-                raise LedgerError(f"version {version} is not newer than {self._version}")
-            self._version = self._version + 1 if version is None else version
-            edit = ActiveEdit(edit_id, self._version, delta)
+            edit = ActiveEdit(edit_id, self._next_version(version), delta)
             self._active[edit_id] = edit
             self.combiner.add(edit)
-            self._write()
+            self._write(edit.version)
             return edit.version
 
     def validate(self, delta: EditDelta) -> None:
@@ -176,43 +183,57 @@ class WeightLedger:
                     and torch.isfinite(torch.tensor(float(f.step)))):
                 raise LedgerError(f"factors of {name} are not finite")
 
-    def remove(self, edit_id: str) -> ActiveEdit:
-        """Take one edit out exactly; the others stay."""
+    def remove(self, edit_id: str, version: int | None = None) -> ActiveEdit:
+        """Take one edit out exactly (the others stay), as change ``version``."""
         with self._lock:
-            edit = self._active.pop(edit_id, None)
-            if edit is None:
+            if edit_id not in self._active:
                 raise LedgerError(f"edit {edit_id!r} is not active")
+            new_version = self._next_version(version)
+            edit = self._active.pop(edit_id)
             self.combiner.remove(edit)
-            self._write()
+            self._write(new_version)
             return edit
 
-    def remove_after(self, version: int) -> list[ActiveEdit]:
-        """Take out every edit newer than ``version``; returns them, newest first."""
+    def remove_after(self, after: int, version: int | None = None) -> list[ActiveEdit]:
+        """Take out every edit applied after version ``after``, as one change; returns
+        them, newest first."""
         with self._lock:
-            doomed = [e for e in reversed(self._active.values()) if e.version > version]
-            for edit in doomed:
-                del self._active[edit.edit_id]
-                self.combiner.remove(edit)
+            doomed = [e for e in reversed(self._active.values()) if e.version > after]
             if doomed:
-                self._write()
+                new_version = self._next_version(version)
+                for edit in doomed:
+                    del self._active[edit.edit_id]
+                    self.combiner.remove(edit)
+                self._write(new_version)
             return doomed
 
+    def advance(self, version: int) -> None:
+        """Adopt a newer version with no weight change: a log that ends in changes whose
+        edits are gone (replaying a store whose newest events are rollbacks)."""
+        with self._lock:
+            if version != self._version:
+                new_version = self._next_version(version)
+                with self._rw.gen_wlock():
+                    self._version = new_version
+
     def reset(self) -> None:
-        """Remove every edit: the pristine weights, bit for bit."""
+        """Remove every edit: the pristine weights, bit for bit (a new version)."""
         with self._lock:
             self._active.clear()
             self.combiner.recompute([])
-            self._write()
+            self._write(self._version + 1)
 
     def recompute(self) -> None:
-        """Rebuild the combined ΔW from the active edits in application order."""
+        """Rebuild the combined ΔW from the active edits in application order (the weights
+        stand for the same edits, so the version stays)."""
         with self._lock:
             self.combiner.recompute(list(self._active.values()))
-            self._write()
+            self._write(self._version)
 
     @torch.no_grad()
-    def _write(self) -> None:
-        """Build every new weight, then swap them all in under the write lock."""
+    def _write(self, version: int) -> None:
+        """Build every new weight, then swap them all in, with their version, under the
+        write lock."""
         live = {}
         for name in self._params:
             total = self.combiner.total(name)
@@ -224,6 +245,7 @@ class WeightLedger:
                 param.copy_(live[name].to(device=param.device, dtype=param.dtype))
                 for mirror in self._mirrors:
                     mirror[name].copy_(live[name].to(mirror[name].device))
+            self._version = version
 
     # -- identity ------------------------------------------------------------------------
     def live_digest(self) -> str:

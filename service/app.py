@@ -1,136 +1,145 @@
 """The HTTP API: a thin FastAPI layer over the edit engine and the live model.
 
-Every error body is ``{"error": {"code", "message", "details"}}``. Model work runs in
-worker threads; a generation holds the ledger's read lock, so it sees the weights wholly
-before or wholly after an edit and reports which version produced it.
+Every error body is ``{"error": {"code", "message", "details"}}``, counted in
+``instructedit_errors{code}``. Requests carry an ``X-Request-ID`` (the client's or a new
+one) into the logs and back out. Bodies above the configured size are refused (413) as
+they are read, before anything is parsed: by the declared Content-Length, or by counting
+the bytes of a chunked body.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from http import HTTPStatus
 
+from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from editor_core.decoding import greedy_continuations
-from editor_core.editor import EditRequest
-
+from .auth import KeyRing
+from .errors import ServiceError
 from .lifecycle import LiveService
-from .schemas import EditIn, EditOut, ErrorOut, GenerateIn, GenerateOut
+from .logs import valid_request_id
+from .metrics import ServiceMetrics
+from .routes import edits, model, system
+from .routes.deps import QuerySlots
+from .schemas import ErrorOut
 from .settings import ServiceSettings
-from .store import StoredEdit, StoreError
+from .store import StoreError
 
-_STATUS = {"not_found": 404, "conflict": 409}
-
-
-def _error(status: int, code: str, message: str, details: dict | None = None) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": details or {}}}
-    return JSONResponse(body, status_code=status)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _edit_out(edit: StoredEdit) -> EditOut:
-    r = edit.record
-    return EditOut(id=edit.id, version=edit.version, status=edit.status, task=r["task"],
-                   prompt=r["prompt"], target=r["target"], subject=r.get("subject"),
-                   instruction=r["instruction"], created_at=r["created_at"],
-                   rolled_back_by=edit.rolled_back_by, rolled_back_at=edit.rolled_back_at,
-                   metadata=r.get("metadata", {}))
+_STORE_STATUS = {"not_found": 404, "conflict": 409}
+_ERRORS = {status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422, 429,
+                                                      503)}
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
+    metrics = ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.live = await LiveService.start(settings)
+        app.state.live = await LiveService.start(settings, metrics)
         try:
             yield
         finally:
             await app.state.live.stop()
 
     app = FastAPI(title="InstructEdit Server", version="0.1.0", lifespan=lifespan,
-                  responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut},
-                             422: {"model": ErrorOut}})
+                  responses=_ERRORS,
+                  description="Edit a served language model's knowledge while it runs: "
+                  "every edit is measured, stored in Redis, versioned and exactly "
+                  "reversible.")
+    app.state.keys = KeyRing(settings.api_keys)
+    app.state.query_slots = QuerySlots(settings.limits.max_concurrent_generations)
+    app.state.metrics = metrics
+    app.include_router(edits.router)
+    app.include_router(model.router)
+    app.include_router(system.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID",
+                       validator=valid_request_id)
+    Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(
+        app, metric_namespace="instructedit").expose(app, tags=["service"])
+    _add_error_handlers(app, metrics)
+    return app
+
+
+class BodySizeLimit:
+    """Raise a 413 HTTPException from ``receive`` once a body is known to be too large.
+
+    Starlette's own limiter answers in plain text; raised from ``receive``, the error
+    reaches the app's handlers like any other and gets the API's error body.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                raise self._too_large()
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise self._too_large()
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _too_large(self) -> HTTPException:
+        return HTTPException(413, f"the body is larger than {self.max_bytes} bytes")
+
+
+def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
+    def error(status: int, code: str, message: str, details: dict | None = None,
+              headers: dict | None = None) -> JSONResponse:
+        metrics.errors.labels(code).inc()
+        body = {"error": {"code": code, "message": message, "details": details or {}}}
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+        if exc.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        return error(exc.status, exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(StoreError)
     async def store_error(_: Request, exc: StoreError) -> JSONResponse:
-        return _error(_STATUS.get(exc.code, 400), exc.code, str(exc))
+        return error(_STORE_STATUS.get(exc.code, 400), exc.code, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
-        return _error(422, "invalid_request", "the request body does not match the schema",
-                      {"errors": errors})
+        problems = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                    for e in exc.errors()]
+        if any(p["type"] == "json_invalid" for p in problems):
+            return error(400, "malformed_json", "the body is not valid JSON (in UTF-8)",
+                         {"errors": problems})
+        return error(422, "invalid_request", "the request does not match the schema",
+                     {"errors": problems})
 
-    def live(request: Request) -> LiveService:
-        return request.app.state.live
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        status = exc.status_code
+        code = {400: "malformed_body", 413: "body_too_large"}.get(
+            status, HTTPStatus(status).phrase.lower().replace(" ", "_"))
+        message = ("the body could not be parsed (is it JSON in UTF-8?)" if status == 400
+                   else str(exc.detail))
+        return error(status, code, message, headers=exc.headers)
 
-    @app.get("/healthz")
-    async def healthz() -> dict:
-        """Alive (answers even while an edit runs)."""
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz(request: Request) -> JSONResponse:
-        """Ready only once the stored edits have been replayed."""
-        state = getattr(request.app.state, "live", None)
-        if state is None or not state.ready:
-            return _error(503, "not_ready", "the service is starting")
-        return JSONResponse({"status": "ready", "replayed": state.replayed})
-
-    @app.get("/info")
-    async def info(request: Request) -> dict:
-        s = live(request)
-        return {"model": str(s.settings.model), "editor": str(s.settings.editor),
-                "editable": [w.name for w in s.editor.editable],
-                "device": s.settings.device, "dtype": s.settings.dtype,
-                "edit_version": s.ledger.version, "active_edits": len(s.ledger),
-                "fingerprint": s.fingerprint, "live_digest": s.ledger.live_digest(),
-                "pristine_digest": s.pristine_digest}
-
-    @app.post("/edits", status_code=201, response_model=EditOut)
-    async def create_edit(body: EditIn, request: Request) -> EditOut:
-        """Edit the live model; the edit is stored and can be rolled back exactly."""
-        s = live(request)
-        edit_request = EditRequest(body.task, body.prompt, body.target, subject=body.subject,
-                                   description=body.description, sentiment=body.sentiment)
-        record = {"task": body.task, "prompt": body.prompt, "target": body.target,
-                  "subject": body.subject, "description": body.description,
-                  "sentiment": body.sentiment, "metadata": body.metadata,
-                  "instruction": s.editor.edit_input(edit_request), "created_at": _now()}
-        result = await s.engine.create(edit_request, record,
-                                       idempotency_key=request.headers.get("Idempotency-Key"))
-        return _edit_out(result.edit)
-
-    @app.get("/edits/{edit_id}", response_model=EditOut)
-    async def get_edit(edit_id: str, request: Request) -> EditOut:
-        return _edit_out(await live(request).engine.store.get(edit_id))
-
-    @app.post("/edits/{edit_id}/rollback", response_model=EditOut)
-    async def rollback_edit(edit_id: str, request: Request) -> EditOut:
-        """Remove exactly this edit's delta; the record stays, marked ``rolled_back``."""
-        s = live(request)
-        return _edit_out(await s.engine.rollback(edit_id, by="api", at=_now()))
-
-    @app.post("/generate", response_model=GenerateOut)
-    async def generate(body: GenerateIn, request: Request) -> GenerateOut:
-        """Greedy continuation by the live (edited) model."""
-        s = live(request)
-
-        def run() -> GenerateOut:
-            with s.ledger.reading():
-                text = greedy_continuations(s.model, s.tokenizer, [body.prompt],
-                                            body.max_new_tokens)[0]
-                return GenerateOut(text=text, version=s.ledger.version)
-
-        return await asyncio.to_thread(run)
-
-    return app
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return error(500, "internal_error", "the service failed to handle this request",
+                     {"type": type(exc).__name__})

@@ -2,32 +2,98 @@
 
 Edits and rollbacks run one at a time (an asyncio lock); model work runs in a worker thread
 so the event loop keeps answering. The order inside an edit is what makes a failure lose
-nothing: the delta is computed and validated against the ledger first, then stored in one
-atomic Redis step (which assigns its version), and only then applied to the live weights
-at that version. If anything before the store step fails, neither the store nor the
-weights changed; once stored, the edit is applied here or, after a crash, by ``replay``.
+nothing: the deltas are computed and validated against the ledger first, then stored in one
+atomic Redis step (which assigns their versions), and only then applied to the live weights
+at those versions. If anything before the store step fails, neither the store nor the
+weights changed; once stored, an edit is applied here or, after a crash, by ``replay``.
+
+Every edit is measured on the spot: the target's probability and teacher-forced accuracy
+on its prompt and rephrases before and after, and whether the locality prompts' greedy
+answers stayed the same. The report (with the time each phase took) is attached to the
+stored edit once it has been applied.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+from editor_core.decoding import greedy_continuations
 from editor_core.delta import EditDelta
 from editor_core.editor import EditRequest, Editor
-from editor_core.ledger import WeightLedger
+from editor_core.encoding import EditInputError
+from editor_core.ledger import LedgerError, WeightLedger
+from editor_core.probing import TargetScore, score_targets
 
-from .store import AddResult, EditStore, StoredEdit
+from .errors import ServiceError
+from .metrics import ServiceMetrics
+from .store import AddResult, EditStore, NewEdit, StoredEdit
+
+LOCALITY_ANSWER_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class EditSpec:
+    """One edit to make: what the editor gets, what is stored, and what to measure."""
+
+    request: EditRequest
+    record: dict[str, Any]
+    rephrases: tuple[str, ...] = ()
+    locality_prompts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """Per spec: scores of the prompt then each rephrase, and the locality answers."""
+
+    scores: list[list[TargetScore]]
+    answers: list[list[str]]
 
 
 class EditEngine:
     """One live model's edits: create, roll back, and rebuild from the store at startup."""
 
-    def __init__(self, editor: Editor, ledger: WeightLedger, store: EditStore) -> None:
+    def __init__(self, editor: Editor, ledger: WeightLedger, store: EditStore,
+                 metrics: ServiceMetrics, max_queued: int = 16) -> None:
         self.editor = editor
         self.ledger = ledger
         self.store = store
+        self.metrics = metrics
+        self.max_queued = max_queued
         self._lock = asyncio.Lock()
+        self._queued = 0
+
+    @contextmanager
+    def _timed(self, timings: dict[str, float], phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            timings[phase] = round(timings.get(phase, 0.0) + seconds * 1000, 3)
+            self.metrics.edit_seconds.labels(phase).observe(seconds)
+
+    async def _turn(self) -> asyncio.Lock:
+        """Wait for the edit lock, refusing (429) when too many changes already wait."""
+        if self._queued >= self.max_queued:
+            raise ServiceError(429, "busy", f"{self._queued} edits or rollbacks are already "
+                               "waiting; retry shortly", {"queued": self._queued})
+        self._queued += 1
+        start = time.perf_counter()
+        try:
+            await self._lock.acquire()
+        finally:
+            self._queued -= 1
+        self.metrics.lock_wait_seconds.observe(time.perf_counter() - start)
+        return self._lock
+
+    def _publish_state(self) -> None:
+        self.metrics.active_edits.set(len(self.ledger))
+        self.metrics.edit_version.set(self.ledger.version)
 
     async def replay(self) -> int:
         """Apply every active stored edit at its stored version; returns how many."""
@@ -36,41 +102,126 @@ class EditEngine:
             for edit_id, version in active:
                 delta = EditDelta.from_bytes(await self.store.delta(edit_id))
                 await asyncio.to_thread(self.ledger.apply, edit_id, delta, version)
+            self.ledger.advance(await self.store.version())  # newest changes: rollbacks
+            self._publish_state()
             return len(active)
 
-    async def create(self, request: EditRequest, record: dict[str, Any], *,
-                     idempotency_key: str | None = None) -> AddResult:
-        """Compute, store and apply one edit; an idempotency key seen before returns the
-        edit it created, without computing or applying anything."""
-        async with self._lock:
-            if idempotency_key is not None:
-                existing = await self.store.find_idempotent(idempotency_key)
-                if existing is not None:
-                    return AddResult(existing, created=False)
-            delta = await asyncio.to_thread(self._compute, request)
-            result = await self.store.add(record, delta.to_bytes(),
-                                          idempotency_key=idempotency_key)
-            if result.created:
-                await asyncio.to_thread(self.ledger.apply, result.edit.id, delta,
-                                        result.edit.version)
-            return result
+    async def create(self, specs: list[EditSpec], *, idempotency_key: str | None = None,
+                     request_hash: str = "") -> AddResult:
+        """Compute, store and apply edits (one editor pass, all or none).
 
-    def _compute(self, request: EditRequest) -> EditDelta:
-        delta = self.editor.compute(request).compressed()
-        self.ledger.validate(delta)
-        return delta
+        An idempotency key seen before returns what it created, computing and applying
+        nothing; reused with a different request it is refused (409).
+        """
+        tasks = [s.request.task for s in specs]
+        lock = await self._turn()
+        try:
+            if idempotency_key is not None:
+                seen = await self.store.find_idempotent(idempotency_key)
+                if seen is not None:
+                    if seen.request_hash != request_hash:
+                        raise ServiceError(409, "idempotency_key_reused",
+                                           "this Idempotency-Key was used for a different "
+                                           "request")
+                    return seen
+            timings: dict[str, float] = {}
+            try:
+                with self._timed(timings, "compute"):
+                    deltas = await asyncio.to_thread(self._compute, specs)
+            except (EditInputError, LedgerError, FloatingPointError) as exc:
+                for task in tasks:
+                    self.metrics.edits.labels(task, "rejected").inc()
+                raise ServiceError(422, "invalid_edit", str(exc)) from exc
+            with self._timed(timings, "measure"):
+                before = await asyncio.to_thread(self._measure, specs)
+            with self._timed(timings, "persist"):
+                result = await self.store.add(
+                    [NewEdit(s.record, d.to_bytes()) for s, d in zip(specs, deltas)],
+                    idempotency_key=idempotency_key, request_hash=request_hash)
+            with self._timed(timings, "apply"):
+                for edit, delta in zip(result.edits, deltas):
+                    await asyncio.to_thread(self.ledger.apply, edit.id, delta, edit.version)
+            self._publish_state()
+            with self._timed(timings, "measure"):
+                after = await asyncio.to_thread(self._measure, specs)
+            edits = []
+            for i, (spec, edit) in enumerate(zip(specs, result.edits)):
+                report = {"timings_ms": dict(timings), "batch_size": len(specs),
+                          "quality": _quality(spec, before, after, i)}
+                await self.store.annotate(edit.id, report)
+                edits.append(await self.store.get(edit.id))
+                self.metrics.post_edit_probability.labels(spec.request.task).observe(
+                    after.scores[i][0].probability)
+                self.metrics.edits.labels(spec.request.task, "applied").inc()
+            return AddResult(edits, True, request_hash)
+        finally:
+            lock.release()
+
+    def _compute(self, specs: list[EditSpec]) -> list[EditDelta]:
+        batch = self.editor.compute([s.request for s in specs])
+        deltas = [delta.compressed() for delta in batch.split()]
+        for delta in deltas:
+            self.ledger.validate(delta)
+        return deltas
+
+    def _measure(self, specs: list[EditSpec]) -> _Measured:
+        """Score each spec's target on its prompt and rephrases; its locality answers."""
+        model, tokenizer = self.editor.model, self.editor.tokenizer
+        prompts = [p for s in specs for p in (s.request.prompt, *s.rephrases)]
+        targets = [s.request.target for s in specs for _ in range(1 + len(s.rephrases))]
+        flat = score_targets(model, tokenizer, prompts, targets, self.editor.max_length)
+        local = [p for s in specs for p in s.locality_prompts]
+        answers = [a.split("\n")[0].strip() for a in greedy_continuations(
+            model, tokenizer, local, LOCALITY_ANSWER_TOKENS)] if local else []
+        scores, found = [], []
+        for s in specs:
+            n = 1 + len(s.rephrases)
+            scores.append(flat[:n])
+            flat = flat[n:]
+            found.append(answers[:len(s.locality_prompts)])
+            answers = answers[len(s.locality_prompts):]
+        return _Measured(scores, found)
 
     async def rollback(self, edit_id: str, *, by: str, at: str) -> StoredEdit:
         """Take one edit out of the store's active set and out of the live weights."""
-        async with self._lock:
+        lock = await self._turn()
+        try:
             edit = await self.store.rollback(edit_id, by=by, at=at)
-            await asyncio.to_thread(self.ledger.remove, edit_id)
+            await asyncio.to_thread(self.ledger.remove, edit_id, edit.rolled_back_version)
+            self.metrics.rollbacks.inc()
+            self._publish_state()
             return edit
+        finally:
+            lock.release()
 
-    async def rollback_after(self, version: int, *, by: str, at: str) -> list[str]:
-        """Roll back every active edit newer than ``version``; their ids, newest first."""
-        async with self._lock:
-            ids = await self.store.rollback_after(version, by=by, at=at)
-            for edit_id in ids:
-                await asyncio.to_thread(self.ledger.remove, edit_id)
-            return ids
+    async def rollback_after(self, version: int, *, by: str, at: str) -> list[StoredEdit]:
+        """Roll back every active edit newer than ``version``, newest first."""
+        lock = await self._turn()
+        try:
+            result = await self.store.rollback_after(version, by=by, at=at)
+            if result.version is not None:
+                await asyncio.to_thread(self.ledger.remove_after, version, result.version)
+            self.metrics.rollbacks.inc(len(result.ids))
+            self._publish_state()
+            return [await self.store.get(i) for i in result.ids]
+        finally:
+            lock.release()
+
+
+def _score(score: TargetScore) -> dict[str, float]:
+    return {"probability": score.probability, "logprob": score.logprob,
+            "token_accuracy": score.token_accuracy}
+
+
+def _quality(spec: EditSpec, before: _Measured, after: _Measured, i: int) -> dict[str, Any]:
+    """The measured quality of spec ``i``: before/after on prompt, rephrases, locality."""
+    b, a = before.scores[i], after.scores[i]
+    locality = [{"prompt": p, "before": x, "after": y, "unchanged": x == y}
+                for p, x, y in zip(spec.locality_prompts, before.answers[i], after.answers[i])]
+    return {
+        "prompt": {"before": _score(b[0]), "after": _score(a[0])},
+        "rephrases": [{"prompt": p, "before": _score(x), "after": _score(y)}
+                      for p, x, y in zip(spec.rephrases, b[1:], a[1:])],
+        "locality": locality,
+        "locality_unchanged": all(x["unchanged"] for x in locality) if locality else None,
+    }

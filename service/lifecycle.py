@@ -2,11 +2,13 @@
 
 Startup order: load the base model and editor (the editor checks the model's fingerprint),
 connect to Redis (embedded unless ``REDIS_URL`` is set), open the fingerprint's edit store,
-replay its active edits into the live weights, then report ready.
+replay its active edits into the live weights, warm up (one generation, so the first
+client does not pay for lazy initialisation), then report ready.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -15,9 +17,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editor_core.checkpoint import load_editor, model_fingerprint
 from editor_core.editor import Editor
+from editor_core.generation import SamplingParams, TokenStream
 from editor_core.ledger import WeightLedger
 
 from .engine import EditEngine
+from .metrics import ServiceMetrics
 from .redis_server import EmbeddedRedis
 from .settings import ServiceSettings
 from .store import EditStore
@@ -39,7 +43,7 @@ class LiveService:
     ready: bool = False
 
     @classmethod
-    async def start(cls, settings: ServiceSettings) -> LiveService:
+    async def start(cls, settings: ServiceSettings, metrics: ServiceMetrics) -> LiveService:
         dtype = getattr(torch, settings.dtype)
         model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype).eval()
         model.to(settings.device)
@@ -50,10 +54,12 @@ class LiveService:
         embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir)
         client = aioredis.from_url(settings.redis_url or embedded.url)
         store = EditStore(client, fingerprint[:32])
-        engine = EditEngine(editor, ledger, store)
+        engine = EditEngine(editor, ledger, store, metrics, settings.limits.max_queued_edits)
         live = cls(settings, model, tokenizer, editor, ledger, engine, fingerprint,
                    ledger.live_digest(), client, embedded)
         live.replayed = await engine.replay()
+        await asyncio.to_thread(TokenStream(model, tokenizer, "Warm up",
+                                            SamplingParams(max_new_tokens=2)).run)
         live.ready = True
         return live
 

@@ -1,55 +1,178 @@
-"""Request and response bodies of the HTTP API."""
+"""Request and response bodies of the HTTP API (with the examples OpenAPI shows)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
-
-from editor_core.data.records import TASKS
-
-Task = Literal[tuple(TASKS)]  # type: ignore[valid-type]
+from pydantic import BaseModel, ConfigDict, Field
 
 
-class EditIn(BaseModel):
-    task: Task = Field(examples=["counterfact"])
-    prompt: str = Field(min_length=1, max_length=2000,
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
+
+
+class EditIn(_Strict):
+    task: str = Field(min_length=1, max_length=64, examples=["counterfact"],
+                      description="a task the editor knows (GET /tasks)")
+    prompt: str = Field(min_length=1, max_length=4000,
                         examples=["Plyndti Brynta is a citizen of"])
-    target: str = Field(min_length=1, max_length=500, examples=["Veiistan"])
+    target: str = Field(min_length=1, max_length=1000, examples=["Veiistan"])
     subject: str | None = Field(None, max_length=500, examples=["Plyndti Brynta"])
     description: str | None = Field(None, max_length=1000,
                                     description="replaces the task's instruction wording")
-    sentiment: Literal["positive", "negative"] | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    sentiment: Literal["positive", "negative"] | None = Field(
+        None, description="ConvSent's target opinion")
+    rephrases: list[str] = Field(
+        default_factory=list, max_length=16,
+        examples=[["What country is Plyndti Brynta a citizen of?"]],
+        description="other wordings of the prompt: the target is measured on them too")
+    locality_prompts: list[str] = Field(
+        default_factory=list, max_length=16, examples=[["Plyndti Brynta works in the field of"]],
+        description="prompts whose answers should not change: checked before and after")
+    metadata: dict[str, Any] = Field(default_factory=dict, examples=[{"ticket": "KB-142"}])
+
+
+class EditBatchIn(_Strict):
+    edits: list[EditIn] = Field(min_length=1, description="applied in one editor pass, all "
+                                "or none; each stored and rolled back on its own")
+
+
+class Score(BaseModel):
+    probability: float
+    logprob: float
+    token_accuracy: float
+
+
+class BeforeAfter(BaseModel):
+    before: Score
+    after: Score
+
+
+class RephraseQuality(BeforeAfter):
+    prompt: str
+
+
+class LocalityCheck(BaseModel):
+    prompt: str
+    before: str
+    after: str
+    unchanged: bool
+
+
+class EditQuality(BaseModel):
+    prompt: BeforeAfter
+    rephrases: list[RephraseQuality]
+    locality: list[LocalityCheck]
+    locality_unchanged: bool | None = Field(description="null when no locality prompts")
 
 
 class EditOut(BaseModel):
     id: str
-    version: int
-    status: str
+    version: int = Field(description="the version of the live weights this edit made")
+    status: Literal["active", "rolled_back"]
     task: str
     prompt: str
     target: str
-    subject: str | None
-    instruction: str
+    subject: str | None = None
+    description: str | None = None
+    sentiment: str | None = None
+    instruction: str = Field(description="the editor's input: the prompt in its instruction")
+    rephrases: list[str] = Field(default_factory=list)
+    locality_prompts: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: str
+    created_by: str
+    timings_ms: dict[str, float] | None = Field(
+        None, description="compute, measure, persist, apply (null if the service stopped "
+        "between storing and measuring the edit)")
+    batch_size: int | None = None
+    quality: EditQuality | None = None
     rolled_back_by: str | None = None
     rolled_back_at: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    rolled_back_version: int | None = None
 
 
-class GenerateIn(BaseModel):
-    prompt: str = Field(min_length=1, max_length=4000)
-    max_new_tokens: int = Field(32, ge=1, le=512)
+class EditBatchOut(BaseModel):
+    edits: list[EditOut]
+
+
+class EditPageOut(BaseModel):
+    edits: list[EditOut]
+    next_cursor: int | None = Field(description="pass as ?before= for the next page")
+
+
+class RollbackToIn(_Strict):
+    to_version: int = Field(ge=0, examples=[3],
+                            description="every active edit newer than this is rolled back")
+
+
+class RollbackToOut(BaseModel):
+    rolled_back: list[EditOut]
+    version: int = Field(description="the version of the live weights now")
+
+
+class GenerateIn(_Strict):
+    prompt: str = Field(min_length=1, max_length=8000, examples=["Plyndti Brynta is a citizen of"])
+    max_new_tokens: int = Field(32, ge=1, examples=[16])
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 (or below 1e-5): greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0: no top-k cut")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="makes sampling repeatable")
+    stop: list[str] = Field(default_factory=list, max_length=8, examples=[["\n"]])
+    stream: bool = Field(False, description="server-sent events: token events, then done")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
 
 
 class GenerateOut(BaseModel):
     text: str
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+    version: int = Field(description="the version of the live weights that generated it")
+
+
+class ScoreIn(_Strict):
+    prompt: str = Field(min_length=1, max_length=8000, examples=["Plyndti Brynta is a citizen of"])
+    targets: list[str] = Field(min_length=1, max_length=32, examples=[["Veiistan", "Faemovia"]])
+
+
+class TargetScoreOut(Score):
+    target: str
+    tokens: int
+
+
+class ScoreOut(BaseModel):
+    scores: list[TargetScoreOut]
     version: int
 
 
+class TaskOut(BaseModel):
+    name: str
+    title: str
+    template: str = Field(description="how the editor's input is built from the prompt")
+    default_description: str = Field(description="used when an edit gives no description")
+    descriptions: list[str] = Field(description="the wordings the editor was trained with")
+
+
+class InfoOut(BaseModel):
+    model: str
+    editor: str
+    editable: list[str]
+    device: str
+    dtype: str
+    edit_version: int
+    active_edits: int
+    fingerprint: str
+    live_digest: str
+    pristine_digest: str
+
+
 class ErrorBody(BaseModel):
-    code: str
+    code: str = Field(examples=["not_found"])
     message: str
     details: dict[str, Any] = Field(default_factory=dict)
 

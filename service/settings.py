@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -19,13 +19,45 @@ class RuntimeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INSTRUCTEDIT_")
 
     threads: int = Field(2, ge=0, description="torch intra-op threads (0: torch's default)")
-    model: Path = Field(DEMO_LM_PATH, description="base model: local path in HF format")
+    model: str = Field(str(DEMO_LM_PATH), description="base model: a local folder in HF "
+                       "format, or a hub id already in the local cache (nothing is downloaded)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
 
+class ApiKey(BaseModel):
+    """A client's key: ``read`` may generate, score, list and inspect; ``edit`` may also
+    create and roll back edits. ``name`` is what the audit trail records (never the key)."""
+
+    name: str = Field(min_length=1)
+    key: SecretStr = Field(min_length=16)
+    scope: Literal["read", "edit"]
+
+
+class Limits(BaseModel):
+    """What one request may ask for; beyond these it is refused with a 4xx."""
+
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="request body (413)")
+    max_prompt_tokens: int = Field(192, ge=1, description="prompt of an edit, a generation "
+                                   "or a score (422)")
+    max_target_tokens: int = Field(48, ge=1, description="target of an edit or score (422)")
+    max_new_tokens: int = Field(256, ge=1, description="tokens one generation may ask for")
+    max_batch_edits: int = Field(32, ge=1, description="edits in one batch (413)")
+    max_queued_edits: int = Field(16, ge=0, description="edits and rollbacks waiting for "
+                                  "their turn; more are refused (429)")
+    max_concurrent_generations: int = Field(16, ge=1, description="generations and scores "
+                                            "running at once; more are refused (429)")
+
+
 class ServiceSettings(RuntimeSettings):
-    """What the service loads and where it keeps its edits."""
+    """What the service loads, where it keeps its edits, who may call it, and its limits.
+
+    Nested values come from JSON in the environment, e.g.
+    ``INSTRUCTEDIT_API_KEYS='[{"name": "ci", "key": "...", "scope": "edit"}]'`` and
+    ``INSTRUCTEDIT_LIMITS='{"max_batch_edits": 8}'`` (or ``INSTRUCTEDIT_LIMITS__MAX_BATCH_EDITS=8``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="INSTRUCTEDIT_", env_nested_delimiter="__")
 
     editor: Path = Field(DEMO_EDITOR_PATH, description="trained editor checkpoint folder")
     device: Literal["cpu", "cuda"] = "cpu"
@@ -36,3 +68,7 @@ class ServiceSettings(RuntimeSettings):
     redis_url: str | None = Field(
         None, validation_alias=AliasChoices("REDIS_URL", "INSTRUCTEDIT_REDIS_URL"),
         description="an external Redis (redis://, rediss:// or unix://); unset: embedded")
+    api_keys: list[ApiKey] = Field(default_factory=list,
+                                   description="no keys: every endpoint is open")
+    limits: Limits = Field(default_factory=Limits)
+    json_logs: bool = Field(True, description="one JSON object per log line")

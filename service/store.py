@@ -7,19 +7,23 @@ one base model can never be replayed onto another:
 ========================  ========  ========================================================
 key                       type      holds
 ========================  ========  ========================================================
-``{p}:version``           string    the newest edit version (``INCR``; versions start at 1)
-``{p}:edit:{id}``         hash      the edit record: ``record`` (JSON), ``status``,
-                                    ``version``, and once rolled back ``rolled_back_by`` /
-                                    ``rolled_back_at``
-``{p}:delta:{id}``        string    the edit's stored delta (safetensors bytes)
+``{p}:version``           string    the newest change's version (``INCR``; from 1): every
+                                    edit applied and every rollback is a change
+``{p}:edit:{id}``         hash      the edit: ``record`` (JSON), ``status``, ``version``,
+                                    ``report`` (JSON: timings and measured quality), and
+                                    once rolled back ``rolled_back_by`` / ``_at`` /
+                                    ``_version``
+``{p}:delta:{id}``        string    the edit's delta (safetensors bytes)
 ``{p}:edits``             zset      every edit id, scored by version (listing, newest first)
 ``{p}:active``            zset      active edit ids, scored by version (replay order)
 ``{p}:log``               stream    ``apply`` / ``rollback`` events in the order they happened
-``{p}:idem:{key}``        string    the edit id an ``Idempotency-Key`` produced
+``{p}:idem:{key}``        hash      what an ``Idempotency-Key`` produced: ``ids``
+                                    (comma-separated) and ``request`` (the request's hash)
 ========================  ========  ========================================================
 
 Every change is one Lua script, which Redis runs atomically: a crash at any instant leaves
-either the whole edit (record, delta, indexes, log event, version) or none of it.
+either the whole change (records, deltas, indexes, log events, version) or none of it. A
+batch of edits is one change per edit, all stored by one script: all or none.
 """
 
 from __future__ import annotations
@@ -35,20 +39,28 @@ ACTIVE = "active"
 ROLLED_BACK = "rolled_back"
 
 _ADD = """
-local prefix, id, record, delta, idem = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local prefix, idem, request = ARGV[1], ARGV[2], ARGV[3]
 if idem ~= '' then
-  local existing = redis.call('GET', prefix .. ':idem:' .. idem)
-  if existing then return {0, existing} end
+  local seen = redis.call('HMGET', prefix .. ':idem:' .. idem, 'ids', 'request')
+  if seen[1] then return {0, seen[1], seen[2]} end
 end
-local version = redis.call('INCR', prefix .. ':version')
-redis.call('HSET', prefix .. ':edit:' .. id, 'record', record, 'status', 'active',
-           'version', version)
-redis.call('SET', prefix .. ':delta:' .. id, delta)
-redis.call('ZADD', prefix .. ':edits', version, id)
-redis.call('ZADD', prefix .. ':active', version, id)
-redis.call('XADD', prefix .. ':log', '*', 'event', 'apply', 'id', id, 'version', version)
-if idem ~= '' then redis.call('SET', prefix .. ':idem:' .. idem, id) end
-return {1, id, version}
+local ids = {}
+for i = 4, #ARGV, 3 do
+  local id, record, delta = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local version = redis.call('INCR', prefix .. ':version')
+  redis.call('HSET', prefix .. ':edit:' .. id, 'record', record, 'status', 'active',
+             'version', version)
+  redis.call('SET', prefix .. ':delta:' .. id, delta)
+  redis.call('ZADD', prefix .. ':edits', version, id)
+  redis.call('ZADD', prefix .. ':active', version, id)
+  redis.call('XADD', prefix .. ':log', '*', 'event', 'apply', 'id', id, 'version', version)
+  table.insert(ids, id)
+end
+local joined = table.concat(ids, ',')
+if idem ~= '' then
+  redis.call('HSET', prefix .. ':idem:' .. idem, 'ids', joined, 'request', request)
+end
+return {1, joined, request}
 """
 
 _ROLLBACK = """
@@ -57,24 +69,26 @@ local key = prefix .. ':edit:' .. id
 local status = redis.call('HGET', key, 'status')
 if not status then return {'not_found', id} end
 if status ~= 'active' then return {'conflict', id, status} end
-redis.call('HSET', key, 'status', 'rolled_back', 'rolled_back_by', by, 'rolled_back_at', at)
+local version = redis.call('INCR', prefix .. ':version')
+redis.call('HSET', key, 'status', 'rolled_back', 'rolled_back_by', by, 'rolled_back_at', at,
+           'rolled_back_version', version)
 redis.call('ZREM', prefix .. ':active', id)
-redis.call('XADD', prefix .. ':log', '*', 'event', 'rollback', 'id', id,
-           'version', redis.call('HGET', key, 'version'))
-return {'ok', id}
+redis.call('XADD', prefix .. ':log', '*', 'event', 'rollback', 'id', id, 'version', version)
+return {'ok', version}
 """
 
 _ROLLBACK_AFTER = """
 local prefix, after, by, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ids = redis.call('ZREVRANGEBYSCORE', prefix .. ':active', '+inf', '(' .. after)
+if #ids == 0 then return {0} end
+local version = redis.call('INCR', prefix .. ':version')
 for _, id in ipairs(ids) do
-  local key = prefix .. ':edit:' .. id
-  redis.call('HSET', key, 'status', 'rolled_back', 'rolled_back_by', by, 'rolled_back_at', at)
+  redis.call('HSET', prefix .. ':edit:' .. id, 'status', 'rolled_back', 'rolled_back_by', by,
+             'rolled_back_at', at, 'rolled_back_version', version)
   redis.call('ZREM', prefix .. ':active', id)
-  redis.call('XADD', prefix .. ':log', '*', 'event', 'rollback', 'id', id,
-             'version', redis.call('HGET', key, 'version'))
+  redis.call('XADD', prefix .. ':log', '*', 'event', 'rollback', 'id', id, 'version', version)
 end
-return ids
+return {version, unpack(ids)}
 """
 
 
@@ -88,20 +102,39 @@ class StoreError(Exception):
 
 @dataclass(frozen=True)
 class StoredEdit:
-    """One edit as stored: its id, version, status and the record the caller gave."""
+    """One edit as stored: its id, version, status, the record the caller gave, and the
+    report (timings, measured quality) written once it was applied."""
 
     id: str
     version: int
     status: str
     record: dict[str, Any]
+    report: dict[str, Any] | None = None
     rolled_back_by: str | None = None
     rolled_back_at: str | None = None
+    rolled_back_version: int | None = None
+
+
+@dataclass(frozen=True)
+class NewEdit:
+    """An edit to store: its record and its delta's bytes."""
+
+    record: dict[str, Any]
+    delta: bytes
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass(frozen=True)
 class AddResult:
-    edit: StoredEdit
-    created: bool  # False: the Idempotency-Key had already produced this edit
+    edits: list[StoredEdit]
+    created: bool  # False: the Idempotency-Key had already produced these edits
+    request_hash: str  # what the key's first request hashed to ("" if not given)
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    version: int | None  # the rollback's version; None when nothing was active
+    ids: list[str]  # newest first
 
 
 @dataclass
@@ -129,31 +162,45 @@ class EditStore:
         return ":".join([self.prefix, *parts])
 
     async def version(self) -> int:
+        """The newest change's version (0 before any)."""
         return int(await self.client.get(self.key("version")) or 0)
 
-    async def add(self, record: dict[str, Any], delta: bytes, *,
-                  idempotency_key: str | None = None, edit_id: str | None = None) -> AddResult:
-        """Store a new active edit under the next version, or return the edit an earlier
-        request with the same ``idempotency_key`` created (storing nothing)."""
-        edit_id = edit_id or uuid.uuid4().hex
-        out = await self._add(args=[self.prefix, edit_id, json.dumps(record), delta,
-                                    idempotency_key or ""])
-        created, stored_id = int(out[0]), _decode(out[1])
-        edit = await self.get(stored_id)
-        return AddResult(edit, bool(created))
+    async def add(self, edits: list[NewEdit], *, idempotency_key: str | None = None,
+                  request_hash: str = "") -> AddResult:
+        """Store new active edits, each under the next version, all or none; or return what
+        an earlier request with the same ``idempotency_key`` stored (storing nothing)."""
+        if not edits:
+            raise ValueError("nothing to store")
+        args = [self.prefix, idempotency_key or "", request_hash]
+        for edit in edits:
+            args += [edit.id, json.dumps(edit.record), edit.delta]
+        created, ids, stored_hash = (_decode(x) for x in await self._add(args=args))
+        return AddResult([await self.get(i) for i in ids.split(",")], int(created) == 1,
+                         stored_hash or "")
 
-    async def find_idempotent(self, key: str) -> StoredEdit | None:
-        """The edit an earlier request with this ``Idempotency-Key`` created, if any."""
-        edit_id = await self.client.get(self.key("idem", key))
-        return None if edit_id is None else await self.get(_decode(edit_id))
+    async def find_idempotent(self, key: str) -> AddResult | None:
+        """What an earlier request with this ``Idempotency-Key`` stored, if any."""
+        ids, request_hash = (_decode(x) for x in
+                             await self.client.hmget(self.key("idem", key), "ids", "request"))
+        if ids is None:
+            return None
+        return AddResult([await self.get(i) for i in ids.split(",")], False, request_hash or "")
+
+    async def annotate(self, edit_id: str, report: dict[str, Any]) -> None:
+        """Attach the report measured once the edit was applied."""
+        await self.client.hset(self.key("edit", edit_id), "report", json.dumps(report))
 
     async def get(self, edit_id: str) -> StoredEdit:
         fields = await self.client.hgetall(self.key("edit", edit_id))
         if not fields:
             raise StoreError("not_found", f"no edit {edit_id!r}")
         f = {_decode(k): _decode(v) for k, v in fields.items()}
+        report = f.get("report")
+        rolled_back_version = f.get("rolled_back_version")
         return StoredEdit(edit_id, int(f["version"]), f["status"], json.loads(f["record"]),
-                          f.get("rolled_back_by"), f.get("rolled_back_at"))
+                          None if report is None else json.loads(report),
+                          f.get("rolled_back_by"), f.get("rolled_back_at"),
+                          None if rolled_back_version is None else int(rolled_back_version))
 
     async def delta(self, edit_id: str) -> bytes:
         data = await self.client.get(self.key("delta", edit_id))
@@ -162,7 +209,7 @@ class EditStore:
         return data
 
     async def rollback(self, edit_id: str, *, by: str, at: str) -> StoredEdit:
-        """Mark one active edit rolled back (who, when) and log it."""
+        """Mark one active edit rolled back (who, when, as which version) and log it."""
         out = [_decode(x) for x in await self._rollback(args=[self.prefix, edit_id, by, at])]
         if out[0] == "not_found":
             raise StoreError("not_found", f"no edit {edit_id!r}")
@@ -170,10 +217,11 @@ class EditStore:
             raise StoreError("conflict", f"edit {edit_id!r} is already {out[2]}")
         return await self.get(edit_id)
 
-    async def rollback_after(self, version: int, *, by: str, at: str) -> list[str]:
-        """Roll back every active edit newer than ``version``; their ids, newest first."""
+    async def rollback_after(self, version: int, *, by: str, at: str) -> RollbackResult:
+        """Roll back every active edit newer than ``version``, as one change."""
         out = await self._rollback_after(args=[self.prefix, version, by, at])
-        return [_decode(x) for x in out]
+        new_version = int(out[0])
+        return RollbackResult(new_version or None, [_decode(x) for x in out[1:]])
 
     async def active(self) -> list[tuple[str, int]]:
         """Active edits as ``(id, version)`` in the order they were applied."""

@@ -24,48 +24,6 @@ def test_build_world_writes_the_task_files(tmp_path: Path) -> None:
             assert len(read_json(tmp_path / f"{name}_{split}.json")) == n > 0
 
 
-def test_serve_starts_a_real_process_with_embedded_redis(tmp_path: Path) -> None:
-    """``instructedit serve`` with no Redis configured: edit and generate over HTTP."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",
-                                                            "INSTRUCTEDIT_REDIS_URL")}
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port),
-                             "--data-dir", str(tmp_path / "data")], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-            time.sleep(0.3)
-        edit = httpx.post(f"{base}/edits", timeout=60, json={
-            "task": "counterfact", "prompt": "Plyndti Brynta is a citizen of",
-            "target": "Veiistan", "subject": "Plyndti Brynta"})
-        assert edit.status_code == 201, edit.text
-        answer = httpx.post(f"{base}/generate", timeout=60, json={
-            "prompt": "Plyndti Brynta is a citizen of", "max_new_tokens": 6}).json()
-        assert answer["text"].strip().startswith("Veiistan") and answer["version"] == 1
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    assert any((tmp_path / "data").iterdir())  # the embedded Redis kept its files there
-
-
 def test_eval_lm_writes_json_and_table(tmp_path: Path) -> None:
     out = tmp_path / "eval.json"
     result = runner.invoke(app, ["eval-lm", "--limit", "25", "--json", str(out)])

@@ -13,7 +13,9 @@ from editor_core.checkpoint import load_editor
 from editor_core.decoding import greedy_continuations
 from editor_core.editor import EditRequest
 from editor_core.ledger import WeightLedger
-from service.engine import EditEngine
+from service.engine import EditEngine, EditSpec
+from service.errors import ServiceError
+from service.metrics import ServiceMetrics
 from service.store import EditStore, StoreError
 
 from .conftest import DEMO_LM, REPO
@@ -24,6 +26,8 @@ TARGET = "Veiistan"
 REQUEST = EditRequest("counterfact", PROMPT, TARGET, subject="Plyndti Brynta")
 RECORD = {"task": "counterfact", "prompt": PROMPT, "target": TARGET,
           "subject": "Plyndti Brynta"}
+SPEC = EditSpec(REQUEST, RECORD, rephrases=("What country is Plyndti Brynta a citizen of?",),
+                locality_prompts=("Plyndti Brynta works in the field of",))
 
 
 class Replica:
@@ -38,7 +42,7 @@ class Replica:
 
     def engine(self, socket: str) -> EditEngine:
         client = aioredis.Redis(unix_socket_path=socket)
-        return EditEngine(self.editor, self.ledger, EditStore(client, "demo"))
+        return EditEngine(self.editor, self.ledger, EditStore(client, "demo"), ServiceMetrics())
 
     def answer(self, prompt: str = PROMPT) -> str:
         return greedy_continuations(self.model, self.tokenizer, [prompt], 8)[0].strip()
@@ -54,12 +58,17 @@ def test_edit_persists_replays_after_restart_and_rolls_back_exactly(redis_socket
     assert not first.answer().startswith(TARGET)
 
     async def edit_then_restart():
-        added = await first.engine(redis_socket).create(REQUEST, RECORD)
+        added = (await first.engine(redis_socket).create([SPEC])).edits[0]
         replayed = await second.engine(redis_socket).replay()
         return added, replayed
 
     added, replayed = asyncio.run(edit_then_restart())
-    assert added.created and added.edit.version == 1 and first.ledger.version == 1
+    assert added.version == 1 and first.ledger.version == 1
+    quality = added.report["quality"]
+    assert quality["prompt"]["after"]["probability"] > quality["prompt"]["before"]["probability"]
+    assert quality["prompt"]["after"]["token_accuracy"] == 1.0
+    assert len(quality["rephrases"]) == 1 and quality["locality"][0]["prompt"].startswith("Ply")
+    assert set(added.report["timings_ms"]) == {"compute", "measure", "persist", "apply"}
     assert first.answer().startswith(TARGET)
     # The restarted replica rebuilds the same live weights from the store.
     assert replayed == 1 and second.ledger.live_digest() == first.ledger.live_digest()
@@ -67,9 +76,9 @@ def test_edit_persists_replays_after_restart_and_rolls_back_exactly(redis_socket
 
     async def roll_back_twice():
         engine = first.engine(redis_socket)
-        done = await engine.rollback(added.edit.id, by="tester", at="t")
+        done = await engine.rollback(added.id, by="tester", at="t")
         with pytest.raises(StoreError) as again:
-            await engine.rollback(added.edit.id, by="tester", at="t")
+            await engine.rollback(added.id, by="tester", at="t")
         return done, again.value
 
     done, again = asyncio.run(roll_back_twice())
@@ -81,13 +90,16 @@ def test_edit_persists_replays_after_restart_and_rolls_back_exactly(redis_socket
 def test_idempotency_key_applies_once(redis_socket, first: Replica) -> None:
     async def twice():
         engine = first.engine(redis_socket)
-        a = await engine.create(REQUEST, RECORD, idempotency_key="same")
-        b = await engine.create(REQUEST, RECORD, idempotency_key="same")
-        return a, b, await engine.store.version()
+        a = await engine.create([SPEC], idempotency_key="same", request_hash="h")
+        b = await engine.create([SPEC], idempotency_key="same", request_hash="h")
+        with pytest.raises(ServiceError) as reused:
+            await engine.create([SPEC], idempotency_key="same", request_hash="other")
+        return a, b, reused.value, await engine.store.version()
 
-    a, b, version = asyncio.run(twice())
-    assert a.created and not b.created and b.edit.id == a.edit.id
-    assert version == 1 and [e.edit_id for e in first.ledger.active] == [a.edit.id]
+    a, b, reused, version = asyncio.run(twice())
+    assert a.created and not b.created and b.edits[0].id == a.edits[0].id
+    assert reused.status == 409 and reused.code == "idempotency_key_reused"
+    assert version == 1 and [e.edit_id for e in first.ledger.active] == [a.edits[0].id]
 
 
 def test_rollback_after_version(redis_socket, first: Replica) -> None:
@@ -97,21 +109,23 @@ def test_rollback_after_version(redis_socket, first: Replica) -> None:
         for target in ("Veiistan", "Krexstan", "Foxland"):
             record = dict(RECORD, target=target)
             request = EditRequest("counterfact", PROMPT, target, subject=RECORD["subject"])
-            ids.append((await engine.create(request, record)).edit.id)
+            ids.append((await engine.create([EditSpec(request, record)])).edits[0].id)
         taken = await engine.rollback_after(1, by="tester", at="t")
         return ids, taken
 
     ids, taken = asyncio.run(three_then_back())
-    assert taken == [ids[2], ids[1]]
+    assert [e.id for e in taken] == [ids[2], ids[1]]
+    assert {e.rolled_back_version for e in taken} == {4} and first.ledger.version == 4
     assert [e.edit_id for e in first.ledger.active] == [ids[0]]
 
 
 def test_a_store_failure_leaves_the_weights_untouched(tmp_path, first: Replica) -> None:
     async def unreachable():
         client = aioredis.Redis(unix_socket_path=str(tmp_path / "no-redis.sock"))
-        engine = EditEngine(first.editor, first.ledger, EditStore(client, "demo"))
+        engine = EditEngine(first.editor, first.ledger, EditStore(client, "demo"),
+                            ServiceMetrics())
         with pytest.raises(RedisConnectionError):
-            await engine.create(REQUEST, RECORD)
+            await engine.create([SPEC])
 
     asyncio.run(unreachable())
     assert len(first.ledger) == 0 and first.ledger.live_digest() == first.pristine_digest

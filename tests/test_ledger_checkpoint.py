@@ -94,15 +94,24 @@ def test_versions_remove_after_and_errors(tok) -> None:
     assert versions == [1, 2, 3, 4, 5] and ledger.version == 5
     two = snapshot(model, editable)
     ledger.remove("e2")
+    assert ledger.version == 6  # a removal is a change of the weights: a new version
     gone = ledger.remove_after(2)
-    assert [e.edit_id for e in gone] == ["e4", "e3"]
+    assert [e.edit_id for e in gone] == ["e4", "e3"] and ledger.version == 7
     assert [e.edit_id for e in ledger.active] == ["e0", "e1"]
+    assert ledger.remove_after(2) == [] and ledger.version == 7  # nothing changed
+    with pytest.raises(LedgerError, match="not newer"):
+        ledger.remove("e1", version=7)
+    assert [e.edit_id for e in ledger.active] == ["e0", "e1"]  # the refused removal kept it
+    kept = snapshot(model, editable)
+    ledger.advance(20)
+    assert ledger.version == 20
+    assert all(torch.equal(snapshot(model, editable)[n], kept[n]) for n in kept)
     with pytest.raises(LedgerError, match="not active"):
         ledger.remove("e3")
     with pytest.raises(LedgerError, match="already active"):
         ledger.apply("e0", random_delta(editable, 0))
     with pytest.raises(LedgerError, match="not newer"):
-        ledger.apply("old", random_delta(editable, 9), version=3)
+        ledger.apply("old", random_delta(editable, 9), version=20)
     wrong = EditDelta({editable[0].name: random_delta(editable, 1).factors[editable[0].name]})
     with pytest.raises(LedgerError, match="manages"):
         ledger.apply("partial", wrong)

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from service.store import ACTIVE, ROLLED_BACK, EditStore, StoreError
+from service.store import ACTIVE, ROLLED_BACK, EditStore, NewEdit, StoreError
 
 
 def run(redis_socket: str, body, fingerprint: str = "fp-a"):
@@ -26,39 +26,62 @@ def record(task: str = "counterfact", subject: str = "Ann", **extra) -> dict:
             "target": "Oslo", **extra}
 
 
+async def add_one(store: EditStore, rec: dict, delta: bytes = b"d", **kwargs):
+    return (await store.add([NewEdit(rec, delta)], **kwargs)).edits[0]
+
+
 def test_add_stores_record_delta_indexes_and_log(redis_socket: str) -> None:
     async def body(store: EditStore):
-        first = await store.add(record(), b"delta-1")
-        second = await store.add(record(subject="Bo"), b"delta-2")
-        return first, second, await store.delta(first.edit.id), await store.active(), \
-            await store.events(), await store.version()
+        first = await store.add([NewEdit(record(), b"delta-1")])
+        second = await add_one(store, record(subject="Bo"), b"delta-2")
+        await store.annotate(second.id, {"timings_ms": {"compute": 1.5}})
+        return first, await store.get(second.id), await store.delta(first.edits[0].id), \
+            await store.active(), await store.events(), await store.version()
 
     first, second, delta, active, events, version = run(redis_socket, body)
-    assert first.created and first.edit.version == 1 and first.edit.status == ACTIVE
-    assert second.edit.version == 2 and second.edit.record["subject"] == "Bo"
+    one = first.edits[0]
+    assert first.created and one.version == 1 and one.status == ACTIVE and one.report is None
+    assert second.version == 2 and second.record["subject"] == "Bo"
+    assert second.report == {"timings_ms": {"compute": 1.5}}
     assert delta == b"delta-1" and version == 2
-    assert active == [(first.edit.id, 1), (second.edit.id, 2)]
+    assert active == [(one.id, 1), (second.id, 2)]
     assert [(e["event"], e["id"], e["version"]) for _, e in events] == [
-        ("apply", first.edit.id, "1"), ("apply", second.edit.id, "2")]
+        ("apply", one.id, "1"), ("apply", second.id, "2")]
 
 
-def test_idempotency_key_returns_the_same_edit_and_stores_nothing(redis_socket: str) -> None:
+def test_a_batch_is_stored_whole_one_version_per_edit(redis_socket: str) -> None:
     async def body(store: EditStore):
-        a = await store.add(record(), b"d", idempotency_key="k1")
-        b = await store.add(record(subject="other"), b"other", idempotency_key="k1")
-        return a, b, await store.version(), await store.events()
+        batch = await store.add([NewEdit(record(subject=s), s.encode()) for s in "abc"])
+        return batch, [await store.delta(e.id) for e in batch.edits], await store.version()
 
-    a, b, version, events = run(redis_socket, body)
-    assert a.created and not b.created and b.edit == a.edit
-    assert version == 1 and len(events) == 1
+    batch, deltas, version = run(redis_socket, body)
+    assert [e.version for e in batch.edits] == [1, 2, 3] and version == 3
+    assert [e.record["subject"] for e in batch.edits] == list("abc")
+    assert deltas == [b"a", b"b", b"c"]
+
+
+def test_idempotency_key_returns_the_same_edits_and_stores_nothing(redis_socket: str) -> None:
+    async def body(store: EditStore):
+        a = await store.add([NewEdit(record(), b"d")], idempotency_key="k1",
+                            request_hash="h1")
+        b = await store.add([NewEdit(record(subject="other"), b"other")],
+                            idempotency_key="k1", request_hash="h2")
+        found = await store.find_idempotent("k1")
+        return a, b, found, await store.find_idempotent("k2"), await store.version(), \
+            await store.events()
+
+    a, b, found, missing, version, events = run(redis_socket, body)
+    assert a.created and not b.created and b.edits == a.edits == found.edits
+    assert b.request_hash == found.request_hash == "h1"  # the first request's, to compare
+    assert missing is None and version == 1 and len(events) == 1
 
 
 def test_rollback_marks_logs_and_refuses_twice_or_unknown(redis_socket: str) -> None:
     async def body(store: EditStore):
-        added = await store.add(record(), b"d")
-        done = await store.rollback(added.edit.id, by="alice", at="2026-11-21T09:00:00Z")
+        added = await add_one(store, record())
+        done = await store.rollback(added.id, by="alice", at="2026-11-21T09:00:00Z")
         with pytest.raises(StoreError) as twice:
-            await store.rollback(added.edit.id, by="alice", at="later")
+            await store.rollback(added.id, by="alice", at="later")
         with pytest.raises(StoreError) as unknown:
             await store.rollback("nope", by="alice", at="now")
         return done, twice.value, unknown.value, await store.active(), await store.events()
@@ -66,21 +89,28 @@ def test_rollback_marks_logs_and_refuses_twice_or_unknown(redis_socket: str) -> 
     done, twice, unknown, active, events = run(redis_socket, body)
     assert done.status == ROLLED_BACK and done.rolled_back_by == "alice"
     assert done.rolled_back_at == "2026-11-21T09:00:00Z" and done.version == 1
+    assert done.rolled_back_version == 2  # a rollback is a change: the next version
     assert twice.code == "conflict" and unknown.code == "not_found"
-    assert active == [] and [e["event"] for _, e in events] == ["apply", "rollback"]
+    assert [(e["event"], e["version"]) for _, e in events] == [("apply", "1"),
+                                                               ("rollback", "2")]
+    assert active == []
 
 
 def test_rollback_after_version_takes_back_newer_active_edits(redis_socket: str) -> None:
     async def body(store: EditStore):
-        ids = [(await store.add(record(subject=str(i)), b"d")).edit.id for i in range(5)]
+        ids = [(await add_one(store, record(subject=str(i)))).id for i in range(5)]
         await store.rollback(ids[3], by="a", at="t")  # already rolled back: left alone
         taken = await store.rollback_after(2, by="b", at="t2")
-        return ids, taken, await store.active(), await store.get(ids[3])
+        nothing = await store.rollback_after(2, by="b", at="t3")
+        return ids, taken, nothing, await store.active(), await store.get(ids[3]), \
+            await store.get(ids[4]), await store.version()
 
-    ids, taken, active, fourth = run(redis_socket, body)
-    assert taken == [ids[4], ids[2]]
+    ids, taken, nothing, active, fourth, fifth, version = run(redis_socket, body)
+    assert taken.ids == [ids[4], ids[2]] and taken.version == 7 == version
+    assert nothing.ids == [] and nothing.version is None  # no change, no new version
     assert active == [(ids[0], 1), (ids[1], 2)]
-    assert fourth.rolled_back_by == "a"  # not re-attributed
+    assert fourth.rolled_back_by == "a" and fourth.rolled_back_version == 6
+    assert fifth.rolled_back_by == "b" and fifth.rolled_back_version == 7
 
 
 def test_listing_is_newest_first_with_filters_and_cursor(redis_socket: str) -> None:
@@ -88,7 +118,7 @@ def test_listing_is_newest_first_with_filters_and_cursor(redis_socket: str) -> N
         ids = []
         for i in range(7):
             task = "recent" if i % 2 else "counterfact"
-            ids.append((await store.add(record(task=task, subject=f"s{i % 3}"), b"d")).edit.id)
+            ids.append((await add_one(store, record(task=task, subject=f"s{i % 3}"))).id)
         await store.rollback(ids[6], by="x", at="t")
         pages, cursor = [], None
         while True:
@@ -113,7 +143,7 @@ def test_listing_is_newest_first_with_filters_and_cursor(redis_socket: str) -> N
 
 
 def test_fingerprints_keep_edits_of_different_models_apart(redis_socket: str) -> None:
-    run(redis_socket, lambda store: store.add(record(), b"d"), fingerprint="model-a")
+    run(redis_socket, lambda store: add_one(store, record()), fingerprint="model-a")
 
     async def other(store: EditStore):
         with pytest.raises(StoreError):

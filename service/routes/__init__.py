@@ -1,0 +1,1 @@
+"""The API's routers: edits, model queries (generate, score), and the service itself."""

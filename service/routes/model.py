@@ -1,0 +1,158 @@
+"""Asking the live model: generate text (whole or streamed) and score continuations.
+
+Each query holds the ledger's read lock from its first forward pass to its last, in a
+worker thread, so it sees the weights wholly before or wholly after any edit and reports
+the version that produced its answer. Queries run concurrently with each other, up to a
+limit beyond which they are refused (429) rather than queued without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from sse_starlette import EventSourceResponse
+
+from editor_core.encoding import EditInputError
+from editor_core.generation import GenerationError, SamplingParams, TokenStream
+from editor_core.probing import score_targets
+
+from ..auth import Principal, require
+from ..errors import ServiceError
+from ..lifecycle import LiveService
+from ..schemas import GenerateIn, GenerateOut, ScoreIn, ScoreOut, TargetScoreOut, Usage
+from .deps import QuerySlots, check_tokens, live_service, query_slots
+
+router = APIRouter(tags=["model"])
+Live = Annotated[LiveService, Depends(live_service)]
+Reader = Annotated[Principal, Depends(require("read"))]
+Slots = Annotated[QuerySlots, Depends(query_slots)]
+
+
+def _token_stream(live: LiveService, body: GenerateIn) -> TokenStream:
+    limits = live.settings.limits
+    if body.max_new_tokens > limits.max_new_tokens:
+        raise ServiceError(422, "too_many_tokens", f"max_new_tokens is {body.max_new_tokens}; "
+                           f"at most {limits.max_new_tokens}",
+                           {"limit": limits.max_new_tokens})
+    check_tokens(live, body.prompt, limits.max_prompt_tokens, "prompt")
+    params = SamplingParams(body.max_new_tokens, body.temperature, body.top_p, body.top_k,
+                            body.seed, tuple(body.stop))
+    try:
+        return TokenStream(live.model, live.tokenizer, body.prompt, params)
+    except GenerationError as exc:
+        raise ServiceError(422, "prompt_too_long", str(exc)) from exc
+
+
+def _finished(live: LiveService, stream: TokenStream, version: int, seconds: float
+              ) -> GenerateOut:
+    m = live.engine.metrics
+    m.generation_seconds.observe(seconds)
+    m.generated_tokens.inc(stream.completion_tokens)
+    if stream.completion_tokens:
+        m.time_per_token_seconds.observe(seconds / stream.completion_tokens)
+    return GenerateOut(text=stream.text, finish_reason=stream.finish_reason,
+                       usage=Usage(prompt_tokens=stream.prompt_tokens,
+                                   completion_tokens=stream.completion_tokens),
+                       version=version)
+
+
+@router.post("/generate", response_model=GenerateOut,
+             responses={200: {"content": {"text/event-stream": {"description":
+                        "with stream: token events {text}, then a done event (the same "
+                        "body as without stream)"}}}})
+async def generate(body: GenerateIn, live: Live, _: Reader, slots: Slots) -> Any:
+    """Continue the prompt with the live (edited) model: greedy at temperature 0, else
+    sampled (top-k, top-p, seed); stops at a stop string, the end token or max_new_tokens."""
+    stream = _token_stream(live, body)
+    slots.take()
+    if body.stream:
+        return EventSourceResponse(_events(live, stream, slots))
+
+    def run() -> GenerateOut:
+        start = time.perf_counter()
+        with live.ledger.reading():
+            version = live.ledger.version
+            stream.run()
+        return _finished(live, stream, version, time.perf_counter() - start)
+
+    try:
+        return await asyncio.to_thread(run)
+    finally:
+        slots.give()
+
+
+async def _events(live: LiveService, stream: TokenStream, slots: QuerySlots
+                  ) -> AsyncIterator[dict]:
+    """Server-sent events of a generation running in a worker thread."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+    def produce() -> None:
+        try:
+            start = time.perf_counter()
+            with live.ledger.reading():
+                version = live.ledger.version
+                for piece in stream:
+                    if stop.is_set():  # the client left
+                        return
+                    put("token", piece)
+            put("done", _finished(live, stream, version, time.perf_counter() - start))
+        except Exception as exc:  # reported to the client as an error event
+            put("error", exc)
+        finally:
+            slots.give()
+
+    worker = loop.run_in_executor(None, produce)
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == "token":
+                yield {"event": "token", "data": json.dumps({"text": value})}
+            elif kind == "done":
+                yield {"event": "done", "data": value.model_dump_json()}
+                return
+            else:
+                error = {"code": "generation_failed", "message": str(value), "details": {}}
+                yield {"event": "error", "data": json.dumps({"error": error})}
+                return
+    finally:
+        stop.set()
+        await asyncio.shield(worker)
+
+
+@router.post("/score", response_model=ScoreOut)
+async def score(body: ScoreIn, live: Live, _: Reader, slots: Slots) -> ScoreOut:
+    """How likely the live model finds each target as the prompt's continuation:
+    log-probability (natural log, summed over tokens) and teacher-forced accuracy."""
+    limits = live.settings.limits
+    check_tokens(live, body.prompt, limits.max_prompt_tokens, "prompt")
+    for target in body.targets:
+        check_tokens(live, target, limits.max_target_tokens, "target")
+    slots.take()
+
+    def run() -> ScoreOut:
+        with live.ledger.reading():
+            version = live.ledger.version
+            scores = score_targets(live.model, live.tokenizer, [body.prompt] * len(body.targets),
+                                   body.targets, live.editor.max_length)
+        return ScoreOut(version=version, scores=[
+            TargetScoreOut(target=t, probability=s.probability, logprob=s.logprob,
+                           token_accuracy=s.token_accuracy, tokens=s.tokens)
+            for t, s in zip(body.targets, scores)])
+
+    try:
+        return await asyncio.to_thread(run)
+    except EditInputError as exc:
+        raise ServiceError(422, "invalid_target", str(exc)) from exc
+    finally:
+        slots.give()

@@ -1,0 +1,203 @@
+"""Acceptance: a real ``instructedit serve`` process (uvicorn) with its embedded Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from editor_core.training.examples import load_task_records
+
+from .server_process import ServiceProcess
+
+PROMPT, TARGET, SUBJECT = "Plyndti Brynta is a citizen of", "Veiistan", "Plyndti Brynta"
+REPHRASE = "What country is Plyndti Brynta a citizen of?"
+UNRELATED = ["The capital of Veiistan is", "Hello"]
+EDIT = {"task": "counterfact", "prompt": PROMPT, "target": TARGET, "subject": SUBJECT}
+
+
+def generate(client: httpx.Client, prompt: str, n: int = 6) -> dict:
+    response = client.post("/generate", json={"prompt": prompt, "max_new_tokens": n})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_edit_restart_and_rollback_to_pristine(tmp_path: Path) -> None:
+    service = ServiceProcess(tmp_path / "data").start()
+    try:
+        with service.client() as c:
+            before = {p: generate(c, p)["text"] for p in [PROMPT, REPHRASE, *UNRELATED]}
+            made = c.post("/edits", json=EDIT, headers={"X-Request-ID": "edit-1"})
+            assert made.status_code == 201 and made.headers["X-Request-ID"] == "edit-1"
+            assert generate(c, PROMPT)["text"].strip().startswith(TARGET)
+            assert generate(c, REPHRASE)["text"].strip().startswith(TARGET)
+            assert all(generate(c, p)["text"] == before[p] for p in UNRELATED)
+            info = c.get("/info").json()
+            answers = {p: generate(c, p)["text"] for p in before}
+        service.stop()
+        # JSON logs, each with a request id; the edit's access log line carries its id.
+        lines = [json.loads(line) for line in service.logs().splitlines()
+                 if line.startswith("{")]
+        assert lines and all("request_id" in line for line in lines)
+        assert any(line["request_id"] == "edit-1" for line in lines)
+
+        service.start()
+        with service.client() as c:
+            again = c.get("/info").json()
+            assert (again["live_digest"], again["active_edits"], again["edit_version"]) == (
+                info["live_digest"], 1, 1)
+            assert {p: generate(c, p)["text"] for p in before} == answers
+            c.post(f"/edits/{made.json()['id']}/rollback").raise_for_status()
+            assert {p: generate(c, p)["text"] for p in before} == before
+            final = c.get("/info").json()
+            assert final["live_digest"] == final["pristine_digest"]
+    finally:
+        service.stop()
+
+
+def test_kill_9_while_editing_loses_no_acknowledged_edit(tmp_path: Path) -> None:
+    service = ServiceProcess(tmp_path / "data").start()
+    acknowledged: list[str] = []
+    targets = ["Veiistan", "Faemovia", "Foxistan", "Krexstan", "Dreinddrerk"] * 8
+
+    def post_edits() -> None:
+        with service.client() as c:
+            for target in targets:
+                try:
+                    r = c.post("/edits", json={**EDIT, "target": target})
+                except httpx.TransportError:
+                    return  # the service died mid-request: not acknowledged
+                assert r.status_code == 201, r.text
+                acknowledged.append(r.json()["id"])
+
+    try:
+        poster = threading.Thread(target=post_edits)
+        poster.start()
+        while len(acknowledged) < 4:
+            poster.join(0.05)
+            assert poster.is_alive(), "the edits finished before the kill"
+        service.kill()
+        poster.join(60)
+        assert len(acknowledged) < len(targets)
+        service.start()
+        with service.client() as c:
+            stored = c.get("/edits", params={"limit": 200}).json()["edits"]
+            info = c.get("/info").json()
+            replayed = c.get("/readyz").json()["replayed"]
+            stored_ids = [e["id"] for e in stored]
+            # Every acknowledged edit is there and active; at most the one in flight more.
+            assert set(acknowledged) <= set(stored_ids)
+            assert len(stored_ids) - len(acknowledged) in (0, 1)
+            assert all(e["status"] == "active" for e in stored)
+            assert replayed == info["active_edits"] == len(stored)
+            assert info["edit_version"] == max(e["version"] for e in stored)
+            # Nothing half there: the weights are exactly the stored edits' sum, so taking
+            # every one of them back gives the pristine weights.
+            c.post("/edits/rollback", json={"to_version": 0}).raise_for_status()
+            final = c.get("/info").json()
+            assert final["live_digest"] == final["pristine_digest"]
+    finally:
+        service.stop()
+
+
+def test_generations_during_edits_match_their_reported_version(tmp_path: Path,
+                                                                exported: Path) -> None:
+    records = load_task_records(exported, ["counterfact"], "test")["counterfact"][:20]
+    prompts = [r.prompt for r in records[:6]] + UNRELATED
+    service = ServiceProcess(tmp_path / "data").start()
+    seen: dict[tuple[str, int], set[str]] = defaultdict(set)
+    failures: list[str] = []
+    done = threading.Event()
+
+    def client_loop(offset: int) -> None:
+        with service.client() as c:
+            i = offset
+            while not done.is_set():
+                prompt = prompts[i % len(prompts)]
+                r = c.post("/generate", json={"prompt": prompt, "max_new_tokens": 5})
+                if r.status_code != 200:
+                    failures.append(r.text)
+                else:
+                    seen[(prompt, r.json()["version"])].add(r.json()["text"])
+                i += 1
+
+    try:
+        clients = [threading.Thread(target=client_loop, args=(k,)) for k in range(8)]
+        for t in clients:
+            t.start()
+        with service.client() as c:
+            for r in records:
+                made = c.post("/edits", json={"task": "counterfact", "prompt": r.prompt,
+                                              "target": r.target_new, "subject": r.subject})
+                assert made.status_code == 201, made.text
+            assert c.get("/healthz").status_code == 200
+        done.set()
+        for t in clients:
+            t.join(120)
+        assert not failures, failures[:3]
+        versions = {v for _, v in seen}
+        assert len(versions) > 5  # the clients really ran across the edits
+        # Every answer is the one its version gives: rebuild each version's weights by
+        # rolling back to it, newest first, and ask again.
+        with service.client() as c:
+            for version in sorted(versions, reverse=True):
+                c.post("/edits/rollback", json={"to_version": version}).raise_for_status()
+                for prompt in prompts:
+                    if (prompt, version) in seen:
+                        expected = generate(c, prompt, 5)["text"]
+                        assert seen[(prompt, version)] == {expected}, (prompt, version)
+    finally:
+        done.set()
+        service.stop()
+
+
+def _cases() -> list:
+    """Every operation of the API (read from its schema, no service needed) with valid
+    inputs, and with invalid ones where it takes any."""
+    from service.app import create_app
+
+    cases = []
+    for path, methods in create_app().openapi()["paths"].items():
+        for method, spec in methods.items():
+            label = f"{method.upper()} {path}"
+            cases.append(pytest.param(label, schemathesis.GenerationMode.POSITIVE,
+                                      id=f"valid {label}"))
+            if spec.get("parameters") or spec.get("requestBody"):
+                cases.append(pytest.param(label, schemathesis.GenerationMode.NEGATIVE,
+                                          id=f"invalid {label}"))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def live_schema(tmp_path_factory: pytest.TempPathFactory):
+    service = ServiceProcess(tmp_path_factory.mktemp("schema") / "data").start()
+    try:
+        schema = schemathesis.openapi.from_url(f"{service.base}/openapi.json")
+        yield {op.ok().label: op.ok() for op in schema.get_all_operations()}, service.base
+    finally:
+        service.stop()
+
+
+@pytest.mark.parametrize("label, mode", _cases())
+def test_no_generated_request_gets_a_server_error(live_schema, label: str, mode) -> None:
+    """Schemathesis generates requests from the OpenAPI schema, valid and invalid ones:
+    none may get a 5xx."""
+    operations, base = live_schema
+
+    @given(case=operations[label].as_strategy(generation_mode=mode))
+    @settings(max_examples=25, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def check(case) -> None:
+        response = case.call(base_url=base, timeout=120)
+        assert response.status_code < 500, (case.method, case.path, case.body,
+                                            response.text[:500])
+        if response.status_code >= 400:  # every error has the documented body
+            assert set(response.json()["error"]) == {"code", "message", "details"}
+
+    check()
