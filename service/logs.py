@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pythonjsonlogger.core import RESERVED_ATTRS
+
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
@@ -22,6 +24,8 @@ def log_config(json_logs: bool = True, level: str = "INFO") -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for the service, uvicorn included."""
     fmt = "%(asctime)s %(levelname)s %(name)s %(message)s %(correlation_id)s"
     formatter = ({"()": "pythonjsonlogger.json.JsonFormatter", "fmt": fmt,
+                  "datefmt": "%Y-%m-%dT%H:%M:%S%z",
+                  "reserved_attrs": [*RESERVED_ATTRS, "color_message"],  # uvicorn's ANSI copy
                   "rename_fields": {"asctime": "time", "levelname": "level",
                                     "name": "logger", "correlation_id": "request_id"}}
                  if json_logs else {"format": "%(asctime)s %(levelname)s [%(correlation_id)s] "
