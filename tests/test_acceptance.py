@@ -113,7 +113,13 @@ def test_generations_during_edits_match_their_reported_version(tmp_path: Path,
     service = ServiceProcess(tmp_path / "data").start()
     seen: dict[tuple[str, int], set[str]] = defaultdict(set)
     failures: list[str] = []
+    health: list[int] = []
     done = threading.Event()
+
+    def probe_health() -> None:
+        with service.client() as c:
+            while not done.is_set():
+                health.append(c.get("/healthz").status_code)
 
     def client_loop(offset: int) -> None:
         with service.client() as c:
@@ -129,6 +135,7 @@ def test_generations_during_edits_match_their_reported_version(tmp_path: Path,
 
     try:
         clients = [threading.Thread(target=client_loop, args=(k,)) for k in range(8)]
+        clients.append(threading.Thread(target=probe_health))
         for t in clients:
             t.start()
         with service.client() as c:
@@ -141,6 +148,7 @@ def test_generations_during_edits_match_their_reported_version(tmp_path: Path,
         for t in clients:
             t.join(120)
         assert not failures, failures[:3]
+        assert len(health) > 20 and set(health) == {200}  # alive while edits ran
         versions = {v for _, v in seen}
         assert len(versions) > 5  # the clients really ran across the edits
         # Every answer is the one its version gives: rebuild each version's weights by
@@ -154,6 +162,60 @@ def test_generations_during_edits_match_their_reported_version(tmp_path: Path,
                         assert seen[(prompt, version)] == {expected}, (prompt, version)
     finally:
         done.set()
+        service.stop()
+
+
+def test_idempotency_rollback_auth_and_bad_inputs_over_http(tmp_path: Path) -> None:
+    read_key, edit_key = "read-key-0123456789", "edit-key-0123456789"
+    keys = [{"name": "reader", "key": read_key, "scope": "read"},
+            {"name": "editor", "key": edit_key, "scope": "edit"}]
+    service = ServiceProcess(tmp_path / "data", env={
+        "INSTRUCTEDIT_API_KEYS": json.dumps(keys),
+        "INSTRUCTEDIT_LIMITS__MAX_BATCH_EDITS": "4"}).start()
+    read = {"Authorization": f"Bearer {read_key}"}
+    edit = {"Authorization": f"Bearer {edit_key}"}
+    try:
+        with service.client() as c:
+            assert c.post("/edits", json=EDIT).status_code == 401
+            assert c.post("/edits", json=EDIT, headers=read).status_code == 403
+            assert c.post("/generate", json={"prompt": PROMPT}, headers=read).status_code == 200
+            first = c.post("/edits", json=EDIT, headers={**edit, "Idempotency-Key": "once"})
+            second = c.post("/edits", json=EDIT, headers={**edit, "Idempotency-Key": "once"})
+            assert first.status_code == second.status_code == 201
+            assert first.json()["id"] == second.json()["id"]
+            assert c.get("/info", headers=read).json()["active_edits"] == 1
+            edit_id = first.json()["id"]
+            assert c.post(f"/edits/{edit_id}/rollback", headers=edit).status_code == 200
+            twice = c.post(f"/edits/{edit_id}/rollback", headers=edit)
+            assert twice.status_code == 409 and twice.json()["error"]["code"] == "conflict"
+            before = c.get("/info", headers=read).json()
+            raw = {**edit, "Content-Type": "application/json"}
+            refused = {
+                "empty prompt": (c.post("/edits", json={**EDIT, "prompt": ""}, headers=edit),
+                                 422),
+                "empty target": (c.post("/edits", json={**EDIT, "target": ""}, headers=edit),
+                                 422),
+                "overlong prompt": (c.post("/edits", json={**EDIT, "prompt": "word " * 300},
+                                           headers=edit), 422),
+                "overlong target": (c.post("/edits", json={**EDIT, "target": "word " * 100},
+                                           headers=edit), 422),
+                "unknown task": (c.post("/edits", json={**EDIT, "task": "poetry"},
+                                        headers=edit), 422),
+                "wrong type": (c.post("/edits", json={**EDIT, "target": ["x"]}, headers=edit),
+                               422),
+                "invalid UTF-8": (c.post("/edits", content=b'{"prompt": "\xff"}',
+                                         headers=raw), 400),
+                "huge batch": (c.post("/edits/batch", json={"edits": [EDIT] * 5},
+                                      headers=edit), 413),
+                "huge body": (c.post("/edits", content=b" " * 2_000_000, headers=raw), 413),
+            }
+            for what, (response, status) in refused.items():
+                assert response.status_code == status, (what, response.text)
+                assert response.json()["error"]["code"], what
+            after = c.get("/info", headers=read).json()
+            assert (after["edit_version"], after["live_digest"]) == (
+                before["edit_version"], before["live_digest"])
+    finally:
         service.stop()
 
 
