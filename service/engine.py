@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from editor_core.decoding import greedy_continuations
 from editor_core.delta import EditDelta
 from editor_core.editor import EditRequest, Editor
 from editor_core.encoding import EditInputError
+from editor_core.generation import GenerationError, SamplingParams, TokenStream
 from editor_core.ledger import LedgerError, WeightLedger
 from editor_core.probing import TargetScore, score_targets
 
@@ -33,7 +33,8 @@ from .errors import ServiceError
 from .metrics import ServiceMetrics
 from .store import AddResult, EditStore, NewEdit, StoredEdit
 
-LOCALITY_ANSWER_TOKENS = 16
+# A locality prompt's answer: its greedy continuation up to the end of the line.
+_LOCALITY_ANSWER = SamplingParams(max_new_tokens=16, stop=("\n",))
 
 
 @dataclass(frozen=True)
@@ -125,15 +126,15 @@ class EditEngine:
                                            "request")
                     return seen
             timings: dict[str, float] = {}
-            try:
+            try:  # nothing is stored or applied yet: a refusal changes nothing
                 with self._timed(timings, "compute"):
                     deltas = await asyncio.to_thread(self._compute, specs)
-            except (EditInputError, LedgerError, FloatingPointError) as exc:
+                with self._timed(timings, "measure"):
+                    before = await asyncio.to_thread(self._measure, specs)
+            except (EditInputError, GenerationError, LedgerError, FloatingPointError) as exc:
                 for task in tasks:
                     self.metrics.edits.labels(task, "rejected").inc()
                 raise ServiceError(422, "invalid_edit", str(exc)) from exc
-            with self._timed(timings, "measure"):
-                before = await asyncio.to_thread(self._measure, specs)
             with self._timed(timings, "persist"):
                 result = await self.store.add(
                     [NewEdit(s.record, d.to_bytes()) for s, d in zip(specs, deltas)],
@@ -170,9 +171,8 @@ class EditEngine:
         prompts = [p for s in specs for p in (s.request.prompt, *s.rephrases)]
         targets = [s.request.target for s in specs for _ in range(1 + len(s.rephrases))]
         flat = score_targets(model, tokenizer, prompts, targets, self.editor.max_length)
-        local = [p for s in specs for p in s.locality_prompts]
-        answers = [a.split("\n")[0].strip() for a in greedy_continuations(
-            model, tokenizer, local, LOCALITY_ANSWER_TOKENS)] if local else []
+        answers = [TokenStream(model, tokenizer, p, _LOCALITY_ANSWER).run().strip()
+                   for s in specs for p in s.locality_prompts]
         scores, found = [], []
         for s in specs:
             n = 1 + len(s.rephrases)
