@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .combination import CombinationConfig
 from .editor import Editor
 from .hypernetwork import Hypernetwork, HypernetworkConfig
 from .instructions import InstructionRegistry
@@ -88,6 +89,7 @@ def save_editor(out_dir: str | Path, editor: Editor, *, base_fingerprint: str,
         "hypernetwork": hyper.cfg.to_json(),
         "step_sizes": {w.name: hyper.step_size(w.name).item() for w in editor.editable},
         "use_instructions": editor.use_instructions,
+        "combination": editor.combination.to_json(),
         "instructions": editor.registry.to_json(),
         "base_model_fingerprint": base_fingerprint,
         "editor_fingerprint": editor_fingerprint(hyper),
@@ -135,6 +137,7 @@ def load_editor(path: str | Path, model: PreTrainedModel, tokenizer: PreTrainedT
     device = next(model.parameters()).device
     hyper.to(device)
     registry = InstructionRegistry.from_json(config["instructions"])
+    combination = CombinationConfig(**config.get("combination", {"kind": "sum"}))
     return Editor(model, tokenizer, hyper, registry,
                   use_instructions=config.get("use_instructions", True),
-                  fp32_replica=fp32_replica)
+                  fp32_replica=fp32_replica, combination=combination)

@@ -4,6 +4,11 @@ For each editable weight, ``ΔW = step · Σ_r u_r d_rᵀ`` in the weight's ``(d
 view; the ledger applies it as ``W ← W − ΔW`` (so an identity editor takes a gradient
 descent step). A batch's delta records which rows belong to which request, so every edit of
 a batch can be stored and removed on its own.
+
+An edit may also carry **keys**: per weight, the layer's inputs at the tokens of the plain
+prompt and target (one ``[n, d_in]`` matrix per request). A joint combination of many edits
+(``combination.RidgeCombiner``) asks the combined ΔW to reproduce, on each edit's keys, the
+output shift the edit's own ΔW makes there.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ class EditDelta:
 
     factors: dict[str, WeightFactors]
     n_requests: int = 1
+    keys: dict[str, tuple[torch.Tensor, ...]] | None = None  # per weight, one per request
 
     def split(self) -> list[EditDelta]:
         """One delta per request of a batch, in request order."""
@@ -96,23 +102,38 @@ class EditDelta:
             return [self]
         out = []
         for i in range(self.n_requests):
+            keys = None if self.keys is None else {n: (k[i],) for n, k in self.keys.items()}
             out.append(EditDelta({
                 name: f.select(*f.spans[i]) for name, f in self.factors.items()
-            }, 1))
+            }, 1, keys))
         return out
+
+    def key_matrix(self, name: str) -> torch.Tensor:
+        """The keys of a single-request delta for one weight."""
+        if self.keys is None:
+            raise ValueError("this delta carries no keys (computed without them)")
+        if self.n_requests != 1:
+            raise ValueError("take one request's keys (use split())")
+        return self.keys[name][0]
 
     def compressed(self, rel_tol: float | None = None, dtype: torch.dtype | None = None
                    ) -> EditDelta:
-        """Each request's factors in their stored form (see ``WeightFactors.compressed``)."""
+        """Each request's factors (and keys) in their stored form (see
+        ``WeightFactors.compressed``)."""
         rel_tol = STORE_REL_TOL if rel_tol is None else rel_tol
         dtype = STORE_DTYPE if dtype is None else dtype
-        parts = [EditDelta({n: f.compressed(rel_tol, dtype) for n, f in p.factors.items()}, 1)
+        parts = [EditDelta({n: f.compressed(rel_tol, dtype) for n, f in p.factors.items()}, 1,
+                           None if p.keys is None else
+                           {n: tuple(k.to(dtype).contiguous() for k in ks)
+                            for n, ks in p.keys.items()})
                  for p in self.split()]
         return parts[0] if len(parts) == 1 else merge(parts)
 
     def nbytes(self) -> int:
-        return sum(f.u.numel() * f.u.element_size() + f.d.numel() * f.d.element_size()
-                   for f in self.factors.values())
+        keys = 0 if self.keys is None else sum(k.numel() * k.element_size()
+                                               for ks in self.keys.values() for k in ks)
+        return keys + sum(f.u.numel() * f.u.element_size() + f.d.numel() * f.d.element_size()
+                          for f in self.factors.values())
 
     def dense_nbytes(self) -> int:
         """Bytes of the same change stored as dense fp32 matrices."""
@@ -127,6 +148,8 @@ class EditDelta:
         for i, (name, f) in enumerate(self.factors.items()):
             tensors[f"{i}.u"] = f.u.contiguous()
             tensors[f"{i}.d"] = f.d.contiguous()
+            if self.keys is not None:
+                tensors[f"{i}.k"] = self.key_matrix(name).contiguous()
             meta[f"{i}.name"] = name
             meta[f"{i}.step"] = repr(f.step)
         return st_save(tensors, metadata=meta)
@@ -137,14 +160,17 @@ class EditDelta:
         header_len = struct.unpack("<Q", data[:8])[0]
         meta = json.loads(data[8:8 + header_len]).get("__metadata__", {})
         tensors = st_load(data)
-        factors = {}
+        factors, keys = {}, {}
         i = 0
         while f"{i}.name" in meta:
-            factors[meta[f"{i}.name"]] = WeightFactors(
+            name = meta[f"{i}.name"]
+            factors[name] = WeightFactors(
                 tensors[f"{i}.u"], tensors[f"{i}.d"], float(meta[f"{i}.step"]),
                 ((0, tensors[f"{i}.u"].shape[0]),))
+            if f"{i}.k" in tensors:
+                keys[name] = (tensors[f"{i}.k"],)
             i += 1
-        return cls(factors, 1)
+        return cls(factors, 1, keys or None)
 
 
 def merge(deltas: list[EditDelta]) -> EditDelta:
@@ -163,4 +189,9 @@ def merge(deltas: list[EditDelta]) -> EditDelta:
         factors[name] = WeightFactors(torch.cat([p.u for p in parts]),
                                       torch.cat([p.d for p in parts]), parts[0].step,
                                       tuple(spans))
-    return EditDelta(factors, len(deltas))
+    with_keys = [d.keys is not None for d in deltas]
+    if any(with_keys) and not all(with_keys):
+        raise ValueError("cannot merge deltas with keys and deltas without")
+    keys = None if not all(with_keys) else {
+        name: tuple(k for d in deltas for k in d.keys[name]) for name in names}
+    return EditDelta(factors, len(deltas), keys)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .combination import CombinationConfig
 from .data.records import EditRecord
 from .delta import EditDelta, WeightFactors
 from .encoding import EditInputError, EncodedBatch, encode_batch, target_nll
@@ -76,8 +77,10 @@ class Editor:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  hypernetwork: Hypernetwork, registry: InstructionRegistry | None = None, *,
                  use_instructions: bool = True, max_length: int | None = None,
-                 fp32_replica: bool = True) -> None:
+                 fp32_replica: bool = True,
+                 combination: CombinationConfig | None = None) -> None:
         self.model = model
+        self.combination = combination or CombinationConfig()
         self.tokenizer = tokenizer
         self.hypernetwork = hypernetwork
         self.editable: list[EditableWeight] = hypernetwork.editable
@@ -193,6 +196,22 @@ class Editor:
             d_rows[name] = d[keep]
         return Captured(u_rows, d_rows, spans, per_request.detach())
 
+    @torch.no_grad()
+    def plain_keys(self, requests: Sequence[EditRequest]) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Per editable weight, each request's layer inputs at every token of its plain
+        prompt and target: where a joint combination asks the edit to act (fp32, CPU)."""
+        batch = encode_batch(self.tokenizer, [r.prompt for r in requests],
+                             [r.target for r in requests], self.max_length)
+        device = next(self.edit_model.parameters()).device
+        store: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        with self._capture_hooks(store):
+            self.edit_model(input_ids=batch.input_ids.to(device),
+                            attention_mask=batch.attention_mask.to(device), use_cache=False)
+        mask = batch.attention_mask.bool()
+        return {name: tuple(store[name][0][i][mask[i].to(device)].float().cpu().contiguous()
+                            for i in range(len(requests)))
+                for name in self._modules}
+
     # -- the edit ------------------------------------------------------------------------
     def transform(self, captured: Captured) -> dict[str, WeightFactors]:
         """Run the hypernetwork on captured rows (differentiable; the trainer uses this)."""
@@ -208,19 +227,22 @@ class Editor:
         return factors
 
     @torch.no_grad()
-    def _finish(self, factors: dict[str, WeightFactors], n: int) -> EditDelta:
+    def _finish(self, factors: dict[str, WeightFactors], n: int,
+                keys: dict[str, tuple[torch.Tensor, ...]] | None = None) -> EditDelta:
         return EditDelta({
             name: WeightFactors(f.u.detach().float().cpu().contiguous(),
                                 f.d.detach().float().cpu().contiguous(), float(f.step),
                                 f.spans)
             for name, f in factors.items()
-        }, n)
+        }, n, keys)
 
     def compute(self, requests: Sequence[EditRequest] | EditRequest) -> EditDelta:
-        """The delta of one request or of a batch (rows attributable to each request)."""
+        """The delta of one request or of a batch (rows attributable to each request), with
+        its keys when the editor's combination needs them."""
         if isinstance(requests, EditRequest):
             requests = [requests]
         captured = self.capture(self.encode(requests))
+        keys = self.plain_keys(requests) if self.combination.needs_keys else None
         was_training = self.hypernetwork.training
         self.hypernetwork.eval()  # frozen normalisation statistics at inference
         try:
@@ -228,7 +250,7 @@ class Editor:
                 factors = self.transform(captured)
         finally:
             self.hypernetwork.train(was_training)
-        return self._finish(factors, len(requests))
+        return self._finish(factors, len(requests), keys)
 
 
 def _unit_per_span(rows: torch.Tensor, spans: tuple[tuple[int, int], ...]) -> torch.Tensor:

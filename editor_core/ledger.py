@@ -2,11 +2,12 @@
 
 The ledger keeps an fp32 copy of the pristine editable weights and every active edit's
 factors. How the active edits combine into one ΔW per weight is a pluggable rule
-(``DeltaCombiner``): today the sum, kept as a running float64 total so that adding or
-removing one edit costs one low-rank product, never a pass over all active edits. Removing
-every edit writes the pristine copy back, bit for bit. Subtracting a delta in place in the
-model's own precision is not exact; the float64 total is, to well below 1e-6 relative, and
-``recompute`` rebuilds it from the active edits in application order whenever wanted.
+(``combination.DeltaCombiner``): the plain sum, or a ridge solve over all active edits'
+keys and values; both keep float64 running totals, so adding or removing one edit costs a
+low-rank update, never a pass over all active edits. Removing every edit writes the pristine
+copy back, bit for bit. Subtracting a delta in place in the model's own precision is not
+exact; the float64 totals are, to well below 1e-6 relative, and ``recompute`` rebuilds them
+from the active edits in application order whenever wanted.
 
 Every change (an edit applied, one or more removed) gets the next **version**, the number
 that names a state of the live weights. Readers (generation, computing the next edit) hold
@@ -23,70 +24,20 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from readerwriterlock import rwlock
 from torch import nn
 
+from .combination import ActiveEdit, DeltaCombiner, SumCombiner
 from .delta import EditDelta
 from .specs import EditableWeight
+
+__all__ = ["ActiveEdit", "DeltaCombiner", "LedgerError", "SumCombiner", "WeightLedger"]
 
 
 class LedgerError(Exception):
     """An unknown or duplicate edit id, a stale version, or a delta that does not fit."""
-
-
-@dataclass(frozen=True)
-class ActiveEdit:
-    edit_id: str
-    version: int
-    delta: EditDelta
-
-
-class DeltaCombiner(Protocol):
-    """How active edits combine into one ΔW per weight (in the stored orientation)."""
-
-    def add(self, edit: ActiveEdit) -> None: ...
-    def remove(self, edit: ActiveEdit) -> None: ...
-    def recompute(self, active: list[ActiveEdit]) -> None: ...
-    def total(self, name: str) -> torch.Tensor | None: ...
-
-
-class SumCombiner:
-    """ΔW = Σ ΔW_i, kept as a running float64 sum per weight."""
-
-    def __init__(self, editable: list[EditableWeight]) -> None:
-        self._editable = {w.name: w for w in editable}
-        self._sum: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
-        self._count = 0
-
-    def _stored(self, name: str, delta: EditDelta) -> torch.Tensor:
-        return self._editable[name].to_stored(delta.factors[name].dense(torch.float64))
-
-    def add(self, edit: ActiveEdit) -> None:
-        new = {name: self._stored(name, edit.delta) for name in self._sum}  # all, then commit
-        for name, d in new.items():
-            self._sum[name] = d if self._sum[name] is None else self._sum[name] + d
-        self._count += 1
-
-    def remove(self, edit: ActiveEdit) -> None:
-        self._count -= 1
-        for name in self._sum:
-            if self._count == 0:
-                self._sum[name] = None  # nothing active: exactly zero, not a rounding residue
-            else:
-                self._sum[name] = self._sum[name] - self._stored(name, edit.delta)
-
-    def recompute(self, active: list[ActiveEdit]) -> None:
-        self._sum = {name: None for name in self._sum}
-        self._count = 0
-        for edit in active:
-            self.add(edit)
-
-    def total(self, name: str) -> torch.Tensor | None:
-        return self._sum[name]
 
 
 class WeightLedger:
@@ -115,8 +66,10 @@ class WeightLedger:
 
     @classmethod
     def for_editor(cls, editor, combiner: DeltaCombiner | None = None) -> WeightLedger:
-        """A ledger for the editor's model that keeps its fp32 editing replica in step."""
+        """A ledger for the editor's model that keeps its fp32 editing replica in step and
+        combines edits as the editor was trained to (unless ``combiner`` says otherwise)."""
         mirrors = [] if editor.edit_model is editor.model else [editor.edit_model]
+        combiner = combiner or editor.combination.combiner(editor.editable)
         return cls(editor.model, editor.editable, combiner, mirrors)
 
     def reading(self) -> AbstractContextManager:
@@ -182,6 +135,14 @@ class WeightLedger:
             if not (torch.isfinite(f.u).all() and torch.isfinite(f.d).all()
                     and torch.isfinite(torch.tensor(float(f.step)))):
                 raise LedgerError(f"factors of {name} are not finite")
+            if self.combiner.requires_keys:
+                if delta.keys is None or name not in delta.keys:
+                    raise LedgerError(f"this ledger combines edits by their keys; the delta "
+                                      f"has none for {name}")
+                keys = delta.key_matrix(name)
+                if keys.dim() != 2 or keys.shape[1] != d_in or not torch.isfinite(keys).all():
+                    raise LedgerError(f"keys of {name} are {tuple(keys.shape)}; expected "
+                                      f"finite (tokens, {d_in})")
 
     def remove(self, edit_id: str, version: int | None = None) -> ActiveEdit:
         """Take one edit out exactly (the others stay), as change ``version``."""

@@ -1,0 +1,130 @@
+"""The joint (ridge) combination of active edits: exact removal, order independence, keys."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from editor_core.checkpoint import load_editor, model_fingerprint, save_editor
+from editor_core.combination import (ActiveEdit, CombinationConfig, RidgeCombiner,
+                                     keys_and_values)
+from editor_core.delta import EditDelta, WeightFactors, merge
+from editor_core.ledger import LedgerError, WeightLedger
+from editor_core.specs import resolve_editable
+
+from .test_editing import REQ, REQ2, make_editor
+from .tiny_models import small_tokenizer, tiny_model
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return small_tokenizer()
+
+
+def keyed_delta(editable, seed: int, rows: int = 4, tokens: int = 5) -> EditDelta:
+    g = torch.Generator().manual_seed(seed)
+    factors = {w.name: WeightFactors(torch.randn(rows, w.d_in, generator=g),
+                                     torch.randn(rows, w.d_out, generator=g) * 1e-2, 0.5,
+                                     ((0, rows),)) for w in editable}
+    keys = {w.name: (torch.randn(tokens, w.d_in, generator=g),) for w in editable}
+    return EditDelta(factors, 1, keys)
+
+
+def totals(combiner: RidgeCombiner, editable) -> dict[str, torch.Tensor | None]:
+    return {w.name: combiner.total(w.name) for w in editable}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_removing_any_subset_equals_building_with_the_rest(tok) -> None:
+    editable = resolve_editable(tiny_model("gpt2", len(tok)))
+    edits = [ActiveEdit(f"e{i}", i + 1, keyed_delta(editable, i)) for i in range(40)]
+    live = RidgeCombiner(editable, lam=0.5)
+    for e in edits:
+        live.add(e)
+    gone = set(random.Random(0).sample(range(40), 13))
+    for i in sorted(gone, reverse=True):
+        live.remove(edits[i])
+    fresh = RidgeCombiner(editable, lam=0.5)
+    kept = [e for i, e in enumerate(edits) if i not in gone]
+    for e in reversed(kept):  # another order: the result depends on the set only
+        fresh.add(e)
+    for name, total in totals(live, editable).items():
+        assert rel_err(total, fresh.total(name)) <= 1e-6
+    for e in kept:
+        live.remove(e)
+    assert all(t is None for t in totals(live, editable).values())  # exactly zero
+
+
+def test_one_edit_keeps_its_own_effect_on_its_keys(tok) -> None:
+    editable = resolve_editable(tiny_model("gpt2", len(tok)))
+    delta = keyed_delta(editable, 1)
+    combiner = RidgeCombiner(editable, lam=1e-6)
+    combiner.add(ActiveEdit("a", 1, delta))
+    for w in editable:
+        keys, values = keys_and_values(delta, w.name)
+        joint = w.as_in_out(combiner.total(w.name))  # back to the (d_in, d_out) view
+        assert rel_err(keys @ joint, values) <= 1e-4
+        # ...and, unlike the edit's own ΔW, does nothing orthogonal to its keys.
+        q, _ = torch.linalg.qr(keys.T, mode="complete")
+        outside = q[:, keys.shape[0]:].T
+        assert (outside @ joint).norm() <= 1e-6 * joint.norm()
+
+
+def test_the_ledger_combines_by_keys_and_restores_bit_for_bit(tok) -> None:
+    model = tiny_model("gpt2", len(tok))
+    editable = resolve_editable(model)
+    params = dict(model.named_parameters())
+    original = {w.name: params[w.name].detach().clone() for w in editable}
+    ledger = WeightLedger(model, editable, RidgeCombiner(editable, lam=1.0))
+    for i in range(10):
+        ledger.apply(f"e{i}", keyed_delta(editable, i))
+    without_keys = EditDelta(keyed_delta(editable, 99).factors)
+    with pytest.raises(LedgerError, match="keys"):
+        ledger.apply("bare", without_keys)
+    assert len(ledger) == 10
+    for i in random.Random(1).sample(range(10), 10):
+        ledger.remove(f"e{i}")
+    assert all(torch.equal(params[n], original[n]) for n in original)
+
+
+def test_keys_travel_with_the_delta(tok) -> None:
+    editable = resolve_editable(tiny_model("gpt2", len(tok)))
+    a, b = keyed_delta(editable, 1), keyed_delta(editable, 2, tokens=7)
+    batch = merge([a, b])
+    parts = batch.split()
+    name = editable[0].name
+    assert torch.equal(parts[1].key_matrix(name), b.key_matrix(name))
+    stored = parts[1].compressed()
+    again = EditDelta.from_bytes(stored.to_bytes())
+    assert torch.equal(again.key_matrix(name), stored.key_matrix(name))
+    assert again.key_matrix(name).shape == (7, editable[0].d_in)
+    with pytest.raises(ValueError):
+        merge([a, EditDelta(b.factors)])
+
+
+def test_an_editor_trained_for_ridge_computes_keys_and_says_so(tok, tmp_path: Path) -> None:
+    model = tiny_model("gpt2", len(tok))
+    editor = make_editor(model, tok)
+    editor.combination = CombinationConfig("ridge", lam={w.name: 2.0 for w in editor.editable})
+    delta = editor.compute([REQ, REQ2])
+    for w in editor.editable:
+        keys = delta.keys[w.name]
+        assert len(keys) == 2 and all(k.shape[1] == w.d_in for k in keys)
+        n = len(tok(REQ.prompt + " " + REQ.target)["input_ids"])
+        assert keys[0].shape[0] >= n - 1  # every token of the plain prompt and target
+    save_editor(tmp_path, editor, base_fingerprint=model_fingerprint(model, editor.editable,
+                                                                      tok))
+    loaded = load_editor(tmp_path, model, tok)
+    assert loaded.combination == CombinationConfig("ridge", lam={w.name: 2.0
+                                                                 for w in editor.editable})
+    ledger = WeightLedger.for_editor(loaded)
+    assert isinstance(ledger.combiner, RidgeCombiner)
+    for i, part in enumerate(delta.compressed().split()):
+        ledger.apply(f"e{i}", part)
+    assert len(ledger) == 2
