@@ -217,3 +217,33 @@ def test_convsent_validation_scores_greedy_sentiment(tiny_lm, exported, tmp_path
     expected = sum(r.sentiment == "positive" for r in chosen) / 4
     assert 0 < expected < 1  # the sample holds both directions, so the check can tell
     assert trainer.validate()["convsent/edit_acc"] == pytest.approx(expected)
+
+
+def test_ridge_training_learns_lambda_banks_edits_and_saves_the_combination(
+        tiny_lm: Path, exported: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_lm, exported, tmp_path / "run", combination="ridge",
+                      ridge_lambda=2.0, ridge_lambda_lr=0.1, background_edits=6,
+                      background_refresh=2, retain_probes=3, val_joint_edits=4,
+                      tasks=["counterfact", "recent"], steps=3, val_every=3)
+    trainer = Trainer(cfg)
+    trainer.fit(resume=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text(
+        ).splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert len(train) == 3 and all(r["retain_nll"] > 0 and r["loc_kl"] >= 0 for r in train)
+    assert trainer.bank.sums.count == 6 and len(trainer.bank.members) == 6
+    lam = trainer.log_lam.exp()
+    assert not torch.allclose(lam, torch.full_like(lam, 2.0))  # λ is learned
+    val = next(r for r in rows if r["kind"] == "validation")
+    assert 0.0 <= val["counterfact/edit_acc"] <= 1.0 and 0.0 <= val["recent/locality"] <= 1.0
+    # The checkpoint says how its edits combine, with the learned λ.
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    editor = load_editor(tmp_path / "run" / "best", model, small_tokenizer())
+    assert editor.combination.kind == "ridge"
+    assert editor.combination.lam == pytest.approx(
+        {w.name: float(v) for w, v in zip(editor.editable, lam)}, rel=1e-5)
+    # Resuming restores λ along with the rest.
+    again = Trainer(cfg.model_copy(update={"steps": 3}))
+    assert again.resume() and torch.allclose(again.log_lam, trainer.log_lam)

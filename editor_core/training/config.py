@@ -24,6 +24,7 @@ class TrainConfig(BaseModel):
     task_weights: dict[str, float] | None = None  # None: balanced, whatever the file sizes
     use_instructions: bool = True
     editable: list[str] | None = None
+    init_from: str | None = None  # start from this editor checkpoint's hypernetwork
     last_blocks: int = 3
     rank: int = 256
     n_blocks: int = 2
@@ -34,6 +35,15 @@ class TrainConfig(BaseModel):
     c_edit: float = 0.1
     edit_loss: Literal["mean", "sum"] = "mean"  # per-token mean or sum of the answer NLL
     c_loc: float = 1.0
+    # How the trained editor's edits are combined. "ridge": each step's edits (with a
+    # background bank of other edits) are combined by the joint ridge solve inside the graph.
+    combination: Literal["sum", "ridge"] = "sum"
+    ridge_lambda: float = 3.0  # initial λ per weight (learned, in log space)
+    ridge_lambda_lr: float = 1e-2
+    background_edits: int = 0  # bank size (ridge only)
+    background_refresh: int = 50  # steps between bank refreshes
+    retain_probes: int = 8  # bank edits checked after each step's solve
+    val_joint_edits: int = 64  # ridge validation: edits combined at once (per task)
     grad_clip: float = 100.0
     accumulate: int = 4  # edits per optimiser step (per process)
     steps: int = 2000  # optimiser steps

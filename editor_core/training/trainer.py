@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..checkpoint import model_fingerprint, save_editor
+from ..combination import CombinationConfig
 from ..decoding import greedy_continuations
 from ..editor import Captured, Editor
 from ..hypernetwork import Hypernetwork, HypernetworkConfig
@@ -36,6 +37,7 @@ from ..specs import resolve_editable
 from ..world.sentiment import sentiment_of
 from .config import TrainConfig
 from .examples import TaskSampler, TrainingExample, load_task_records, make_example
+from .joint import EditBank, KeyValueSums, ridge_weights, with_bank
 from .objective import (
     edit_nll,
     edited_weights,
@@ -101,6 +103,9 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         torch.manual_seed(cfg.seed)
         self.editor = build_editor(cfg, device)
+        if cfg.init_from:
+            self.editor.hypernetwork.load_state_dict(
+                load_file(str(Path(cfg.init_from) / "editor.safetensors")), strict=True)
         self.base_fingerprint = model_fingerprint(self.editor.model, self.editor.editable,
                                                   self.editor.tokenizer)
         self.net: nn.Module = EditorNet(self.editor)
@@ -108,16 +113,36 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(self.net)
         hyper = self.editor.hypernetwork
         nets = [p for n, p in hyper.named_parameters() if n != "step_sizes"]
-        self.optim = torch.optim.Adam([{"params": nets, "lr": cfg.lr},
-                                       {"params": [hyper.step_sizes], "lr": cfg.step_size_lr}])
+        groups = [{"params": nets, "lr": cfg.lr},
+                  {"params": [hyper.step_sizes], "lr": cfg.step_size_lr}]
+        # Ridge: λ per weight, learned in log space beside the networks.
+        self.log_lam = nn.Parameter(torch.full((len(self.editor.editable),),
+                                               math.log(cfg.ridge_lambda)))
+        if cfg.combination == "ridge":
+            groups.append({"params": [self.log_lam], "lr": cfg.ridge_lambda_lr})
+        self.optim = torch.optim.Adam(groups)
         train = load_task_records(cfg.data_dir, cfg.tasks, "train")
         self.val = load_task_records(cfg.data_dir, cfg.tasks, "validation")
         self.rng = random.Random(cfg.seed * 1000 + self.dist.rank)
         self.sampler = TaskSampler(train, cfg.task_mix(), self.rng)
+        self.bank = None
+        if cfg.combination == "ridge" and cfg.background_edits:
+            self.bank = EditBank(self.editor, [r for rs in train.values() for r in rs],
+                                 cfg.background_edits, self.rng, self._describe)
+        self._sync_combination()
         self.step = 0
         self.skipped = 0
         self.best_score = -math.inf
         self.seconds = 0.0
+
+    def lam(self) -> dict[str, torch.Tensor]:
+        return {w.name: self.log_lam[i].exp() for i, w in enumerate(self.editor.editable)}
+
+    def _sync_combination(self) -> None:
+        """Record in the editor how its edits are to be combined (saved with it)."""
+        if self.cfg.combination == "ridge":
+            lam = {name: float(v.detach()) for name, v in self.lam().items()}
+            self.editor.combination = CombinationConfig("ridge", lam)
 
     # -- one example --------------------------------------------------------------------
     def _describe(self, example: TrainingExample) -> TrainingExample:
@@ -149,14 +174,20 @@ class Trainer:
         examples = [self._describe(make_example(self.sampler.sample(), self.rng,
                                                 cfg.max_paraphrases, cfg.max_locality))
                     for _ in range(cfg.accumulate)]
+        if self.bank is not None and (self.bank.sums.count == 0
+                                      or self.step % cfg.background_refresh == 0):
+            self.bank.refresh()
         captured = [self.editor.capture(self.editor.encode([ex.request])) for ex in examples]
         outputs = self.net(captured)
-        total, stats = 0.0, {"edit_nll": 0.0, "loc_kl": 0.0}
-        for ex, factors in zip(examples, outputs):
-            loss, s = self._loss(ex, factors)
-            total = total + loss / len(examples)
-            for k, v in s.items():
-                stats[k] += v / len(examples)
+        if cfg.combination == "ridge":
+            total, stats = self._joint_loss(examples, outputs)
+        else:
+            total, stats = 0.0, {"edit_nll": 0.0, "loc_kl": 0.0}
+            for ex, factors in zip(examples, outputs):
+                loss, s = self._loss(ex, factors)
+                total = total + loss / len(examples)
+                for k, v in s.items():
+                    stats[k] += v / len(examples)
         self.optim.zero_grad(set_to_none=True)
         total.backward()
         params = [p for p in self.editor.hypernetwork.parameters() if p.grad is not None]
@@ -168,13 +199,47 @@ class Trainer:
             self.skipped += 1
             norm = float("nan")
         self.step += 1
+        self._sync_combination()
         return {"step": self.step, "loss": total.item(), "grad_norm": norm,
                 "skipped": self.skipped, **stats}
+
+    def _joint_loss(self, examples: list[TrainingExample], outputs) -> tuple[torch.Tensor, dict]:
+        """All of the step's edits (and the bank) combined by one ridge solve; the loss asks
+        every edit to hold, the bank's sampled edits to survive, locality to stay."""
+        cfg = self.cfg
+        keys = self.editor.plain_keys([ex.request for ex in examples])
+        sums = KeyValueSums(self.editor)
+        for i, factors in enumerate(outputs):
+            sums.add({n: k[i] for n, k in keys.items()}, factors)
+        weights = ridge_weights(self.editor, with_bank(self.bank, sums), self.lam())
+        edit_batch = encode_probes(self.editor, [p for ex in examples for p in ex.edit_probes])
+        l_edit = edit_nll(logits_with(self.editor, edit_batch, weights), edit_batch,
+                          cfg.edit_loss)
+        loss = cfg.c_edit * l_edit
+        stats = {"edit_nll": l_edit.item(), "loc_kl": 0.0, "retain_nll": 0.0,
+                 "lam_mean": float(self.log_lam.exp().mean())}
+        retained = self.bank.retention_probes(cfg.retain_probes) if self.bank else []
+        if retained:
+            batch = encode_probes(self.editor, retained)
+            l_ret = edit_nll(logits_with(self.editor, batch, weights), batch, cfg.edit_loss)
+            loss = loss + cfg.c_edit * l_ret
+            stats["retain_nll"] = l_ret.item()
+        local = [p for ex in examples for p in ex.locality_probes]
+        if local:
+            batch = encode_probes(self.editor, local)
+            with torch.no_grad():
+                pre = logits_with(self.editor, batch, None)
+            l_loc = locality_kl(pre, logits_with(self.editor, batch, weights), batch)
+            loss = loss + cfg.c_loc * l_loc
+            stats["loc_kl"] = l_loc.item()
+        return loss, stats
 
     # -- validation ---------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict:
         """Edit success and locality on validation edits (frozen statistics, plain prompts)."""
+        if self.cfg.combination == "ridge":
+            return self.validate_joint()
         self.editor.hypernetwork.eval()
         rng = random.Random(self.cfg.seed)
         per_task = max(1, self.cfg.val_edits // len(self.val))
@@ -200,6 +265,43 @@ class Trainer:
                                                   lb).mean())
             result[f"{task}/edit_acc"] = torch.stack(acc).mean().item()
             result[f"{task}/locality"] = torch.stack(loc).mean().item() if loc else 1.0
+            scores.append((result[f"{task}/edit_acc"] + result[f"{task}/locality"]) / 2)
+        result["score"] = sum(scores) / len(scores)
+        return result
+
+    @torch.no_grad()
+    def validate_joint(self) -> dict:
+        """Per task, ``val_joint_edits`` validation edits combined by one ridge solve: how
+        many hold (plain prompt, teacher-forced; ConvSent by answer sentiment) and how much
+        of their locality stays."""
+        editor, cfg = self.editor, self.cfg
+        editor.hypernetwork.eval()
+        rng = random.Random(cfg.seed)
+        result: dict = {}
+        scores = []
+        for task, records in self.val.items():
+            chosen = rng.sample(records, min(cfg.val_joint_edits, len(records)))
+            examples = [self._describe(make_example(r, rng, cfg.max_paraphrases,
+                                                    cfg.max_locality)) for r in chosen]
+            requests = [ex.request for ex in examples]
+            keys = editor.plain_keys(requests)
+            batch = editor.transform(editor.capture(editor.encode(requests)))
+            sums = KeyValueSums(editor)
+            for i in range(len(requests)):
+                sums.add({n: k[i] for n, k in keys.items()},
+                         {n: f.select(*f.spans[i]) for n, f in batch.items()})
+            weights = ridge_weights(editor, sums, self.lam())
+            if task == "convsent":
+                acc = torch.stack([self._sentiment_success(r, weights) for r in chosen[:16]])
+            else:
+                eb = encode_probes(editor, [ex.edit_probes[0] for ex in examples])
+                acc = token_accuracy(logits_with(editor, eb, weights), eb)
+            local = [p for ex in examples for p in ex.locality_probes]
+            lb = encode_probes(editor, local)
+            loc = unchanged_fraction(logits_with(editor, lb, None),
+                                     logits_with(editor, lb, weights), lb)
+            result[f"{task}/edit_acc"] = acc.mean().item()
+            result[f"{task}/locality"] = loc.mean().item()
             scores.append((result[f"{task}/edit_acc"] + result[f"{task}/locality"]) / 2)
         result["score"] = sum(scores) / len(scores)
         return result
@@ -235,7 +337,7 @@ class Trainer:
         save_file(flat, str(last / OPTIMIZER_FILE))
         (last / STATE_FILE).write_text(json.dumps({
             "step": self.step, "skipped": self.skipped, "best_score": self.best_score,
-            "seconds": self.seconds}, indent=2))
+            "seconds": self.seconds, "log_lambda": self.log_lam.tolist()}, indent=2))
 
     def resume(self) -> bool:
         """Continue from ``last/`` if it exists; returns whether it did."""
@@ -253,6 +355,9 @@ class Trainer:
         state["state"] = restored
         self.optim.load_state_dict(state)
         saved = json.loads((last / STATE_FILE).read_text())
+        with torch.no_grad():
+            self.log_lam.copy_(torch.tensor(saved.get("log_lambda", self.log_lam.tolist())))
+        self._sync_combination()
         self.step, self.skipped = saved["step"], saved["skipped"]
         self.best_score, self.seconds = saved["best_score"], saved["seconds"]
         self.rng.seed(self.cfg.seed * 1000 + self.dist.rank + self.step)
