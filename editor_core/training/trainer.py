@@ -217,7 +217,7 @@ class Trainer:
                           cfg.edit_loss)
         loss = cfg.c_edit * l_edit
         stats = {"edit_nll": l_edit.item(), "loc_kl": 0.0, "retain_nll": 0.0,
-                 "lam_mean": float(self.log_lam.exp().mean())}
+                 "lam_mean": float(self.log_lam.detach().exp().mean())}
         retained = self.bank.retention_probes(cfg.retain_probes) if self.bank else []
         if retained:
             batch = encode_probes(self.editor, retained)
