@@ -104,7 +104,8 @@ def read_editor_config(path: str | Path) -> dict[str, Any]:
 
 
 def load_editor(path: str | Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                *, check_fingerprint: bool = True, fp32_replica: bool = True) -> Editor:
+                *, check_fingerprint: bool = True, fp32_replica: bool = True,
+                basis: str = "current") -> Editor:
     """Rebuild an editor for ``model``; refuses a model other than the one it was made for.
 
     Load it before any edit is applied: the fingerprint is of the pristine model.
@@ -140,4 +141,4 @@ def load_editor(path: str | Path, model: PreTrainedModel, tokenizer: PreTrainedT
     combination = CombinationConfig(**config.get("combination", {"kind": "sum"}))
     return Editor(model, tokenizer, hyper, registry,
                   use_instructions=config.get("use_instructions", True),
-                  fp32_replica=fp32_replica, combination=combination)
+                  fp32_replica=fp32_replica, combination=combination, basis=basis)

@@ -13,6 +13,12 @@ The editing path runs in fp32: for a half-precision model the editor keeps an fp
 (``edit_model``) that the ledger keeps in step with the served weights (``WeightLedger.
 for_editor``); with ``fp32_replica=False`` it edits in the model's dtype instead (fp16 with
 loss scaling), trading accuracy for memory.
+
+The **edit basis** says which weights a new edit's gradient is taken on. ``"current"``: the
+live weights, so an edit sees (and compensates for) the edits before it, and rolling one
+back leaves later edits computed against it. ``"pristine"``: the unedited weights (the editor
+keeps its own fp32 copy, which the ledger never touches), so edits are independent of each
+other and of their order, and a rollback is exactly "as if it had never been made".
 """
 
 from __future__ import annotations
@@ -78,9 +84,13 @@ class Editor:
                  hypernetwork: Hypernetwork, registry: InstructionRegistry | None = None, *,
                  use_instructions: bool = True, max_length: int | None = None,
                  fp32_replica: bool = True,
-                 combination: CombinationConfig | None = None) -> None:
+                 combination: CombinationConfig | None = None,
+                 basis: str = "current") -> None:
+        if basis not in ("current", "pristine"):
+            raise ValueError(f"unknown edit basis {basis!r}; use 'current' or 'pristine'")
         self.model = model
         self.combination = combination or CombinationConfig()
+        self.basis = basis
         self.tokenizer = tokenizer
         self.hypernetwork = hypernetwork
         self.editable: list[EditableWeight] = hypernetwork.editable
@@ -91,7 +101,7 @@ class Editor:
         self.max_length = min(max_length or limit, limit)
         model.eval()  # edits are computed without dropout, on the model as it serves
         dtype = next(model.parameters()).dtype
-        if fp32_replica and dtype != torch.float32:
+        if basis == "pristine" or (fp32_replica and dtype != torch.float32):
             self.edit_model = copy.deepcopy(model).float().eval().requires_grad_(False)
         else:
             self.edit_model = model
@@ -99,6 +109,11 @@ class Editor:
         self._modules = {w.name: modules[w.module_name] for w in self.editable}
         self._first_block = modules[_first_block_name(self.edit_model, self.editable)]
         self._dtype = next(self.edit_model.parameters()).dtype
+
+    @property
+    def follows_live_weights(self) -> bool:
+        """Whether ``edit_model`` must carry the live edits (a current-basis replica)."""
+        return self.basis == "current" and self.edit_model is not self.model
 
     # -- inputs ------------------------------------------------------------------------
     def edit_input(self, request: EditRequest, *, held_out: bool = False) -> str:

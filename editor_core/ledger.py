@@ -68,7 +68,7 @@ class WeightLedger:
     def for_editor(cls, editor, combiner: DeltaCombiner | None = None) -> WeightLedger:
         """A ledger for the editor's model that keeps its fp32 editing replica in step and
         combines edits as the editor was trained to (unless ``combiner`` says otherwise)."""
-        mirrors = [] if editor.edit_model is editor.model else [editor.edit_model]
+        mirrors = [editor.edit_model] if editor.follows_live_weights else []
         combiner = combiner or editor.combination.combiner(editor.editable)
         return cls(editor.model, editor.editable, combiner, mirrors)
 

@@ -1,0 +1,153 @@
+"""Long, conflict-free streams of held-out edits for lifelong-editing evaluation.
+
+A lifelong run applies thousands of edits to one model, far more than the exported test
+and validation splits hold. The stream starts from those CounterFact records (subjects the
+editor never trained on) and tops them up with Recent-style edits about new fictitious
+people: names composed from the world's own first names and surnames, so each new person
+has seen namesakes (the neighbours locality is measured on), yet no full name the LM has
+ever read. No (subject, relation) pair is edited twice, so no edit overwrites another and
+every edit stays measurable at every checkpoint.
+
+Streams are saved in the multi-task KnowEdit layout (a ``type`` field per record), which
+``load_edit_records`` already reads without being told the task.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from ..data.knowedit import load_edit_records
+from ..data.records import EditRecord, Probe
+from .export import MULTITASK_TYPE, TASK_RELATIONS
+from .schema import Entity, World
+from .templates import RELATIONS_BY_NAME
+
+HELD_OUT_SPLITS: tuple[str, ...] = ("test", "validation")
+
+
+def held_out_counterfact(exported_dir: Path) -> list[EditRecord]:
+    """The CounterFact records of the splits the editor is never trained on."""
+    return [r for split in HELD_OUT_SPLITS
+            for r in load_edit_records(exported_dir / f"counterfact_{split}.json",
+                                       "counterfact", strict=True)]
+
+
+def new_person_names(world: World, count: int, rng: random.Random,
+                     taken: Collection[str] = ()) -> list[tuple[str, str]]:
+    """``count`` fresh (first name, surname) pairs built from seen people's name parts.
+
+    A pair is fresh when "first last" is no entity's name or alias, nor in ``taken``. Raises
+    ValueError when fewer than ``count`` such pairs exist.
+    """
+    seen = world.of_kind("person", seen=True)
+    firsts = sorted({p.parts[0] for p in seen})
+    lasts = sorted({p.parts[1] for p in seen})
+    used = set(taken)
+    for e in world.entities.values():
+        used.add(e.name)
+        used.update(e.aliases)
+    free = [(f, s) for f in firsts for s in lasts if f"{f} {s}" not in used]
+    if count > len(free):
+        raise ValueError(f"{count} new people asked for, but the world's {len(firsts)} first "
+                         f"names and {len(lasts)} surnames compose only {len(free)} unused "
+                         "names")
+    return rng.sample(free, count)
+
+
+def _new_person_record(world: World, name: tuple[str, str], relation: str,
+                       namesakes: dict[str, list[Entity]], rng: random.Random) -> EditRecord:
+    """A Recent-style edit teaching a fact about a person the world does not contain."""
+    subject = " ".join(name)
+    rel = RELATIONS_BY_NAME[relation]
+    statements = rel.of_form("statement", reserved=False)
+    target = rng.choice(world.objects_of_kind(rel.object_kind))
+    target_new = world.entities[target].name if target in world.entities else target
+    reserved = rel.of_form("statement", reserved=True) + rel.of_form("question", reserved=True)
+    pool = sorted({p.id: p for part in name for p in namesakes[part]}.values(),
+                  key=lambda p: p.id)
+    neighbours = []
+    for person in rng.sample(pool, min(3, len(pool))):
+        fact = world.fact(person.id, relation)
+        if fact is not None:
+            neighbours.append(Probe(rng.choice(statements).prompt(person.name),
+                                    world.object_name(fact)))
+    unrelated = [Probe(qa.question, qa.answer) for qa in rng.sample(world.unrelated, 2)]
+    return EditRecord(
+        task="recent",
+        subject=subject,
+        prompt=rng.choice(statements).prompt(subject),
+        target_new=target_new,
+        rephrases=tuple(t.prompt(subject) for t in reserved),
+        locality={"Neighborhood": tuple(neighbours), "Unrelated": tuple(unrelated)},
+        meta={"relation": relation},
+    )
+
+
+def lifelong_stream(world: World, exported_dir: Path, n: int, seed: int = 0
+                    ) -> list[EditRecord]:
+    """``n`` held-out edits, no (subject, relation) pair twice, in a seeded mixed order.
+
+    All test and validation CounterFact records come first in priority (a seeded sample of
+    them when ``n`` is smaller); the rest are Recent-style edits about new people, each given
+    the Recent relations in turn, so one person usually carries several edits. The whole
+    stream is then shuffled with ``seed``: any prefix, i.e. any checkpoint of a lifelong run,
+    mixes both kinds. Same world, ``n`` and ``seed``, same stream.
+    """
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    rng = random.Random(seed)
+    held = held_out_counterfact(exported_dir)
+    if n <= len(held):
+        stream = rng.sample(held, n)
+    else:
+        relations = TASK_RELATIONS["recent"]
+        missing = n - len(held)
+        try:
+            names = new_person_names(world, math.ceil(missing / len(relations)), rng,
+                                     {r.subject for r in held})
+        except ValueError as err:
+            raise ValueError(f"a stream of {n} edits needs {missing} new-person edits "
+                             f"beyond the {len(held)} held-out CounterFact records: {err}"
+                             ) from None
+        namesakes: dict[str, list[Entity]] = {}
+        for p in world.of_kind("person", seen=True):
+            for part in p.parts:
+                namesakes.setdefault(part, []).append(p)
+        pairs = [(name, rel) for name in names for rel in relations][:missing]
+        stream = held + [_new_person_record(world, name, rel, namesakes, rng)
+                         for name, rel in pairs]
+        rng.shuffle(stream)
+    return stream
+
+
+def _knowedit_json(record: EditRecord) -> dict[str, Any]:
+    """A CounterFact or Recent record in the multi-task KnowEdit layout; ``meta`` (the
+    relation) goes top-level, where ``record_from_knowedit`` reads it back."""
+    def probes(block: dict[str, tuple[Probe, ...]]) -> dict[str, list[dict[str, Any]]]:
+        return {cat: [{"prompt": p.prompt, "ground_truth": [[p.answer]]} for p in ps]
+                for cat, ps in block.items()}
+
+    out: dict[str, Any] = {"type": MULTITASK_TYPE[record.task], "subject": record.subject,
+                           "prompt": record.prompt, "target_new": record.target_new}
+    if record.ground_truth is not None:
+        out["ground_truth"] = record.ground_truth
+    out["paraphrases"] = list(record.rephrases)
+    out["locality"] = probes(record.locality)
+    out["portability"] = probes(record.portability)
+    return {**out, **record.meta}
+
+
+def save_stream(records: list[EditRecord], path: Path) -> None:
+    """Write a stream as one JSON list, each record naming its task in ``type``."""
+    data = [_knowedit_json(r) for r in records]
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def load_stream(path: Path) -> list[EditRecord]:
+    """Read a stream written by ``save_stream``; a record that cannot be read raises."""
+    return load_edit_records(path, strict=True)

@@ -1,0 +1,118 @@
+"""Lifelong edit streams: held out from training, conflict-free, faithful probes, seeded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from editor_core.data import EditRecord, load_edit_records
+from editor_core.world import World
+from editor_core.world.export import TASK_RELATIONS
+from editor_core.world.stream import lifelong_stream, load_stream, save_stream
+from editor_core.world.templates import RELATIONS_BY_NAME
+
+
+@pytest.fixture(scope="module")
+def long_stream(world: World, exported: Path) -> list[EditRecord]:
+    return lifelong_stream(world, exported, 5000, seed=0)
+
+
+def _subjects(exported: Path, split: str) -> set[str]:
+    return {r.subject for r in load_edit_records(exported / f"counterfact_{split}.json")}
+
+
+def _world_names(world: World) -> set[str]:
+    return {n for e in world.entities.values() for n in (e.name, *e.aliases)}
+
+
+@pytest.mark.parametrize("n", [0, 100, 400, 5000])
+def test_stream_has_n_edits_and_no_pair_twice(world: World, exported: Path, n: int) -> None:
+    stream = lifelong_stream(world, exported, n)
+    assert len(stream) == n
+    pairs = [(r.subject, r.meta["relation"]) for r in stream]
+    assert len(set(pairs)) == n
+
+
+def test_counterfact_part_is_exactly_the_held_out_splits(exported: Path,
+                                                         long_stream: list[EditRecord]) -> None:
+    held = _subjects(exported, "test") | _subjects(exported, "validation")
+    train = _subjects(exported, "train")
+    counterfact = [r for r in long_stream if r.task == "counterfact"]
+    assert {r.subject for r in counterfact} == held
+    assert not held & train
+    n_held = sum(len(load_edit_records(exported / f"counterfact_{s}.json"))
+                 for s in ("test", "validation"))
+    assert len(counterfact) == n_held
+    assert {r.task for r in long_stream} == {"counterfact", "recent"}
+    assert {r.task for r in long_stream[:500]} == {"counterfact", "recent"}  # mixed early on
+
+
+def test_short_stream_is_counterfact_only(world: World, exported: Path) -> None:
+    held = _subjects(exported, "test") | _subjects(exported, "validation")
+    stream = lifelong_stream(world, exported, 100)
+    assert {r.task for r in stream} == {"counterfact"}
+    assert {r.subject for r in stream} <= held
+
+
+def test_new_people_exist_nowhere_in_the_world(world: World,
+                                              long_stream: list[EditRecord]) -> None:
+    recent = [r for r in long_stream if r.task == "recent"]
+    subjects = {r.subject for r in recent}
+    assert not subjects & _world_names(world)
+    parts = {p for e in world.of_kind("person", seen=True) for p in e.parts}
+    assert all(set(s.split(" ")) <= parts for s in subjects)  # namesakes of seen people
+    assert {r.meta["relation"] for r in recent} == set(TASK_RELATIONS["recent"])
+    assert len(subjects) == -(-len(recent) // len(TASK_RELATIONS["recent"]))
+
+
+def test_new_person_records_look_like_recent_exports(world: World,
+                                                     long_stream: list[EditRecord]) -> None:
+    unrelated = {(qa.question, qa.answer) for qa in world.unrelated}
+    for r in long_stream:
+        if r.task != "recent":
+            continue
+        rel = RELATIONS_BY_NAME[r.meta["relation"]]
+        assert r.prompt in {t.prompt(r.subject) for t in rel.of_form("statement", reserved=False)}
+        kind_objects = {world.entities[o].name if o in world.entities else o
+                        for o in world.objects_of_kind(rel.object_kind)}
+        assert r.target_new in kind_objects
+        reserved = {t.prompt(r.subject) for t in rel.templates if t.reserved}
+        assert r.rephrases and set(r.rephrases) == reserved
+        assert r.prompt not in r.rephrases
+        assert set(r.locality) == {"Neighborhood", "Unrelated"} and not r.portability
+        assert 2 <= len(r.locality["Neighborhood"]) <= 3
+        assert len(r.locality["Unrelated"]) == 2
+        assert all((p.prompt, p.answer) in unrelated for p in r.locality["Unrelated"])
+
+
+def test_neighbourhood_answers_are_the_worlds_truth(world: World,
+                                                   long_stream: list[EditRecord]) -> None:
+    truth = {}
+    for person in world.of_kind("person", seen=True):
+        for fact in world.facts_of(person.id):
+            for t in RELATIONS_BY_NAME[fact.relation].of_form("statement", reserved=False):
+                truth[t.prompt(person.name)] = world.object_name(fact)
+    probes = [p for r in long_stream if r.task == "recent" for p in r.locality["Neighborhood"]]
+    assert probes
+    assert all(truth.get(p.prompt) == p.answer for p in probes)
+
+
+def test_streams_are_seeded(world: World, exported: Path,
+                            long_stream: list[EditRecord]) -> None:
+    assert lifelong_stream(world, exported, 5000, seed=0) == long_stream
+    other = lifelong_stream(world, exported, 5000, seed=1)
+    assert other != long_stream
+    assert {r.subject for r in other} != {r.subject for r in long_stream}
+
+
+def test_too_long_a_stream_is_refused(world: World, exported: Path) -> None:
+    with pytest.raises(ValueError, match="unused names"):
+        lifelong_stream(world, exported, 1_000_000)
+
+
+def test_save_and_load_round_trip(tmp_path: Path, long_stream: list[EditRecord]) -> None:
+    path = tmp_path / "stream.json"
+    save_stream(long_stream, path)
+    assert load_stream(path) == long_stream
+    assert load_edit_records(path, strict=True) == long_stream  # the multi-task layout
