@@ -12,9 +12,15 @@ solution over all of them,
 
 so each edit keeps its effect where it acts, edits that touch the same inputs share the
 change instead of adding up, and directions no edit uses stay untouched. The two sums are
-kept in float64: adding or removing an edit is a rank update of them followed by one
-Cholesky solve per weight; the result depends only on the set of active edits, not their
-order; with no edit active ΔW is exactly zero.
+kept in float64, and so are P = (Σ KᵢᵀKᵢ + λI)⁻¹ and ΔW: adding or removing an edit with
+n keys is the recursive-least-squares (Woodbury) update
+
+    U = P Kᵀ,  M = ±I + K U,  ΔW ← ΔW + U M⁻¹ (V − K ΔW),  P ← P − U M⁻¹ Uᵀ,
+
+O(d_in² n) instead of a fresh O(d_in³) solve; every ``refresh_every`` changes P and ΔW are
+recomputed exactly from the sums (Cholesky), so rounding never accumulates. The result
+depends only on the set of active edits, not their order; with no edit active ΔW is
+exactly zero.
 """
 
 from __future__ import annotations
@@ -100,53 +106,84 @@ class RidgeCombiner:
 
     requires_keys = True
 
-    def __init__(self, editable: list[EditableWeight],
-                 lam: float | Mapping[str, float]) -> None:
+    def __init__(self, editable: list[EditableWeight], lam: float | Mapping[str, float],
+                 refresh_every: int = 256) -> None:
         self._editable = {w.name: w for w in editable}
         self.lam = {w.name: float(lam if isinstance(lam, (int, float)) else lam[w.name])
                     for w in editable}
         if any(v <= 0 for v in self.lam.values()):
             raise ValueError("the ridge λ must be positive (it keeps the solve well posed)")
+        self.refresh_every = refresh_every
         self._gram: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
         self._cross: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
+        self._inverse: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
+        self._delta: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
         self._total: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
         self._count = 0
+        self._since_refresh = 0
 
-    def _update(self, edit: ActiveEdit, sign: float) -> None:
-        parts = {name: keys_and_values(edit.delta, name) for name in self._gram}
+    def _change(self, edit: ActiveEdit, sign: float) -> None:
+        parts = {name: keys_and_values(edit.delta, name) for name in self._gram}  # all first
+        self._count += int(sign)
+        self._since_refresh += 1
+        exact = self._count == 0 or self._since_refresh >= self.refresh_every or any(
+            d is None for d in self._delta.values())
         for name, (k, v) in parts.items():
             gram, cross = sign * (k.T @ k), sign * (k.T @ v)
             self._gram[name] = gram if self._gram[name] is None else self._gram[name] + gram
             self._cross[name] = cross if self._cross[name] is None else self._cross[name] + cross
-
-    def _solve(self) -> None:
+            if not exact:
+                self._rank_update(name, k, v, sign)
+        if exact:
+            self._refresh()
         for name, w in self._editable.items():
+            delta = self._delta[name]
+            self._total[name] = None if delta is None else w.to_stored(delta)
+
+    def _rank_update(self, name: str, k: torch.Tensor, v: torch.Tensor, sign: float) -> None:
+        p, delta = self._inverse[name], self._delta[name]
+        u = p @ k.T
+        m = k @ u
+        m.diagonal().add_(sign)
+        gain = torch.linalg.solve(m, torch.cat([v - k @ delta, u.T], dim=1))
+        correction, p_update = gain[:, :delta.shape[1]], gain[:, delta.shape[1]:]
+        self._delta[name] = delta + u @ correction
+        self._inverse[name] = p - u @ p_update
+
+    def _refresh(self) -> None:
+        """P and ΔW exactly from the sums (or zero, with nothing active)."""
+        self._since_refresh = 0
+        for name in self._editable:
             if self._count == 0:  # nothing active: exactly zero, not a rounding residue
-                self._gram[name] = self._cross[name] = self._total[name] = None
+                self._gram[name] = self._cross[name] = None
+                self._inverse[name] = self._delta[name] = None
                 continue
             gram = self._gram[name]
             system = gram + self.lam[name] * torch.eye(gram.shape[0], dtype=gram.dtype)
-            factor = torch.linalg.cholesky(system)
-            self._total[name] = w.to_stored(torch.cholesky_solve(self._cross[name], factor))
+            inverse = torch.cholesky_inverse(torch.linalg.cholesky(system))
+            self._inverse[name] = inverse
+            self._delta[name] = inverse @ self._cross[name]
 
     def add(self, edit: ActiveEdit) -> None:
-        self._update(edit, 1.0)
-        self._count += 1
-        self._solve()
+        self._change(edit, 1.0)
 
     def remove(self, edit: ActiveEdit) -> None:
-        self._update(edit, -1.0)
-        self._count -= 1
-        self._solve()
+        self._change(edit, -1.0)
 
     def recompute(self, active: list[ActiveEdit]) -> None:
         self._gram = {name: None for name in self._gram}
         self._cross = {name: None for name in self._cross}
-        self._count = 0
+        self._count = len(active)
         for edit in active:
-            self._update(edit, 1.0)
-            self._count += 1
-        self._solve()
+            for name in self._gram:
+                k, v = keys_and_values(edit.delta, name)
+                self._gram[name] = k.T @ k if self._gram[name] is None else self._gram[name] + k.T @ k
+                self._cross[name] = (k.T @ v if self._cross[name] is None
+                                     else self._cross[name] + k.T @ v)
+        self._refresh()
+        for name, w in self._editable.items():
+            delta = self._delta[name]
+            self._total[name] = None if delta is None else w.to_stored(delta)
 
     def total(self, name: str) -> torch.Tensor | None:
         return self._total[name]
