@@ -129,11 +129,19 @@ class RidgeCombiner:
         exact = self._count == 0 or self._since_refresh >= self.refresh_every or any(
             d is None for d in self._delta.values())
         for name, (k, v) in parts.items():
-            gram, cross = sign * (k.T @ k), sign * (k.T @ v)
-            self._gram[name] = gram if self._gram[name] is None else self._gram[name] + gram
-            self._cross[name] = cross if self._cross[name] is None else self._cross[name] + cross
-            if not exact:
-                self._rank_update(name, k, v, sign)
+            # In place: these are d_in × d_in float64 matrices, and memory traffic is the cost.
+            if self._gram[name] is None:
+                w = self._editable[name]
+                self._gram[name] = torch.zeros(w.d_in, w.d_in, dtype=torch.float64)
+                self._cross[name] = torch.zeros(w.d_in, w.d_out, dtype=torch.float64)
+            self._gram[name].addmm_(k.T, k, alpha=sign)
+            self._cross[name].addmm_(k.T, v, alpha=sign)
+        if not exact:
+            try:
+                for name, (k, v) in parts.items():
+                    self._rank_update(name, k, v, sign)
+            except RuntimeError:  # a numerically singular update: solve exactly instead
+                exact = True
         if exact:
             self._refresh()
         for name, w in self._editable.items():
@@ -142,13 +150,12 @@ class RidgeCombiner:
 
     def _rank_update(self, name: str, k: torch.Tensor, v: torch.Tensor, sign: float) -> None:
         p, delta = self._inverse[name], self._delta[name]
-        u = p @ k.T
+        u = (k @ p).T  # = P Kᵀ, as P is symmetric; row-major P makes this the fast product
         m = k @ u
         m.diagonal().add_(sign)
         gain = torch.linalg.solve(m, torch.cat([v - k @ delta, u.T], dim=1))
-        correction, p_update = gain[:, :delta.shape[1]], gain[:, delta.shape[1]:]
-        self._delta[name] = delta + u @ correction
-        self._inverse[name] = p - u @ p_update
+        delta.addmm_(u, gain[:, :delta.shape[1]])
+        p.addmm_(u, gain[:, delta.shape[1]:], alpha=-1.0)
 
     def _refresh(self) -> None:
         """P and ΔW exactly from the sums (or zero, with nothing active)."""
@@ -160,7 +167,7 @@ class RidgeCombiner:
                 continue
             gram = self._gram[name]
             system = gram + self.lam[name] * torch.eye(gram.shape[0], dtype=gram.dtype)
-            inverse = torch.cholesky_inverse(torch.linalg.cholesky(system))
+            inverse = torch.cholesky_inverse(torch.linalg.cholesky(system)).contiguous()
             self._inverse[name] = inverse
             self._delta[name] = inverse @ self._cross[name]
 
@@ -174,12 +181,14 @@ class RidgeCombiner:
         self._gram = {name: None for name in self._gram}
         self._cross = {name: None for name in self._cross}
         self._count = len(active)
+        for name, w in self._editable.items():
+            self._gram[name] = torch.zeros(w.d_in, w.d_in, dtype=torch.float64)
+            self._cross[name] = torch.zeros(w.d_in, w.d_out, dtype=torch.float64)
         for edit in active:
             for name in self._gram:
                 k, v = keys_and_values(edit.delta, name)
-                self._gram[name] = k.T @ k if self._gram[name] is None else self._gram[name] + k.T @ k
-                self._cross[name] = (k.T @ v if self._cross[name] is None
-                                     else self._cross[name] + k.T @ v)
+                self._gram[name].addmm_(k.T, k)
+                self._cross[name].addmm_(k.T, v)
         self._refresh()
         for name, w in self._editable.items():
             delta = self._delta[name]
