@@ -101,17 +101,26 @@ class WeightLedger:
             raise LedgerError(f"version {version} is not newer than {self._version}")
         return version
 
-    def apply(self, edit_id: str, delta: EditDelta, version: int | None = None) -> int:
+    def apply(self, edit_id: str, delta: EditDelta, version: int | None = None,
+              replaces: Iterable[str] = ()) -> int:
         """Add one edit's delta to the live weights; returns its version.
 
         ``version`` lets a caller that numbers changes itself (a stored log) keep its
-        numbers; it must be newer than the ledger's version.
+        numbers; it must be newer than the ledger's version. ``replaces`` names active
+        edits the new one supersedes: they leave in the same change (readers never see
+        both, or neither).
         """
         self.validate(delta)
         with self._lock:
             if edit_id in self._active:
                 raise LedgerError(f"edit {edit_id!r} is already active")
+            replaced = list(replaces)
+            missing = [r for r in replaced if r not in self._active]
+            if missing:
+                raise LedgerError(f"edits {missing} are not active")
             edit = ActiveEdit(edit_id, self._next_version(version), delta)
+            for old in replaced:
+                self.combiner.remove(self._active.pop(old))
             self._active[edit_id] = edit
             self.combiner.add(edit)
             self._write(edit.version)

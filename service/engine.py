@@ -45,6 +45,20 @@ class EditSpec:
     record: dict[str, Any]
     rephrases: tuple[str, ...] = ()
     locality_prompts: tuple[str, ...] = ()
+    relation: str | None = None
+
+    @property
+    def claims(self) -> tuple[str, ...]:
+        """The facts this edit sets: its prompt, and its subject's relation when both are
+        named. A newer edit claiming one of them supersedes this one."""
+        out = ["prompt:" + _normal(self.request.prompt)]
+        if self.relation and self.request.subject:
+            out.append(f"fact:{_normal(self.request.subject)}|{_normal(self.relation)}")
+        return tuple(out)
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
 
 
 @dataclass(frozen=True)
@@ -137,24 +151,29 @@ class EditEngine:
                 raise ServiceError(422, "invalid_edit", str(exc)) from exc
             with self._timed(timings, "persist"):
                 result = await self.store.add(
-                    [NewEdit(s.record, d.to_bytes()) for s, d in zip(specs, deltas)],
-                    idempotency_key=idempotency_key, request_hash=request_hash)
+                    [NewEdit(s.record, d.to_bytes(), s.claims) for s, d in zip(specs, deltas)],
+                    idempotency_key=idempotency_key, request_hash=request_hash,
+                    by=specs[0].record.get("created_by", ""),
+                    at=specs[0].record.get("created_at", ""))
             with self._timed(timings, "apply"):
                 for edit, delta in zip(result.edits, deltas):
-                    await asyncio.to_thread(self.ledger.apply, edit.id, delta, edit.version)
+                    await asyncio.to_thread(self.ledger.apply, edit.id, delta, edit.version,
+                                            result.superseded.get(edit.id, ()))
+                    self.metrics.rollbacks.inc(len(result.superseded.get(edit.id, ())))
             self._publish_state()
             with self._timed(timings, "measure"):
                 after = await asyncio.to_thread(self._measure, specs)
             edits = []
             for i, (spec, edit) in enumerate(zip(specs, result.edits)):
                 report = {"timings_ms": dict(timings), "batch_size": len(specs),
-                          "quality": _quality(spec, before, after, i)}
+                          "quality": _quality(spec, before, after, i),
+                          "superseded": result.superseded.get(edit.id, [])}
                 await self.store.annotate(edit.id, report)
                 edits.append(await self.store.get(edit.id))
                 self.metrics.post_edit_probability.labels(spec.request.task).observe(
                     after.scores[i][0].probability)
                 self.metrics.edits.labels(spec.request.task, "applied").inc()
-            return AddResult(edits, True, request_hash)
+            return AddResult(edits, True, request_hash, result.superseded)
         finally:
             lock.release()
 

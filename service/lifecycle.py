@@ -9,13 +9,17 @@ client does not pay for lazy initialisation), then report ready.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from editor_core.checkpoint import load_editor, model_fingerprint
+from editor_core.checkpoint import (editor_fingerprint, load_editor, model_fingerprint,
+                                    read_editor_config)
+from editor_core.combination import CombinationConfig
 from editor_core.editor import Editor
 from editor_core.generation import SamplingParams, TokenStream
 from editor_core.ledger import WeightLedger
@@ -48,12 +52,17 @@ class LiveService:
         model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype).eval()
         model.to(settings.device)
         tokenizer = AutoTokenizer.from_pretrained(settings.model)
-        editor = load_editor(settings.editor, model, tokenizer)
+        combination = _combination(settings, read_editor_config(settings.editor))
+        basis = settings.edit_basis if settings.edit_basis != "auto" else (
+            "pristine" if combination.kind == "ridge" else "current")
+        editor = load_editor(settings.editor, model, tokenizer, basis=basis)
+        editor.combination = combination
         fingerprint = model_fingerprint(model, editor.editable, tokenizer)
         ledger = WeightLedger.for_editor(editor)
         embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir)
         client = aioredis.from_url(settings.redis_url or embedded.url)
-        store = EditStore(client, fingerprint[:32])
+        # Stored edits are only valid for this model, editor, combination and basis.
+        store = EditStore(client, _state_key(fingerprint, editor)[:32])
         engine = EditEngine(editor, ledger, store, metrics, settings.limits.max_queued_edits)
         live = cls(settings, model, tokenizer, editor, ledger, engine, fingerprint,
                    ledger.live_digest(), client, embedded)
@@ -68,3 +77,20 @@ class LiveService:
         await self.client.aclose()
         if self.embedded is not None:
             self.embedded.close()
+
+
+def _combination(settings: ServiceSettings, editor_config: dict) -> CombinationConfig:
+    """The combination the settings ask for; an editor trained for ridge keeps its λ."""
+    trained = CombinationConfig(**editor_config.get("combination", {"kind": "sum"}))
+    if settings.combination == "editor":
+        return trained
+    if settings.combination == "ridge":
+        return trained if trained.kind == "ridge" else CombinationConfig(
+            "ridge", settings.ridge_lambda)
+    return CombinationConfig("sum")
+
+
+def _state_key(fingerprint: str, editor: Editor) -> str:
+    state = json.dumps([fingerprint, editor_fingerprint(editor.hypernetwork),
+                        editor.combination.to_json(), editor.basis], sort_keys=True)
+    return hashlib.sha256(state.encode()).hexdigest()

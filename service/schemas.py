@@ -19,6 +19,10 @@ class EditIn(_Strict):
                         examples=["Plyndti Brynta is a citizen of"])
     target: str = Field(min_length=1, max_length=1000, examples=["Veiistan"])
     subject: str | None = Field(None, max_length=500, examples=["Plyndti Brynta"])
+    relation: str | None = Field(
+        None, max_length=200, examples=["citizenship"],
+        description="with subject, names the fact: a later edit of the same subject and "
+        "relation (or of the same prompt) supersedes this one")
     description: str | None = Field(None, max_length=1000,
                                     description="replaces the task's instruction wording")
     sentiment: Literal["positive", "negative"] | None = Field(
@@ -88,9 +92,12 @@ class EditOut(BaseModel):
         "between storing and measuring the edit)")
     batch_size: int | None = None
     quality: EditQuality | None = None
+    superseded: list[str] = Field(default_factory=list,
+                                  description="active edits of the same fact this one replaced")
     rolled_back_by: str | None = None
     rolled_back_at: str | None = None
     rolled_back_version: int | None = None
+    superseded_by: str | None = Field(None, description="the edit that replaced this one")
 
 
 class EditBatchOut(BaseModel):

@@ -68,6 +68,16 @@ class ServiceSettings(RuntimeSettings):
     redis_url: str | None = Field(
         None, validation_alias=AliasChoices("REDIS_URL", "INSTRUCTEDIT_REDIS_URL"),
         description="an external Redis (redis://, rediss:// or unix://); unset: embedded")
+    combination: Literal["editor", "sum", "ridge"] = Field(
+        "ridge", description="how active edits combine: 'ridge' (joint least squares over "
+        "every active edit's keys; holds up as edits accumulate), 'sum', or 'editor' (as "
+        "the editor checkpoint says)")
+    ridge_lambda: float = Field(3.0, gt=0, description="λ of the ridge combination, unless "
+                                "the editor was trained with its own")
+    edit_basis: Literal["auto", "current", "pristine"] = Field(
+        "auto", description="which weights a new edit is computed on: 'pristine' (edits "
+        "independent, rollback as if never made), 'current' (the live weights), or 'auto' "
+        "(pristine for ridge, current for sum)")
     api_keys: list[ApiKey] = Field(default_factory=list,
                                    description="no keys: every endpoint is open")
     limits: Limits = Field(default_factory=Limits)

@@ -19,11 +19,16 @@ key                       type      holds
 ``{p}:log``               stream    ``apply`` / ``rollback`` events in the order they happened
 ``{p}:idem:{key}``        hash      what an ``Idempotency-Key`` produced: ``ids``
                                     (comma-separated) and ``request`` (the request's hash)
+``{p}:claim:{fact}``      string    the active edit that holds a fact (its prompt, or its
+                                    subject and relation): a new edit of the same fact
+                                    supersedes it
 ========================  ========  ========================================================
 
 Every change is one Lua script, which Redis runs atomically: a crash at any instant leaves
 either the whole change (records, deltas, indexes, log events, version) or none of it. A
-batch of edits is one change per edit, all stored by one script: all or none.
+batch of edits is one change per edit, all stored by one script: all or none. An edit that
+claims a fact an active edit holds supersedes it in the same step and version: the older
+edit is rolled back, its record naming the edit that superseded it.
 """
 
 from __future__ import annotations
@@ -38,18 +43,46 @@ import redis.asyncio as aioredis
 ACTIVE = "active"
 ROLLED_BACK = "rolled_back"
 
-_ADD = """
-local prefix, idem, request = ARGV[1], ARGV[2], ARGV[3]
+_RELEASE = """
+local function release(prefix, id)
+  local claims = redis.call('HGET', prefix .. ':edit:' .. id, 'claims')
+  if claims then
+    for claim in string.gmatch(claims, '[^\\n]+') do
+      if redis.call('GET', prefix .. ':claim:' .. claim) == id then
+        redis.call('DEL', prefix .. ':claim:' .. claim)
+      end
+    end
+  end
+end
+"""
+
+_ADD = _RELEASE + """
+local prefix, idem, request, by, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if idem ~= '' then
   local seen = redis.call('HMGET', prefix .. ':idem:' .. idem, 'ids', 'request')
-  if seen[1] then return {0, seen[1], seen[2]} end
+  if seen[1] then return {0, seen[1], seen[2], ''} end
 end
-local ids = {}
-for i = 4, #ARGV, 3 do
-  local id, record, delta = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+local ids, superseded = {}, {}
+for i = 6, #ARGV, 4 do
+  local id, record, delta, claims = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local version = redis.call('INCR', prefix .. ':version')
+  for claim in string.gmatch(claims, '[^\\n]+') do
+    local old = redis.call('GET', prefix .. ':claim:' .. claim)
+    if old and old ~= id and redis.call('HGET', prefix .. ':edit:' .. old, 'status') == 'active' then
+      release(prefix, old)
+      redis.call('HSET', prefix .. ':edit:' .. old, 'status', 'rolled_back', 'rolled_back_by',
+                 by, 'rolled_back_at', at, 'rolled_back_version', version, 'superseded_by', id)
+      redis.call('ZREM', prefix .. ':active', old)
+      redis.call('XADD', prefix .. ':log', '*', 'event', 'rollback', 'id', old, 'version',
+                 version, 'superseded_by', id)
+      table.insert(superseded, old .. '>' .. id)
+    end
+  end
   redis.call('HSET', prefix .. ':edit:' .. id, 'record', record, 'status', 'active',
-             'version', version)
+             'version', version, 'claims', claims)
+  for claim in string.gmatch(claims, '[^\\n]+') do
+    redis.call('SET', prefix .. ':claim:' .. claim, id)
+  end
   redis.call('SET', prefix .. ':delta:' .. id, delta)
   redis.call('ZADD', prefix .. ':edits', version, id)
   redis.call('ZADD', prefix .. ':active', version, id)
@@ -60,15 +93,16 @@ local joined = table.concat(ids, ',')
 if idem ~= '' then
   redis.call('HSET', prefix .. ':idem:' .. idem, 'ids', joined, 'request', request)
 end
-return {1, joined, request}
+return {1, joined, request, table.concat(superseded, ',')}
 """
 
-_ROLLBACK = """
+_ROLLBACK = _RELEASE + """
 local prefix, id, by, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local key = prefix .. ':edit:' .. id
 local status = redis.call('HGET', key, 'status')
 if not status then return {'not_found', id} end
 if status ~= 'active' then return {'conflict', id, status} end
+release(prefix, id)
 local version = redis.call('INCR', prefix .. ':version')
 redis.call('HSET', key, 'status', 'rolled_back', 'rolled_back_by', by, 'rolled_back_at', at,
            'rolled_back_version', version)
@@ -77,12 +111,13 @@ redis.call('XADD', prefix .. ':log', '*', 'event', 'rollback', 'id', id, 'versio
 return {'ok', version}
 """
 
-_ROLLBACK_AFTER = """
+_ROLLBACK_AFTER = _RELEASE + """
 local prefix, after, by, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ids = redis.call('ZREVRANGEBYSCORE', prefix .. ':active', '+inf', '(' .. after)
 if #ids == 0 then return {0} end
 local version = redis.call('INCR', prefix .. ':version')
 for _, id in ipairs(ids) do
+  release(prefix, id)
   redis.call('HSET', prefix .. ':edit:' .. id, 'status', 'rolled_back', 'rolled_back_by', by,
              'rolled_back_at', at, 'rolled_back_version', version)
   redis.call('ZREM', prefix .. ':active', id)
@@ -113,14 +148,17 @@ class StoredEdit:
     rolled_back_by: str | None = None
     rolled_back_at: str | None = None
     rolled_back_version: int | None = None
+    superseded_by: str | None = None
 
 
 @dataclass(frozen=True)
 class NewEdit:
-    """An edit to store: its record and its delta's bytes."""
+    """An edit to store: its record, its delta's bytes, and the facts it claims (an active
+    edit holding one of them is superseded)."""
 
     record: dict[str, Any]
     delta: bytes
+    claims: tuple[str, ...] = ()
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -129,6 +167,7 @@ class AddResult:
     edits: list[StoredEdit]
     created: bool  # False: the Idempotency-Key had already produced these edits
     request_hash: str  # what the key's first request hashed to ("" if not given)
+    superseded: dict[str, list[str]] = field(default_factory=dict)  # new id → old ids
 
 
 @dataclass(frozen=True)
@@ -166,17 +205,27 @@ class EditStore:
         return int(await self.client.get(self.key("version")) or 0)
 
     async def add(self, edits: list[NewEdit], *, idempotency_key: str | None = None,
-                  request_hash: str = "") -> AddResult:
+                  request_hash: str = "", by: str = "", at: str = "") -> AddResult:
         """Store new active edits, each under the next version, all or none; or return what
-        an earlier request with the same ``idempotency_key`` stored (storing nothing)."""
+        an earlier request with the same ``idempotency_key`` stored (storing nothing).
+
+        An active edit that holds a fact a new edit claims is rolled back in the same step
+        (by ``by``, at ``at``), as part of the new edit's change.
+        """
         if not edits:
             raise ValueError("nothing to store")
-        args = [self.prefix, idempotency_key or "", request_hash]
+        args = [self.prefix, idempotency_key or "", request_hash, by, at]
         for edit in edits:
-            args += [edit.id, json.dumps(edit.record), edit.delta]
-        created, ids, stored_hash = (_decode(x) for x in await self._add(args=args))
+            if any("\n" in c for c in edit.claims):
+                raise ValueError("a claim cannot contain a newline")
+            args += [edit.id, json.dumps(edit.record), edit.delta, "\n".join(edit.claims)]
+        created, ids, stored_hash, replaced = (_decode(x) for x in await self._add(args=args))
+        superseded: dict[str, list[str]] = {}
+        for pair in filter(None, (replaced or "").split(",")):
+            old, new = pair.split(">")
+            superseded.setdefault(new, []).append(old)
         return AddResult([await self.get(i) for i in ids.split(",")], int(created) == 1,
-                         stored_hash or "")
+                         stored_hash or "", superseded)
 
     async def find_idempotent(self, key: str) -> AddResult | None:
         """What an earlier request with this ``Idempotency-Key`` stored, if any."""
@@ -200,7 +249,8 @@ class EditStore:
         return StoredEdit(edit_id, int(f["version"]), f["status"], json.loads(f["record"]),
                           None if report is None else json.loads(report),
                           f.get("rolled_back_by"), f.get("rolled_back_at"),
-                          None if rolled_back_version is None else int(rolled_back_version))
+                          None if rolled_back_version is None else int(rolled_back_version),
+                          f.get("superseded_by"))
 
     async def delta(self, edit_id: str) -> bytes:
         data = await self.client.get(self.key("delta", edit_id))

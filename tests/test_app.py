@@ -125,28 +125,64 @@ def test_batch_is_one_pass_stored_per_edit_and_all_or_nothing(client: TestClient
 
 
 def test_listing_filters_and_rollback_to_version(client: TestClient) -> None:
-    targets = ["Veiistan", "Faemovia", "Foxistan", "Krexstan"]
-    ids = []
-    for i, target in enumerate(targets):
-        body = {**EDIT, "target": target, "task": "recent" if i % 2 else "counterfact"}
-        ids.append(client.post("/edits", json=body).json()["id"])
+    bodies = [EDIT,
+              {"task": "recent", "prompt": "Dreixfur Zindplexgirk is a citizen of",
+               "target": "Faemovia", "subject": "Dreixfur Zindplexgirk"},
+              {"task": "counterfact", "prompt": "Treilbram Vrounbyx is a citizen of",
+               "target": "Foxistan", "subject": "Treilbram Vrounbyx"},
+              {"task": "recent", "prompt": "Plyndti Brynta was born in", "target": "Krexstan",
+               "subject": SUBJECT}]
+    ids = [client.post("/edits", json=body).json()["id"] for body in bodies]
     page = client.get("/edits", params={"limit": 3}).json()
     assert [e["id"] for e in page["edits"]] == ids[:0:-1] and page["next_cursor"] == 2
     rest = client.get("/edits", params={"limit": 3, "before": page["next_cursor"]}).json()
     assert [e["id"] for e in rest["edits"]] == [ids[0]] and rest["next_cursor"] is None
     recent = client.get("/edits", params={"task": "recent"}).json()["edits"]
     assert [e["id"] for e in recent] == [ids[3], ids[1]]
-    assert len(client.get("/edits", params={"subject": SUBJECT}).json()["edits"]) == 4
+    by_subject = client.get("/edits", params={"subject": SUBJECT}).json()["edits"]
+    assert [e["id"] for e in by_subject] == [ids[3], ids[0]]
     assert client.get("/edits", params={"subject": "nobody"}).json()["edits"] == []
     back = client.post("/edits/rollback", json={"to_version": 2})
     assert back.status_code == 200, back.text
     assert [e["id"] for e in back.json()["rolled_back"]] == [ids[3], ids[2]]
-    assert back.json()["version"] == 5 and answer(client)["text"].strip().startswith(
-        "Faemovia")
+    assert back.json()["version"] == 5 and answer(client)["text"].strip().startswith(TARGET)
     rolled = client.get("/edits", params={"status": "rolled_back"}).json()["edits"]
     assert [e["id"] for e in rolled] == [ids[3], ids[2]]
     again = client.post("/edits/rollback", json={"to_version": 2}).json()
     assert again == {"rolled_back": [], "version": 5}
+
+
+def test_editing_the_same_fact_again_supersedes_the_older_edit(client: TestClient) -> None:
+    fact = {**EDIT, "relation": "citizenship"}
+    pristine = answer(client)["text"]
+    made = []
+    for target in ("Veiistan", "Krexstan", "Foxistan"):
+        made.append(client.post("/edits", json={**fact, "target": target}).json())
+    assert [e["superseded"] for e in made] == [[], [made[0]["id"]], [made[1]["id"]]]
+    active = client.get("/edits", params={"status": "active"}).json()["edits"]
+    assert [e["id"] for e in active] == [made[2]["id"]]  # one active edit: the latest
+    old = client.get(f"/edits/{made[0]['id']}").json()
+    assert old["status"] == "rolled_back" and old["superseded_by"] == made[1]["id"]
+    assert old["rolled_back_version"] == made[1]["version"]  # the same step
+    assert answer(client)["text"].strip().startswith("Foxistan")
+    assert state(client)[:2] == (3, 1)
+    # The same prompt, even without subject and relation, is the same fact.
+    again = client.post("/edits", json={"task": "counterfact", "prompt": PROMPT,
+                                        "target": "Veiistan"}).json()
+    assert again["superseded"] == [made[2]["id"]]
+    # Several facts about one subject in a batch all stay; the same fact twice is refused.
+    batch = client.post("/edits/batch", json={"edits": [
+        {**fact, "prompt": "Plyndti Brynta was born in", "relation": "birthplace",
+         "target": "Krexstan"},
+        {**fact, "prompt": "Plyndti Brynta works for", "relation": "employer",
+         "target": "Boldrom Partners"}]})
+    assert batch.status_code == 201 and all(e["superseded"] == []
+                                            for e in batch.json()["edits"])
+    twice = client.post("/edits/batch", json={"edits": [fact, {**fact, "target": "Krexstan"}]})
+    assert twice.status_code == 422 and twice.json()["error"]["code"] == "conflicting_batch"
+    # Rolling back the newest edit of a fact does not bring an older one back.
+    client.post(f"/edits/{again['id']}/rollback")
+    assert answer(client)["text"] == pristine
 
 
 def test_generation_sampling_streaming_and_score(client: TestClient) -> None:

@@ -103,12 +103,14 @@ def test_idempotency_key_applies_once(redis_socket, first: Replica) -> None:
 
 
 def test_rollback_after_version(redis_socket, first: Replica) -> None:
+    prompts = [PROMPT, "Plyndti Brynta was born in", "Plyndti Brynta works for"]
+
     async def three_then_back():
         engine = first.engine(redis_socket)
         ids = []
-        for target in ("Veiistan", "Krexstan", "Foxland"):
-            record = dict(RECORD, target=target)
-            request = EditRequest("counterfact", PROMPT, target, subject=RECORD["subject"])
+        for prompt, target in zip(prompts, ("Veiistan", "Krexstan", "Boldrom Partners")):
+            record = dict(RECORD, prompt=prompt, target=target)
+            request = EditRequest("counterfact", prompt, target, subject=RECORD["subject"])
             ids.append((await engine.create([EditSpec(request, record)])).edits[0].id)
         taken = await engine.rollback_after(1, by="tester", at="t")
         return ids, taken
@@ -117,6 +119,24 @@ def test_rollback_after_version(redis_socket, first: Replica) -> None:
     assert [e.id for e in taken] == [ids[2], ids[1]]
     assert {e.rolled_back_version for e in taken} == {4} and first.ledger.version == 4
     assert [e.edit_id for e in first.ledger.active] == [ids[0]]
+
+
+def test_a_new_edit_of_the_same_fact_replaces_the_old_one_in_one_change(
+        redis_socket, first: Replica) -> None:
+    async def twice():
+        engine = first.engine(redis_socket)
+        spec = EditSpec(REQUEST, RECORD, relation="citizenship")
+        old = (await engine.create([spec])).edits[0]
+        request = EditRequest("counterfact", "Plyndti Brynta holds citizenship of", "Krexstan",
+                              subject="Plyndti Brynta")
+        new = await engine.create([EditSpec(request, dict(RECORD, target="Krexstan"),
+                                            relation="citizenship")])
+        return old, new
+
+    old, new = asyncio.run(twice())
+    assert new.superseded == {new.edits[0].id: [old.id]}
+    assert [e.edit_id for e in first.ledger.active] == [new.edits[0].id]
+    assert first.ledger.version == 2 and new.edits[0].report["superseded"] == [old.id]
 
 
 def test_a_store_failure_leaves_the_weights_untouched(tmp_path, first: Replica) -> None:

@@ -151,3 +151,26 @@ def test_fingerprints_keep_edits_of_different_models_apart(redis_socket: str) ->
         return await store.version(), await store.active()
 
     assert run(redis_socket, other, fingerprint="model-b") == (0, [])
+
+
+def test_an_edit_of_a_held_fact_supersedes_the_holder_in_the_same_step(redis_socket) -> None:
+    async def body(store: EditStore):
+        first = (await store.add([NewEdit(record(), b"1", ("fact:ann|city", "p:ann lives in"))]
+                                 )).edits[0]
+        other = (await store.add([NewEdit(record(subject="Bo"), b"2", ("fact:bo|city",))]
+                                 )).edits[0]
+        second = await store.add([NewEdit(record(target="Rome"), b"3", ("fact:ann|city",))],
+                                 by="alice", at="t1")
+        third = await store.add([NewEdit(record(target="Oslo"), b"4", ("p:ann lives in",))],
+                                by="bob", at="t2")  # the first edit's other claim: released
+        return (first, other, second, third, await store.get(first.id), await store.active(),
+                await store.events(), await store.version())
+
+    first, other, second, third, old, active, events, version = run(redis_socket, body)
+    new = second.edits[0]
+    assert second.superseded == {new.id: [first.id]} and third.superseded == {}
+    assert old.status == ROLLED_BACK and old.superseded_by == new.id
+    assert old.rolled_back_by == "alice" and old.rolled_back_version == new.version == 3
+    assert [i for i, _ in active] == [other.id, new.id, third.edits[0].id] and version == 4
+    assert [(e["event"], e["version"]) for _, e in events][-3:] == [
+        ("rollback", "3"), ("apply", "3"), ("apply", "4")]

@@ -37,9 +37,10 @@ def edit_out(edit: StoredEdit) -> EditOut:
     report = edit.report or {}
     return EditOut(id=edit.id, version=edit.version, status=edit.status, **edit.record,
                    timings_ms=report.get("timings_ms"), batch_size=report.get("batch_size"),
-                   quality=report.get("quality"), rolled_back_by=edit.rolled_back_by,
-                   rolled_back_at=edit.rolled_back_at,
-                   rolled_back_version=edit.rolled_back_version)
+                   quality=report.get("quality"), superseded=report.get("superseded", []),
+                   rolled_back_by=edit.rolled_back_by, rolled_back_at=edit.rolled_back_at,
+                   rolled_back_version=edit.rolled_back_version,
+                   superseded_by=edit.superseded_by)
 
 
 def _spec(body: EditIn, live: LiveService, who: Principal, at: str) -> EditSpec:
@@ -59,7 +60,8 @@ def _spec(body: EditIn, live: LiveService, who: Principal, at: str) -> EditSpec:
         raise ServiceError(422, "invalid_edit", str(exc)) from exc
     record = {**body.model_dump(), "instruction": instruction, "created_at": at,
               "created_by": who.name}
-    return EditSpec(request, record, tuple(body.rephrases), tuple(body.locality_prompts))
+    return EditSpec(request, record, tuple(body.rephrases), tuple(body.locality_prompts),
+                    body.relation)
 
 
 def _request_hash(body: EditIn | EditBatchIn) -> str:
@@ -70,6 +72,14 @@ async def _create(live: LiveService, bodies: list[EditIn], who: Principal,
                   key: str | None, request_hash: str, response: Response) -> AddResult:
     at = _now()
     specs = [_spec(b, live, who, at) for b in bodies]
+    claimed: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        for claim in spec.claims:
+            if claim in claimed:
+                raise ServiceError(422, "conflicting_batch", f"edits {claimed[claim]} and {i} "
+                                   "of the batch set the same fact; send one of them",
+                                   {"edits": [claimed[claim], i]})
+            claimed[claim] = i
     result = await live.engine.create(specs, idempotency_key=key, request_hash=request_hash)
     if not result.created:
         response.headers["Idempotent-Replayed"] = "true"
