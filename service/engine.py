@@ -46,6 +46,7 @@ class EditSpec:
     rephrases: tuple[str, ...] = ()
     locality_prompts: tuple[str, ...] = ()
     relation: str | None = None
+    check_earlier: int = 0  # also measure the targets of this many newest active edits
 
     @property
     def claims(self) -> tuple[str, ...]:
@@ -62,11 +63,22 @@ def _normal(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class _Earlier:
+    """An active edit whose target is checked before and after a new edit."""
+
+    id: str
+    prompt: str
+    target: str
+
+
+@dataclass(frozen=True)
 class _Measured:
-    """Per spec: scores of the prompt then each rephrase, and the locality answers."""
+    """Per spec: scores of the prompt then each rephrase, and the locality answers; and
+    the scores of the earlier edits' targets."""
 
     scores: list[list[TargetScore]]
     answers: list[list[str]]
+    earlier: list[TargetScore]
 
 
 class EditEngine:
@@ -140,11 +152,12 @@ class EditEngine:
                                            "request")
                     return seen
             timings: dict[str, float] = {}
+            earlier = await self._newest_active(max(s.check_earlier for s in specs))
             try:  # nothing is stored or applied yet: a refusal changes nothing
                 with self._timed(timings, "compute"):
                     deltas = await asyncio.to_thread(self._compute, specs)
                 with self._timed(timings, "measure"):
-                    before = await asyncio.to_thread(self._measure, specs)
+                    before = await asyncio.to_thread(self._measure, specs, earlier)
             except (EditInputError, GenerationError, LedgerError, FloatingPointError) as exc:
                 for task in tasks:
                     self.metrics.edits.labels(task, "rejected").inc()
@@ -162,11 +175,11 @@ class EditEngine:
                     self.metrics.rollbacks.inc(len(result.superseded.get(edit.id, ())))
             self._publish_state()
             with self._timed(timings, "measure"):
-                after = await asyncio.to_thread(self._measure, specs)
+                after = await asyncio.to_thread(self._measure, specs, earlier)
             edits = []
             for i, (spec, edit) in enumerate(zip(specs, result.edits)):
                 report = {"timings_ms": dict(timings), "batch_size": len(specs),
-                          "quality": _quality(spec, before, after, i),
+                          "quality": _quality(spec, before, after, i, earlier),
                           "superseded": result.superseded.get(edit.id, [])}
                 await self.store.annotate(edit.id, report)
                 edits.append(await self.store.get(edit.id))
@@ -184,12 +197,23 @@ class EditEngine:
             self.ledger.validate(delta)
         return deltas
 
-    def _measure(self, specs: list[EditSpec]) -> _Measured:
-        """Score each spec's target on its prompt and rephrases; its locality answers."""
+    async def _newest_active(self, n: int) -> list[_Earlier]:
+        """The ``n`` most recently applied active edits, newest first."""
+        if n <= 0:
+            return []
+        newest = [edit_id for edit_id, _ in reversed(await self.store.active())][:n]
+        records = [(await self.store.get(i)).record for i in newest]
+        return [_Earlier(i, r["prompt"], r["target"]) for i, r in zip(newest, records)]
+
+    def _measure(self, specs: list[EditSpec], earlier: list[_Earlier]) -> _Measured:
+        """Score each spec's target on its prompt and rephrases, and the earlier edits'
+        targets; each spec's locality answers."""
         model, tokenizer = self.editor.model, self.editor.tokenizer
         prompts = [p for s in specs for p in (s.request.prompt, *s.rephrases)]
         targets = [s.request.target for s in specs for _ in range(1 + len(s.rephrases))]
-        flat = score_targets(model, tokenizer, prompts, targets, self.editor.max_length)
+        flat = score_targets(model, tokenizer, prompts + [e.prompt for e in earlier],
+                             targets + [e.target for e in earlier], self.editor.max_length)
+        flat, earlier_scores = flat[:len(prompts)], flat[len(prompts):]
         answers = [TokenStream(model, tokenizer, p, _LOCALITY_ANSWER).run().strip()
                    for s in specs for p in s.locality_prompts]
         scores, found = [], []
@@ -199,7 +223,7 @@ class EditEngine:
             flat = flat[n:]
             found.append(answers[:len(s.locality_prompts)])
             answers = answers[len(s.locality_prompts):]
-        return _Measured(scores, found)
+        return _Measured(scores, found, earlier_scores)
 
     async def rollback(self, edit_id: str, *, by: str, at: str) -> StoredEdit:
         """Take one edit out of the store's active set and out of the live weights."""
@@ -232,8 +256,10 @@ def _score(score: TargetScore) -> dict[str, float]:
             "token_accuracy": score.token_accuracy}
 
 
-def _quality(spec: EditSpec, before: _Measured, after: _Measured, i: int) -> dict[str, Any]:
-    """The measured quality of spec ``i``: before/after on prompt, rephrases, locality."""
+def _quality(spec: EditSpec, before: _Measured, after: _Measured, i: int,
+             earlier: list[_Earlier]) -> dict[str, Any]:
+    """The measured quality of spec ``i``: before/after on prompt, rephrases, locality, and
+    on the targets of the earlier edits it asked about."""
     b, a = before.scores[i], after.scores[i]
     locality = [{"prompt": p, "before": x, "after": y, "unchanged": x == y}
                 for p, x, y in zip(spec.locality_prompts, before.answers[i], after.answers[i])]
@@ -243,4 +269,8 @@ def _quality(spec: EditSpec, before: _Measured, after: _Measured, i: int) -> dic
                       for p, x, y in zip(spec.rephrases, b[1:], a[1:])],
         "locality": locality,
         "locality_unchanged": all(x["unchanged"] for x in locality) if locality else None,
+        "earlier_edits": [{"id": e.id, "prompt": e.prompt, "target": e.target,
+                           "before": _score(x), "after": _score(y)}
+                          for e, x, y in list(zip(earlier, before.earlier,
+                                                  after.earlier))[:spec.check_earlier]],
     }

@@ -35,6 +35,8 @@ class EditIn(_Strict):
         default_factory=list, max_length=16, examples=[["Plyndti Brynta works in the field of"]],
         description="prompts whose answers should not change: checked before and after")
     metadata: dict[str, Any] = Field(default_factory=dict, examples=[{"ticket": "KB-142"}])
+    check_earlier: int = Field(0, ge=0, le=64, description="also report how this edit "
+                               "moved the targets of this many most recent active edits")
 
 
 class EditBatchIn(_Strict):
@@ -64,11 +66,20 @@ class LocalityCheck(BaseModel):
     unchanged: bool
 
 
+class EarlierEdit(BeforeAfter):
+    id: str
+    prompt: str
+    target: str
+
+
 class EditQuality(BaseModel):
     prompt: BeforeAfter
     rephrases: list[RephraseQuality]
     locality: list[LocalityCheck]
     locality_unchanged: bool | None = Field(description="null when no locality prompts")
+    earlier_edits: list[EarlierEdit] = Field(
+        default_factory=list, description="the targets of earlier edits, before and after "
+        "this one (with check_earlier)")
 
 
 class EditOut(BaseModel):

@@ -166,10 +166,17 @@ def test_editing_the_same_fact_again_supersedes_the_older_edit(client: TestClien
     assert old["rolled_back_version"] == made[1]["version"]  # the same step
     assert answer(client)["text"].strip().startswith("Foxistan")
     assert state(client)[:2] == (3, 1)
-    # The same prompt, even without subject and relation, is the same fact.
+    # The same prompt, even without subject and relation, is the same fact. Asked, the
+    # record says how the new edit moved earlier edits' targets.
+    other = client.post("/edits", json={"task": "counterfact", "target": "Krexstan",
+                                        "prompt": "Treilbram Vrounbyx is a citizen of"}).json()
     again = client.post("/edits", json={"task": "counterfact", "prompt": PROMPT,
-                                        "target": "Veiistan"}).json()
+                                        "target": "Veiistan", "check_earlier": 2}).json()
     assert again["superseded"] == [made[2]["id"]]
+    earlier = again["quality"]["earlier_edits"]
+    assert [e["id"] for e in earlier] == [other["id"], made[2]["id"]]
+    assert earlier[0]["before"]["token_accuracy"] == 1.0  # the other edit held before...
+    assert earlier[1]["after"]["probability"] < earlier[1]["before"]["probability"]
     # Several facts about one subject in a batch all stay; the same fact twice is refused.
     batch = client.post("/edits/batch", json={"edits": [
         {**fact, "prompt": "Plyndti Brynta was born in", "relation": "birthplace",

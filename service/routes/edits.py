@@ -61,7 +61,7 @@ def _spec(body: EditIn, live: LiveService, who: Principal, at: str) -> EditSpec:
     record = {**body.model_dump(), "instruction": instruction, "created_at": at,
               "created_by": who.name}
     return EditSpec(request, record, tuple(body.rephrases), tuple(body.locality_prompts),
-                    body.relation)
+                    body.relation, body.check_earlier)
 
 
 def _request_hash(body: EditIn | EditBatchIn) -> str:
