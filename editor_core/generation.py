@@ -15,8 +15,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from transformers import (LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
-                          TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+from transformers import (
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 FinishReason = Literal["stop", "length"]
 # Below this temperature, sampling is argmax in all but name, and dividing the logits by it

@@ -200,7 +200,20 @@ def eval_cmd(
     held_out_instruction: Annotated[bool, typer.Option(
         help="also evaluate each editor with its tasks' held-out descriptions")] = False,
     sequential: Annotated[Optional[str], typer.Option(
-        help="also apply N edits in a row, e.g. 10,100,1000 (CounterFact, all splits)")] = None,
+        help="lifelong editing: let edits accumulate and measure at these counts, e.g. "
+             "10,100,1000,5000 (held-out edits of a lifelong stream)")] = None,
+    basis: Annotated[str, typer.Option(
+        help="lifelong: which weights each edit is computed on for joint (ridge) "
+             "methods: pristine, current or both")] = "pristine",
+    ridge_lambda: Annotated[float, typer.Option(
+        help="lifelong: λ for the ridge combination of editors trained without one")] = 3.0,
+    baseline_limit: Annotated[int, typer.Option(
+        help="lifelong: the sum-combined baselines stop at this many edits")] = 1000,
+    removal_at: Annotated[int, typer.Option(
+        help="lifelong: at this many edits, roll back 10% and compare with a fresh build")
+                          ] = 1000,
+    single: Annotated[bool, typer.Option(
+        help="evaluate single edits on the test split (--no-single: lifelong only)")] = True,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
     threads: Threads = None,
 ) -> None:
@@ -238,29 +251,66 @@ def eval_cmd(
         methods.append(FineTuneMethod(lm, tokenizer, resolve_editable(lm)))
     evaluator = Evaluator(lm, tokenizer)
     results = {m.name: evaluator.evaluate(m, {t: r for t, r in records.items()
-                                              if m.covers(t)}) for m in methods}
-    chains: dict[str, dict[int, dict]] = {}
+                                              if m.covers(t)}) for m in methods} if single else {}
+    lifelong: dict[str, dict] = {}
     if sequential:
-        pool = [r for s in ("test", "validation", "train")
-                for r in load_task_records(data_dir, ["counterfact"], s)["counterfact"]]
-        random.Random(0).shuffle(pool)
-        for m in [m for m in methods if m.covers("counterfact")]:
-            chains[m.name] = {int(n): evaluator.sequential(m, pool, int(n))
-                              for n in sequential.split(",")}
+        lifelong = _lifelong(lm, tokenizer, list(map(_named_path, editor or [])), data_dir,
+                             sorted(int(n) for n in sequential.split(",")), basis,
+                             ridge_lambda, baseline_limit, removal_at)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         settings = {"model": str(model), "data_dir": str(data_dir), "split": split,
-                    "limit": limit, "tasks": list(records), "sequential": sequential}
-        json_path.write_text(json.dumps({"results": results, "sequential": chains,
+                    "limit": limit, "tasks": list(records), "sequential": sequential,
+                    "basis": basis, "ridge_lambda": ridge_lambda,
+                    "baseline_limit": baseline_limit, "removal_at": removal_at}
+        json_path.write_text(json.dumps({"results": results, "lifelong": lifelong,
                                          "settings": settings}, indent=2))
-    typer.echo(markdown_table(results))
-    if chains:
-        typer.echo("\n| method | edits in a row | retention (TF) | retention (EM) | locality |")
-        typer.echo("|---|---|---|---|---|")
-        for name, by_n in chains.items():
-            for n, r in by_n.items():
-                typer.echo(f"| {name} | {n} | {r['retention_tf']['mean']:.3f} | "
-                           f"{r['retention_em']['mean']:.3f} | {r['locality']['mean']:.3f} |")
+    if results:
+        typer.echo(markdown_table(results))
+    if lifelong:
+        from editor_core.evaluation.lifelong import lifelong_table
+
+        typer.echo("\n" + lifelong_table(lifelong))
+
+
+def _lifelong(lm, tokenizer, editors: list[tuple[str, Path]], data_dir: Path,
+              checkpoints: list[int], basis: str, ridge_lambda: float, baseline_limit: int,
+              removal_at: int) -> dict[str, dict]:
+    """Each editor as it was trained, and beside it the other way of combining its edits."""
+    from editor_core.checkpoint import load_editor, read_editor_config
+    from editor_core.combination import CombinationConfig
+    from editor_core.evaluation.lifelong import LifelongEvaluator, LifelongMethod
+    from editor_core.world import WorldConfig, build_world
+    from editor_core.world.stream import lifelong_stream
+
+    if basis not in ("pristine", "current", "both"):
+        raise typer.BadParameter("basis is pristine, current or both")
+    stream = lifelong_stream(build_world(WorldConfig()), data_dir, max(checkpoints))
+    evaluator = LifelongEvaluator(stream)
+    bases = ["pristine", "current"] if basis == "both" else [basis]
+    out: dict[str, dict] = {}
+    for name, path in editors:
+        trained = CombinationConfig(**read_editor_config(path).get("combination",
+                                                                   {"kind": "sum"}))
+        ridge = trained if trained.kind == "ridge" else CombinationConfig("ridge",
+                                                                          ridge_lambda)
+        runs = [(f"{name}, ridge, {b} basis", ridge, b, checkpoints) for b in bases]
+        baseline = [n for n in checkpoints if n <= baseline_limit]
+        if trained.kind == "ridge":
+            runs.append((f"{name}, plain sum", CombinationConfig("sum"), "pristine", baseline))
+        else:
+            runs.append((f"{name}, sequential (sum, current basis)", trained, "current",
+                         baseline))
+        for label, combination, edit_basis, counts in runs:
+            if not counts:
+                continue
+            ed = load_editor(path, lm, tokenizer, basis=edit_basis)
+            ed.combination = combination
+            method = LifelongMethod(label, ed, lambda ed=ed: ed.combination.combiner(
+                ed.editable), edit_basis)
+            out[label] = evaluator.run(method, counts,
+                                       removal_at if removal_at in counts else None)
+    return out
 
 
 @app.command("analyze")

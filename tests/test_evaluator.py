@@ -75,34 +75,36 @@ def test_eval_command_writes_json_and_table(exported: Path, tmp_path: Path) -> N
 
     out = tmp_path / "eval.json"
     result = CliRunner().invoke(app, ["eval", "--data-dir", str(exported), "--tasks",
-                                      "counterfact,zsre", "--limit", "2", "--sequential", "2",
-                                      "--json", str(out)])
+                                      "counterfact,zsre", "--limit", "2", "--json", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert set(data["results"]) == {"unedited", "FT-L"}
     assert set(data["results"]["FT-L"]) == {"counterfact", "zsre"}
     zsre = data["results"]["FT-L"]["zsre"]["plain"]
     assert zsre["reliability_tf"]["n"] == 2 and "locality/NQ" in zsre
-    assert "| FT-L | zsre | plain |" in result.output
-    assert data["sequential"]["FT-L"]["2"]["retention_tf"]["n"] == 2
-    assert "| FT-L | 2 |" in result.output
+    assert "| FT-L | zsre | plain |" in result.output and data["lifelong"] == {}
 
 
-def test_sequential_edits_accumulate_then_restore(demo_lm, exported: Path) -> None:
-    model, tok = demo_lm
-    before = _snapshot(model)
-    pool = load_edit_records(exported / "counterfact_train.json")
-    evaluator = Evaluator(model, tok)
-    ftl = FineTuneMethod(model, tok, resolve_editable(model), steps=10, lr=1e-3)
-    one = evaluator.sequential(ftl, pool, 1, probe_first=1)
-    five = evaluator.sequential(ftl, pool, 5, probe_first=1)
-    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
-    assert one["retention_tf"]["mean"] == 1.0 and one["retention_tf"]["n"] == 1
-    assert five["locality"]["mean"] <= one["locality"]["mean"]
-    unedited = evaluator.sequential(NoEditMethod(), pool, 3, probe_first=3)
-    assert unedited["locality"]["mean"] == 1.0 and unedited["retention_em"]["mean"] == 0.0
-    with pytest.raises(ValueError, match="needs 9 records"):
-        evaluator.sequential(NoEditMethod(), pool[:2], 9)
+def test_eval_sequential_runs_the_lifelong_protocol(exported: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    out = tmp_path / "lifelong.json"
+    result = CliRunner().invoke(app, [
+        "eval", "--data-dir", str(exported), "--no-single", "--editor",
+        "demo=checkpoints/demo-editor", "--sequential", "3,6", "--removal-at", "6",
+        "--baseline-limit", "3", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    lifelong = json.loads(out.read_text())["lifelong"]
+    ridge, sequential = lifelong["demo, ridge, pristine basis"], lifelong[
+        "demo, sequential (sum, current basis)"]
+    assert set(ridge["checkpoints"]) == {"3", "6"} and set(sequential["checkpoints"]) == {"3"}
+    assert ridge["removal"]["removed"] == 1 and ridge["removal"]["same_answers"]
+    assert ridge["removal"]["max_relative_weight_error"] <= 1e-6
+    assert "| demo, ridge, pristine basis | 6 |" in result.output
 
 
 def test_per_task_method_routes_by_task_and_restores(demo_lm, records) -> None:

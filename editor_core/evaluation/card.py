@@ -84,6 +84,12 @@ def write_editor_card(out: Path, editor_dir: Path, eval_path: Path, analysis_pat
     tcfg = training["config"]
     evaluation = json.loads((out / "eval.json").read_text())
     results, chains = evaluation["results"], evaluation.get("sequential", {})
+    if evaluation.get("lifelong"):
+        from .lifelong import lifelong_table
+
+        chains_text = lifelong_table(evaluation["lifelong"])
+    else:
+        chains_text = _sequential(chains)
     analyses = json.loads((out / "analysis.json").read_text())
     trained = tuple(tcfg["tasks"])
     tasks = [t for t in results[EDITOR_NAME]]
@@ -159,7 +165,7 @@ protocol); *plain* asks them as a service user would.
 
 ## Sequential editing (CounterFact, edits applied one after another)
 
-{_sequential(chains)}
+{chains_text}
 
 ## Edit regions
 

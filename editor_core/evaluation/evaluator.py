@@ -116,33 +116,6 @@ class Evaluator:
         return result
 
 
-    def sequential(self, method: EditMethod, records: Sequence[EditRecord], n: int,
-                   probe_first: int = 10) -> dict[str, dict[str, float]]:
-        """Apply ``n`` edits one after another (each on the model as it stands), then measure
-        how well the first ``probe_first`` edits held and what happened to their locality."""
-        if len(records) < n:
-            raise ValueError(f"sequential editing with {n} edits needs {n} records, "
-                             f"got {len(records)}")
-        chosen = list(records[:n])
-        first = chosen[:probe_first]
-        locality = [p for r in first for probes in r.locality.values() for p in probes]
-        before = answer_argmax(self.model, self.tokenizer, locality, self.max_length,
-                               self.batch_size)
-        try:
-            for record in tqdm(chosen, desc=f"{method.name} × {n}", leave=False):
-                method.apply(record)
-            probes = [Probe(r.prompt, r.target_new) for r in first]
-            tf = token_accuracy(self.model, self.tokenizer, probes, self.max_length,
-                                self.batch_size)
-            em = exact_match(self.model, self.tokenizer, probes, self.batch_size)
-            after = answer_argmax(self.model, self.tokenizer, locality, self.max_length,
-                                  self.batch_size)
-        finally:
-            method.restore()
-        return {"retention_tf": summarize(tf), "retention_em": summarize(em),
-                "locality": summarize(unchanged_share(before, after))}
-
-
 HEADLINE = ("reliability_tf", "reliability_em", "generalization_tf", "generalization_em",
             "reliability_sentiment", "locality/Unrelated", "locality/Neighborhood",
             "locality/Relation_Specificity", "portability/Subject_Aliasing_tf")

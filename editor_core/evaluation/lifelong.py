@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..combination import DeltaCombiner
 from ..data.records import EditRecord, Probe
 from ..delta import EditDelta
-from ..editor import EditRequest, Editor
+from ..editor import Editor, EditRequest
 from ..ledger import WeightLedger
 from .metrics import answer_argmax, token_accuracy, unchanged_share
 
@@ -136,3 +136,27 @@ class LifelongEvaluator:
                 "reliability_live": _mean(live_rel), "reliability_fresh": _mean(fresh_rel),
                 "same_answers": live_rel == fresh_rel
                 and all(torch.equal(a, b) for a, b in zip(live_loc, fresh_loc))}
+
+
+def lifelong_table(results: dict[str, dict]) -> str:
+    """Markdown: one row per method and checkpoint, then the removal checks."""
+    header = ("| method | active edits | reliability | generalization | retention (first "
+              "edits) | neighbour locality | compute + apply ms/edit |")
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    for method, result in results.items():
+        for n, r in sorted(result["checkpoints"].items(), key=lambda kv: int(kv[0])):
+            ms = r["ms_per_edit"]
+            lines.append(f"| {method} | {n} | {r['reliability']:.3f} | "
+                         f"{r['generalization']:.3f} | {r['retention_first']:.3f} | "
+                         f"{r['neighbour_locality']:.3f} | "
+                         f"{ms['compute']:.0f} + {ms['apply']:.0f} |")
+    removals = {m: r["removal"] for m, r in results.items() if "removal" in r}
+    if removals:
+        header = ("| method | removed of active | max relative weight error vs a fresh "
+                  "build | same answers as the fresh build |")
+        lines += ["", header, "|---|---|---|---|"]
+        for method, r in removals.items():
+            lines.append(f"| {method} | {r['removed']} of {r['active_before']} | "
+                         f"{r['max_relative_weight_error']:.2e} | "
+                         f"{'yes' if r['same_answers'] else 'no'} |")
+    return "\n".join(lines)

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import torch
 
+from ..data.records import EditRecord, Probe
 from ..delta import WeightFactors
 from ..editor import Editor
-from ..data.records import EditRecord, Probe
 from .examples import make_example
 
 

@@ -15,8 +15,15 @@ from ..auth import Principal, require
 from ..engine import EditSpec
 from ..errors import ServiceError
 from ..lifecycle import LiveService
-from ..schemas import (EditBatchIn, EditBatchOut, EditIn, EditOut, EditPageOut, RollbackToIn,
-                       RollbackToOut)
+from ..schemas import (
+    EditBatchIn,
+    EditBatchOut,
+    EditIn,
+    EditOut,
+    EditPageOut,
+    RollbackToIn,
+    RollbackToOut,
+)
 from ..store import AddResult, StoredEdit
 from .deps import check_tokens, live_service
 
