@@ -61,16 +61,19 @@ def test_edit_restart_and_rollback_to_pristine(tmp_path: Path) -> None:
         service.stop()
 
 
-def test_kill_9_while_editing_loses_no_acknowledged_edit(tmp_path: Path) -> None:
+def test_kill_9_while_editing_loses_no_acknowledged_edit(tmp_path: Path,
+                                                         exported: Path) -> None:
     service = ServiceProcess(tmp_path / "data").start()
     acknowledged: list[str] = []
-    targets = ["Veiistan", "Faemovia", "Foxistan", "Krexstan", "Dreinddrerk"] * 8
+    records = load_task_records(exported, ["counterfact"], "test")["counterfact"][:40]
+    targets = [{"task": "counterfact", "prompt": r.prompt, "target": r.target_new,
+                "subject": r.subject} for r in records]  # forty different facts
 
     def post_edits() -> None:
         with service.client() as c:
-            for target in targets:
+            for body in targets:
                 try:
-                    r = c.post("/edits", json={**EDIT, "target": target})
+                    r = c.post("/edits", json=body)
                 except httpx.TransportError:
                     return  # the service died mid-request: not acknowledged
                 assert r.status_code == 201, r.text

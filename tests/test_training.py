@@ -232,7 +232,7 @@ def test_ridge_training_learns_lambda_banks_edits_and_saves_the_combination(
     train = [r for r in rows if r["kind"] == "train"]
     assert len(train) == 3 and all(r["retain_nll"] > 0 and r["loc_kl"] >= 0 for r in train)
     assert trainer.bank.sums.count == 6 and len(trainer.bank.members) == 6
-    lam = trainer.log_lam.exp()
+    lam = trainer.log_lam.detach().exp()
     assert not torch.allclose(lam, torch.full_like(lam, 2.0))  # λ is learned
     val = next(r for r in rows if r["kind"] == "validation")
     assert 0.0 <= val["counterfact/edit_acc"] <= 1.0 and 0.0 <= val["recent/locality"] <= 1.0
