@@ -90,6 +90,7 @@ class EditOut(BaseModel):
     prompt: str
     target: str
     subject: str | None = None
+    relation: str | None = None
     description: str | None = None
     sentiment: str | None = None
     instruction: str = Field(description="the editor's input: the prompt in its instruction")

@@ -159,6 +159,7 @@ def test_editing_the_same_fact_again_supersedes_the_older_edit(client: TestClien
     for target in ("Veiistan", "Krexstan", "Foxistan"):
         made.append(client.post("/edits", json={**fact, "target": target}).json())
     assert [e["superseded"] for e in made] == [[], [made[0]["id"]], [made[1]["id"]]]
+    assert all(e["relation"] == "citizenship" for e in made)
     active = client.get("/edits", params={"status": "active"}).json()["edits"]
     assert [e["id"] for e in active] == [made[2]["id"]]  # one active edit: the latest
     old = client.get(f"/edits/{made[0]['id']}").json()
