@@ -223,7 +223,8 @@ def test_ridge_training_learns_lambda_banks_edits_and_saves_the_combination(
         tiny_lm: Path, exported: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_lm, exported, tmp_path / "run", combination="ridge",
                       ridge_lambda=2.0, ridge_lambda_lr=0.1, background_edits=6,
-                      background_refresh=2, retain_probes=3, val_joint_edits=4,
+                      background_refresh=2, retain_probes=3, bank_locality_probes=3,
+                      val_joint_edits=4,
                       tasks=["counterfact", "recent"], steps=3, val_every=3)
     trainer = Trainer(cfg)
     trainer.fit(resume=False)
@@ -232,6 +233,10 @@ def test_ridge_training_learns_lambda_banks_edits_and_saves_the_combination(
     train = [r for r in rows if r["kind"] == "train"]
     assert len(train) == 3 and all(r["retain_nll"] > 0 and r["loc_kl"] >= 0 for r in train)
     assert trainer.bank.sums.count == 6 and len(trainer.bank.members) == 6
+    crowd = {(p.prompt, p.answer) for r in trainer.bank.members for ps in r.locality.values()
+             for p in ps}
+    probes = trainer.bank.locality_probes(3)
+    assert len(probes) == 3 and all((p.prompt, p.answer) in crowd for p in probes)
     lam = trainer.log_lam.detach().exp()
     assert not torch.allclose(lam, torch.full_like(lam, 2.0))  # λ is learned
     val = next(r for r in rows if r["kind"] == "validation")

@@ -43,6 +43,7 @@ class TrainConfig(BaseModel):
     background_edits: int = 0  # bank size (ridge only)
     background_refresh: int = 50  # steps between bank refreshes
     retain_probes: int = 8  # bank edits checked after each step's solve
+    bank_locality_probes: int = 0  # locality probes of bank edits added to the step's
     val_joint_edits: int = 64  # ridge validation: edits combined at once (per task)
     grad_clip: float = 100.0
     accumulate: int = 4  # edits per optimiser step (per process)

@@ -99,6 +99,13 @@ class EditBank:
         return [Probe(r.prompt, r.target_new) for r in chosen if r.task != "convsent"]
 
 
+    def locality_probes(self, n: int) -> list[Probe]:
+        """Locality probes of ``n`` bank edits: what the whole crowd must leave alone."""
+        chosen = self.rng.sample(self.members, min(n, len(self.members)))
+        probes = [p for r in chosen for ps in r.locality.values() for p in ps]
+        return self.rng.sample(probes, min(n, len(probes)))
+
+
 def with_bank(bank: EditBank | None, sums: KeyValueSums) -> KeyValueSums:
     """The step's sums plus the bank's (detached) ones."""
     if bank is None or bank.sums.count == 0:

@@ -225,6 +225,8 @@ class Trainer:
             loss = loss + cfg.c_edit * l_ret
             stats["retain_nll"] = l_ret.item()
         local = [p for ex in examples for p in ex.locality_probes]
+        if self.bank is not None and cfg.bank_locality_probes:
+            local += self.bank.locality_probes(cfg.bank_locality_probes)
         if local:
             batch = encode_probes(self.editor, local)
             with torch.no_grad():
