@@ -183,6 +183,8 @@ class InfoOut(BaseModel):
     editable: list[str]
     device: str
     dtype: str
+    combination: dict[str, Any] = Field(description="how active edits combine (kind, λ)")
+    edit_basis: str = Field(description="weights new edits are computed on")
     edit_version: int
     active_edits: int
     fingerprint: str

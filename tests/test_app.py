@@ -65,8 +65,10 @@ def test_edit_generate_rollback_and_restart_over_http(settings: ServiceSettings)
         assert answer(client, UNRELATED)["text"] == unrelated["text"]
         assert client.get(f"/edits/{edit['id']}").json() == edit
         version, active, digest = state(client)
-        assert (version, active) == (1, 1) and digest != client.get("/info").json()[
-            "pristine_digest"]
+        info = client.get("/info").json()
+        assert (version, active) == (1, 1) and digest != info["pristine_digest"]
+        assert info["combination"] == {"kind": "ridge", "lam": 3.0}
+        assert info["edit_basis"] == "pristine"
     # A restarted service replays the stored edit: same weights, same answers.
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").json()["replayed"] == 1
@@ -354,3 +356,18 @@ def _samples(text: str) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             out[name] = float(value)
     return out
+
+
+@pytest.mark.parametrize("combination, basis, expected", [
+    ("sum", "auto", ({"kind": "sum", "lam": None}, "current")),
+    ("ridge", "current", ({"kind": "ridge", "lam": 3.0}, "current")),
+    ("editor", "auto", ({"kind": "sum", "lam": None}, "current")),  # as the demo editor
+])
+def test_the_combination_and_basis_settings(settings: ServiceSettings, combination: str,
+                                            basis: str, expected) -> None:
+    settings.combination, settings.edit_basis = combination, basis
+    with TestClient(create_app(settings)) as client:
+        info = client.get("/info").json()
+        assert (info["combination"], info["edit_basis"]) == expected
+        made = client.post("/edits", json=EDIT)
+        assert made.status_code == 201 and answer(client)["text"].strip().startswith(TARGET)

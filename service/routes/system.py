@@ -44,6 +44,8 @@ async def info(live: Live, _: Reader) -> InfoOut:
     return InfoOut(model=live.settings.model, editor=str(live.settings.editor),
                    editable=[w.name for w in live.editor.editable],
                    device=live.settings.device, dtype=live.settings.dtype,
+                   combination=live.editor.combination.to_json(),
+                   edit_basis=live.editor.basis,
                    edit_version=version, active_edits=active, fingerprint=live.fingerprint,
                    live_digest=digest, pristine_digest=live.pristine_digest)
 
