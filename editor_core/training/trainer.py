@@ -205,7 +205,9 @@ class Trainer:
 
     def _joint_loss(self, examples: list[TrainingExample], outputs) -> tuple[torch.Tensor, dict]:
         """All of the step's edits (and the bank) combined by one ridge solve; the loss asks
-        every edit to hold, the bank's sampled edits to survive, locality to stay."""
+        every edit to hold, the bank's sampled edits to survive, and locality to stay what
+        the bank alone gives: the bank is detached, so the step's edits can only answer for
+        the change they add, not for the crowd's."""
         cfg = self.cfg
         keys = self.editor.plain_keys([ex.request for ex in examples])
         sums = KeyValueSums(self.editor)
@@ -229,8 +231,10 @@ class Trainer:
             local += self.bank.locality_probes(cfg.bank_locality_probes)
         if local:
             batch = encode_probes(self.editor, local)
-            with torch.no_grad():
-                pre = logits_with(self.editor, batch, None)
+            with torch.no_grad():  # the reference: the crowd without this step's edits
+                crowd = (ridge_weights(self.editor, self.bank.sums, self.lam())
+                         if self.bank is not None and self.bank.sums.count else None)
+                pre = logits_with(self.editor, batch, crowd)
             l_loc = locality_kl(pre, logits_with(self.editor, batch, weights), batch)
             loss = loss + cfg.c_loc * l_loc
             stats["loc_kl"] = l_loc.item()
