@@ -129,13 +129,7 @@ class RidgeCombiner:
         exact = self._count == 0 or self._since_refresh >= self.refresh_every or any(
             d is None for d in self._delta.values())
         for name, (k, v) in parts.items():
-            # In place: these are d_in × d_in float64 matrices, and memory traffic is the cost.
-            if self._gram[name] is None:
-                w = self._editable[name]
-                self._gram[name] = torch.zeros(w.d_in, w.d_in, dtype=torch.float64)
-                self._cross[name] = torch.zeros(w.d_in, w.d_out, dtype=torch.float64)
-            self._gram[name].addmm_(k.T, k, alpha=sign)
-            self._cross[name].addmm_(k.T, v, alpha=sign)
+            self._accumulate(name, k, v, sign)
         if not exact:
             try:
                 for name, (k, v) in parts.items():
@@ -144,6 +138,19 @@ class RidgeCombiner:
                 exact = True
         if exact:
             self._refresh()
+        self._publish()
+
+    def _accumulate(self, name: str, k: torch.Tensor, v: torch.Tensor, sign: float) -> None:
+        """Σ KᵀK and Σ KᵀV, in place: d_in × d_in float64 matrices, where memory traffic
+        is the cost."""
+        if self._gram[name] is None:
+            w = self._editable[name]
+            self._gram[name] = torch.zeros(w.d_in, w.d_in, dtype=torch.float64)
+            self._cross[name] = torch.zeros(w.d_in, w.d_out, dtype=torch.float64)
+        self._gram[name].addmm_(k.T, k, alpha=sign)
+        self._cross[name].addmm_(k.T, v, alpha=sign)
+
+    def _publish(self) -> None:
         for name, w in self._editable.items():
             delta = self._delta[name]
             self._total[name] = None if delta is None else w.to_stored(delta)
@@ -181,18 +188,11 @@ class RidgeCombiner:
         self._gram = {name: None for name in self._gram}
         self._cross = {name: None for name in self._cross}
         self._count = len(active)
-        for name, w in self._editable.items():
-            self._gram[name] = torch.zeros(w.d_in, w.d_in, dtype=torch.float64)
-            self._cross[name] = torch.zeros(w.d_in, w.d_out, dtype=torch.float64)
         for edit in active:
             for name in self._gram:
-                k, v = keys_and_values(edit.delta, name)
-                self._gram[name].addmm_(k.T, k)
-                self._cross[name].addmm_(k.T, v)
+                self._accumulate(name, *keys_and_values(edit.delta, name), 1.0)
         self._refresh()
-        for name, w in self._editable.items():
-            delta = self._delta[name]
-            self._total[name] = None if delta is None else w.to_stored(delta)
+        self._publish()
 
     def total(self, name: str) -> torch.Tensor | None:
         return self._total[name]

@@ -128,3 +128,27 @@ def test_an_editor_trained_for_ridge_computes_keys_and_says_so(tok, tmp_path: Pa
     for i, part in enumerate(delta.compressed().split()):
         ledger.apply(f"e{i}", part)
     assert len(ledger) == 2
+
+
+def test_a_failed_rank_update_falls_back_to_the_exact_solve(tok, monkeypatch) -> None:
+    editable = resolve_editable(tiny_model("gpt2", len(tok)))
+    edits = [ActiveEdit(f"e{i}", i + 1, keyed_delta(editable, i)) for i in range(4)]
+    live = RidgeCombiner(editable, lam=0.5)
+    for e in edits[:3]:
+        live.add(e)
+    real_solve = torch.linalg.solve
+    calls = []
+
+    def singular_on_the_second_weight(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the first weight already updated in place
+            raise torch.linalg.LinAlgError("singular")
+        return real_solve(*args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "solve", singular_on_the_second_weight)
+    live.add(edits[3])
+    monkeypatch.setattr(torch.linalg, "solve", real_solve)
+    fresh = RidgeCombiner(editable, lam=0.5)
+    fresh.recompute(edits)
+    for name, total in totals(live, editable).items():
+        assert rel_err(total, fresh.total(name)) <= 1e-9
