@@ -11,16 +11,24 @@ solution over all of them,
     ΔW = argmin_Δ Σ_i ‖K_i Δ − V_i‖² + λ‖Δ‖²  =  (Σ K_iᵀK_i + λI)⁻¹ Σ K_iᵀV_i,
 
 so each edit keeps its effect where it acts, edits that touch the same inputs share the
-change instead of adding up, and directions no edit uses stay untouched. The two sums are
-kept in float64, and so are P = (Σ KᵢᵀKᵢ + λI)⁻¹ and ΔW: adding or removing an edit with
-n keys is the recursive-least-squares (Woodbury) update
+change instead of adding up, and directions no edit uses stay untouched. P = (Σ KᵢᵀKᵢ + λI)⁻¹
+and ΔW are kept in float64; adding or removing an edit with n keys is the
+recursive-least-squares (Woodbury) update
 
     U = P Kᵀ,  M = ±I + K U,  ΔW ← ΔW + U M⁻¹ (V − K ΔW),  P ← P − U M⁻¹ Uᵀ,
 
-O(d_in² n) instead of a fresh O(d_in³) solve; every ``refresh_every`` changes P and ΔW are
-recomputed exactly from the sums (Cholesky), so rounding never accumulates. The result
-depends only on the set of active edits, not their order; with no edit active ΔW is
-exactly zero.
+O(d_in² n) instead of a fresh O(d_in³) solve. At every change whose version is a multiple
+of ``refresh_every``, P and ΔW are solved exactly (Cholesky) from the sums, so rounding never
+accumulates.
+
+**Exact sums.** Running sums (Σ ΔW_i, Σ KᵢᵀKᵢ, Σ KᵢᵀVᵢ) are kept as integers: each edit's
+float64 contribution is rounded once onto a fine fixed-point grid, and integer addition is
+exact and associative. So a sum is a function of the set of active edits alone — not of the
+order they came and went in — removing an edit cancels it exactly, and with nothing active
+the sum is exactly zero. Together with refreshes at fixed versions, this makes the live
+weights a deterministic function of the edit log: a replica that rebuilds from the active set
+at a refresh version and then follows the log holds bit-identical weights to one that saw
+every change.
 """
 
 from __future__ import annotations
@@ -43,51 +51,102 @@ class ActiveEdit:
 
 
 class DeltaCombiner(Protocol):
-    """How active edits combine into one ΔW per weight (in the stored orientation)."""
+    """How active edits combine into one ΔW per weight (in the stored orientation).
+
+    A change is any number of ``add``/``remove`` calls followed by ``settle(version)``,
+    which the ledger calls once per change before it reads ``total``.
+    """
 
     requires_keys: bool
 
     def add(self, edit: ActiveEdit) -> None: ...
     def remove(self, edit: ActiveEdit) -> None: ...
+    def settle(self, version: int) -> None: ...
     def recompute(self, active: list[ActiveEdit]) -> None: ...
     def total(self, name: str) -> torch.Tensor | None: ...
 
 
+class ExactSum:
+    """A sum of float64 matrices kept exactly, as int64 multiples of 2**-``scale_bits``.
+
+    Each term is rounded once (to well below 1e-9 relative for the magnitudes here); after
+    that, adding and subtracting are exact, so the sum depends only on which terms are in
+    it. Overflow is refused, not wrapped.
+    """
+
+    _LIMIT = 2.0 ** 62
+
+    def __init__(self, shape: tuple[int, int], scale_bits: int) -> None:
+        self.scale = 2.0 ** scale_bits
+        self._sum = torch.zeros(shape, dtype=torch.int64)
+        self._bound = 0.0  # ≥ the largest |entry| of the sum: checked only when it nears overflow
+
+    def add(self, term: torch.Tensor, sign: float = 1.0, bound: float | None = None) -> None:
+        """Add (or with ``sign`` −1 subtract) ``term``, a float64 matrix this sum may scale
+        in place. ``bound`` ≥ max |term| spares a pass over it when the caller knows one."""
+        largest = float(term.abs().max()) if bound is None else bound
+        largest = largest * self.scale if term.numel() else 0.0
+        if not largest < self._LIMIT / 64:  # also refuses NaN
+            raise OverflowError("a term too large for the exact sum's fixed-point grid")
+        if self._bound + largest >= self._LIMIT:
+            self._bound = float(self._sum.abs().max())
+            if self._bound + largest >= self._LIMIT:
+                raise OverflowError("the exact sum would leave its fixed-point range")
+        fixed = term.mul_(self.scale).round_().to(torch.int64)
+        if sign > 0:
+            self._sum.add_(fixed)
+        else:
+            self._sum.sub_(fixed)
+        self._bound += largest + 1
+
+    def value(self) -> torch.Tensor:
+        return self._sum.to(torch.float64) / self.scale
+
+
 class SumCombiner:
-    """ΔW = Σ ΔW_i, kept as a running float64 sum per weight."""
+    """ΔW = Σ ΔW_i, kept as an exact sum per weight."""
 
     requires_keys = False
+    SCALE_BITS = 40  # grid 9e-13; |ΔW| entries up to 2**21 before overflow
 
     def __init__(self, editable: list[EditableWeight]) -> None:
         self._editable = {w.name: w for w in editable}
-        self._sum: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
+        self._sum: dict[str, ExactSum | None] = {w.name: None for w in editable}
+        self._total: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
         self._count = 0
 
     def _stored(self, name: str, delta: EditDelta) -> torch.Tensor:
         return self._editable[name].to_stored(delta.factors[name].dense(torch.float64))
 
+    def _change(self, edit: ActiveEdit, sign: float) -> None:
+        terms = {name: self._stored(name, edit.delta) for name in self._sum}  # all first
+        for name, term in terms.items():
+            if self._sum[name] is None:
+                self._sum[name] = ExactSum(tuple(term.shape), self.SCALE_BITS)
+            self._sum[name].add(term, sign)
+        self._count += int(sign)
+        for name, total in self._sum.items():
+            # nothing active: exactly zero, so the ledger writes the pristine weights back
+            self._total[name] = total.value() if self._count else None
+
     def add(self, edit: ActiveEdit) -> None:
-        new = {name: self._stored(name, edit.delta) for name in self._sum}  # all, then commit
-        for name, d in new.items():
-            self._sum[name] = d if self._sum[name] is None else self._sum[name] + d
-        self._count += 1
+        self._change(edit, 1.0)
 
     def remove(self, edit: ActiveEdit) -> None:
-        self._count -= 1
-        for name in self._sum:
-            if self._count == 0:
-                self._sum[name] = None  # nothing active: exactly zero, not a rounding residue
-            else:
-                self._sum[name] = self._sum[name] - self._stored(name, edit.delta)
+        self._change(edit, -1.0)
+
+    def settle(self, version: int) -> None:
+        """Nothing to do: the exact sum already depends on the active set alone."""
 
     def recompute(self, active: list[ActiveEdit]) -> None:
         self._sum = {name: None for name in self._sum}
+        self._total = {name: None for name in self._sum}
         self._count = 0
         for edit in active:
             self.add(edit)
 
     def total(self, name: str) -> torch.Tensor | None:
-        return self._sum[name]
+        return self._total[name]
 
 
 def keys_and_values(delta: EditDelta, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,9 +161,15 @@ def keys_and_values(delta: EditDelta, name: str) -> tuple[torch.Tensor, torch.Te
 
 
 class RidgeCombiner:
-    """ΔW = (Σ KᵢᵀKᵢ + λI)⁻¹ Σ KᵢᵀVᵢ per weight, with ``lam`` per weight name (or one for all)."""
+    """ΔW = (Σ KᵢᵀKᵢ + λI)⁻¹ Σ KᵢᵀVᵢ per weight, with ``lam`` per weight name (or one for all).
+
+    ``refresh_every``: solve exactly at every change whose version is a multiple of it (1:
+    at every change, with no rank updates).
+    """
 
     requires_keys = True
+    GRAM_BITS = 36  # grid 1.5e-11 (≪ λ); Σ KᵀK entries up to 6.7e7 (keys are O(1–10))
+    CROSS_BITS = 40  # Σ KᵀV is smaller still
 
     def __init__(self, editable: list[EditableWeight], lam: float | Mapping[str, float],
                  refresh_every: int = 256) -> None:
@@ -113,23 +178,25 @@ class RidgeCombiner:
                     for w in editable}
         if any(v <= 0 for v in self.lam.values()):
             raise ValueError("the ridge λ must be positive (it keeps the solve well posed)")
+        if refresh_every < 1:
+            raise ValueError("refresh_every must be at least 1")
         self.refresh_every = refresh_every
-        self._gram: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
-        self._cross: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
+        self._gram: dict[str, ExactSum] = {
+            w.name: ExactSum((w.d_in, w.d_in), self.GRAM_BITS) for w in editable}
+        self._cross: dict[str, ExactSum] = {
+            w.name: ExactSum((w.d_in, w.d_out), self.CROSS_BITS) for w in editable}
         self._inverse: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
         self._delta: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
         self._total: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
         self._count = 0
-        self._since_refresh = 0
 
     def _change(self, edit: ActiveEdit, sign: float) -> None:
         parts = {name: keys_and_values(edit.delta, name) for name in self._gram}  # all first
-        self._count += int(sign)
-        self._since_refresh += 1
-        exact = self._count == 0 or self._since_refresh >= self.refresh_every or any(
-            d is None for d in self._delta.values())
         for name, (k, v) in parts.items():
-            self._accumulate(name, k, v, sign)
+            self._add_sums(name, k, v, sign)
+        self._count += int(sign)
+        exact = self._count == 0 or self.refresh_every == 1 or any(
+            d is None for d in self._delta.values())
         if not exact:
             try:
                 for name, (k, v) in parts.items():
@@ -140,15 +207,12 @@ class RidgeCombiner:
             self._refresh()
         self._publish()
 
-    def _accumulate(self, name: str, k: torch.Tensor, v: torch.Tensor, sign: float) -> None:
-        """Σ KᵀK and Σ KᵀV, in place: d_in × d_in float64 matrices, where memory traffic
-        is the cost."""
-        if self._gram[name] is None:
-            w = self._editable[name]
-            self._gram[name] = torch.zeros(w.d_in, w.d_in, dtype=torch.float64)
-            self._cross[name] = torch.zeros(w.d_in, w.d_out, dtype=torch.float64)
-        self._gram[name].addmm_(k.T, k, alpha=sign)
-        self._cross[name].addmm_(k.T, v, alpha=sign)
+    def _add_sums(self, name: str, k: torch.Tensor, v: torch.Tensor, sign: float) -> None:
+        """KᵀK and KᵀV into the exact sums, bounded by |(KᵀX)ᵢⱼ| ≤ Σₜ max|kₜ| max|xₜ|
+        (no pass over the d_in × d_in product to find its largest entry)."""
+        k_max = k.abs().amax(dim=1)
+        self._gram[name].add(k.T @ k, sign, float(k_max.square().sum()))
+        self._cross[name].add(k.T @ v, sign, float(k_max @ v.abs().amax(dim=1)))
 
     def _publish(self) -> None:
         for name, w in self._editable.items():
@@ -165,18 +229,16 @@ class RidgeCombiner:
         p.addmm_(u, gain[:, delta.shape[1]:], alpha=-1.0)
 
     def _refresh(self) -> None:
-        """P and ΔW exactly from the sums (or zero, with nothing active)."""
-        self._since_refresh = 0
+        """P and ΔW exactly from the sums (or none, with nothing active)."""
         for name in self._editable:
             if self._count == 0:  # nothing active: exactly zero, not a rounding residue
-                self._gram[name] = self._cross[name] = None
                 self._inverse[name] = self._delta[name] = None
                 continue
-            gram = self._gram[name]
-            system = gram + self.lam[name] * torch.eye(gram.shape[0], dtype=gram.dtype)
-            inverse = torch.cholesky_inverse(torch.linalg.cholesky(system)).contiguous()
+            gram = self._gram[name].value()
+            gram.diagonal().add_(self.lam[name])
+            inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram)).contiguous()
             self._inverse[name] = inverse
-            self._delta[name] = inverse @ self._cross[name]
+            self._delta[name] = inverse @ self._cross[name].value()
 
     def add(self, edit: ActiveEdit) -> None:
         self._change(edit, 1.0)
@@ -184,13 +246,20 @@ class RidgeCombiner:
     def remove(self, edit: ActiveEdit) -> None:
         self._change(edit, -1.0)
 
+    def settle(self, version: int) -> None:
+        """At a refresh version, replace the rank-updated state by the exact solve."""
+        if self._count and version % self.refresh_every == 0 and self.refresh_every > 1:
+            self._refresh()
+            self._publish()
+
     def recompute(self, active: list[ActiveEdit]) -> None:
-        self._gram = {name: None for name in self._gram}
-        self._cross = {name: None for name in self._cross}
+        for name, w in self._editable.items():
+            self._gram[name] = ExactSum((w.d_in, w.d_in), self.GRAM_BITS)
+            self._cross[name] = ExactSum((w.d_in, w.d_out), self.CROSS_BITS)
         self._count = len(active)
         for edit in active:
             for name in self._gram:
-                self._accumulate(name, *keys_and_values(edit.delta, name), 1.0)
+                self._add_sums(name, *keys_and_values(edit.delta, name), 1.0)
         self._refresh()
         self._publish()
 

@@ -3,11 +3,11 @@
 The ledger keeps an fp32 copy of the pristine editable weights and every active edit's
 factors. How the active edits combine into one ΔW per weight is a pluggable rule
 (``combination.DeltaCombiner``): the plain sum, or a ridge solve over all active edits'
-keys and values; both keep float64 running totals, so adding or removing one edit costs a
-low-rank update, never a pass over all active edits. Removing every edit writes the pristine
-copy back, bit for bit. Subtracting a delta in place in the model's own precision is not
-exact; the float64 totals are, to well below 1e-6 relative, and ``recompute`` rebuilds them
-from the active edits in application order whenever wanted.
+keys and values. Both keep their running sums exactly (fixed point), so adding or removing
+one edit costs a low-rank update, never a pass over all active edits, and the weights that
+result depend on the set of active edits and the change versions alone: replicas that
+apply the same log hold the same weights bit for bit. Removing every edit writes the
+pristine copy back, bit for bit; ``load`` rebuilds from a given active set.
 
 Every change (an edit applied, one or more removed) gets the next **version**, the number
 that names a state of the live weights. Readers (generation, computing the next edit) hold
@@ -123,6 +123,7 @@ class WeightLedger:
                 self.combiner.remove(self._active.pop(old))
             self._active[edit_id] = edit
             self.combiner.add(edit)
+            self.combiner.settle(edit.version)
             self._write(edit.version)
             return edit.version
 
@@ -155,14 +156,24 @@ class WeightLedger:
 
     def remove(self, edit_id: str, version: int | None = None) -> ActiveEdit:
         """Take one edit out exactly (the others stay), as change ``version``."""
+        return self.remove_many([edit_id], version)[0]
+
+    def remove_many(self, edit_ids: Iterable[str], version: int | None = None
+                    ) -> list[ActiveEdit]:
+        """Take several edits out as one change (a log's rollback of a range)."""
         with self._lock:
-            if edit_id not in self._active:
-                raise LedgerError(f"edit {edit_id!r} is not active")
+            ids = list(edit_ids)
+            missing = [i for i in ids if i not in self._active]
+            if missing or not ids:
+                raise LedgerError(f"edits {missing} are not active" if missing
+                                  else "nothing to remove")
             new_version = self._next_version(version)
-            edit = self._active.pop(edit_id)
-            self.combiner.remove(edit)
+            removed = [self._active.pop(i) for i in ids]
+            for edit in removed:
+                self.combiner.remove(edit)
+            self.combiner.settle(new_version)
             self._write(new_version)
-            return edit
+            return removed
 
     def remove_after(self, after: int, version: int | None = None) -> list[ActiveEdit]:
         """Take out every edit applied after version ``after``, as one change; returns
@@ -174,6 +185,7 @@ class WeightLedger:
                 for edit in doomed:
                     del self._active[edit.edit_id]
                     self.combiner.remove(edit)
+                self.combiner.settle(new_version)
                 self._write(new_version)
             return doomed
 
@@ -185,6 +197,19 @@ class WeightLedger:
                 new_version = self._next_version(version)
                 with self._rw.gen_wlock():
                     self._version = new_version
+
+    def load(self, active: Iterable[ActiveEdit], version: int) -> None:
+        """Replace every active edit by ``active`` (each at its own version) and take
+        ``version``, solving from scratch: a replica's starting point, a snapshot of a log
+        taken at ``version``. The weights are a function of that set alone."""
+        edits = list(active)
+        for edit in edits:
+            self.validate(edit.delta)
+        with self._lock:
+            self._active = OrderedDict((e.edit_id, e)
+                                       for e in sorted(edits, key=lambda e: e.version))
+            self.combiner.recompute(list(self._active.values()))
+            self._write(version)
 
     def reset(self) -> None:
         """Remove every edit: the pristine weights, bit for bit (a new version)."""

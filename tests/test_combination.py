@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from editor_core.checkpoint import load_editor, model_fingerprint, save_editor
-from editor_core.combination import (ActiveEdit, CombinationConfig, RidgeCombiner,
-                                     keys_and_values)
+from editor_core.combination import (ActiveEdit, CombinationConfig, ExactSum, RidgeCombiner,
+                                     SumCombiner, keys_and_values)
 from editor_core.delta import EditDelta, WeightFactors, merge
 from editor_core.ledger import LedgerError, WeightLedger
 from editor_core.specs import resolve_editable
@@ -64,7 +64,7 @@ def test_removing_any_subset_equals_building_with_the_rest(tok) -> None:
 def test_one_edit_keeps_its_own_effect_on_its_keys(tok) -> None:
     editable = resolve_editable(tiny_model("gpt2", len(tok)))
     delta = keyed_delta(editable, 1)
-    combiner = RidgeCombiner(editable, lam=1e-6)
+    combiner = RidgeCombiner(editable, lam=1e-3)
     combiner.add(ActiveEdit("a", 1, delta))
     for w in editable:
         keys, values = keys_and_values(delta, w.name)
@@ -152,3 +152,80 @@ def test_a_failed_rank_update_falls_back_to_the_exact_solve(tok, monkeypatch) ->
     fresh.recompute(edits)
     for name, total in totals(live, editable).items():
         assert rel_err(total, fresh.total(name)) <= 1e-9
+
+
+def test_an_exact_sum_depends_on_its_terms_not_their_order() -> None:
+    g = torch.Generator().manual_seed(0)
+    terms = [torch.randn(6, 5, generator=g, dtype=torch.float64) * 10 ** i for i in range(-3, 4)]
+    a, b = ExactSum((6, 5), 36), ExactSum((6, 5), 36)
+    for t in terms:  # add() may scale its term in place: hand it copies
+        a.add(t.clone())
+    a.add(terms[2].clone(), -1.0)
+    for t in reversed(terms):
+        if t is not terms[2]:
+            b.add(t.clone())
+    assert torch.equal(a.value(), b.value())
+    for t in terms:
+        if t is not terms[2]:
+            a.add(t.clone(), -1.0)
+    assert torch.equal(a.value(), torch.zeros(6, 5, dtype=torch.float64))
+    with pytest.raises(OverflowError):
+        a.add(torch.full((6, 5), 2.0 ** 40, dtype=torch.float64))
+    with pytest.raises(OverflowError):
+        a.add(torch.full((6, 5), float("nan"), dtype=torch.float64))
+    assert torch.equal(a.value(), torch.zeros(6, 5, dtype=torch.float64))  # refused: no change
+
+
+def replay_history(ledger: WeightLedger, deltas: list[EditDelta], ops: list[tuple]) -> None:
+    """ops: ("add", i, version) or ("remove", [i, ...], version)."""
+    for op, what, version in ops:
+        if op == "add":
+            ledger.apply(f"e{what}", deltas[what], version)
+        else:
+            ledger.remove_many([f"e{i}" for i in what], version)
+
+
+@pytest.mark.parametrize("kind", ["sum", "ridge"])
+def test_a_replica_loaded_at_a_refresh_version_then_following_the_log_is_bit_identical(
+        tok, kind) -> None:
+    """The weights are a function of the log: one replica sees every change, another
+    starts from the active set at a refresh version and follows the rest."""
+    model_a, model_b = tiny_model("gpt2", len(tok)), tiny_model("gpt2", len(tok))
+    editable = resolve_editable(model_a)
+    deltas = [keyed_delta(editable, i) for i in range(30)]
+
+    def combiner():
+        return RidgeCombiner(editable, 0.5, refresh_every=8) if kind == "ridge" \
+            else SumCombiner(editable)
+
+    rng = random.Random(3)
+    ops, active, version = [], [], 0
+    for i in range(30):
+        version += 1
+        ops.append(("add", i, version))
+        active.append((i, version))
+        if i % 4 == 3:  # a rollback of one or of a range
+            version += 1
+            gone = rng.sample(active, 2 if i % 8 == 3 else 1)
+            ops.append(("remove", [g for g, _ in gone], version))
+            active = [a for a in active if a not in gone]
+    a = WeightLedger(model_a, editable, combiner())
+    replay_history(a, deltas, ops)
+
+    refresh = (version // 8) * 8
+    assert refresh < version  # some changes after the refresh version
+    snapshot = {}
+    for op, what, v in ops:
+        if v > refresh:
+            break
+        if op == "add":
+            snapshot[what] = v
+        else:
+            for i in what:
+                del snapshot[i]
+    b = WeightLedger(model_b, editable, combiner())
+    b.load([ActiveEdit(f"e{i}", v, deltas[i]) for i, v in snapshot.items()], refresh)
+    replay_history(b, deltas, [op for op in ops if op[2] > refresh])
+    assert b.version == a.version == version
+    assert [e.edit_id for e in b.active] == [e.edit_id for e in a.active]
+    assert a.live_digest() == b.live_digest()
