@@ -62,6 +62,7 @@ class DeltaCombiner(Protocol):
     def add(self, edit: ActiveEdit) -> None: ...
     def remove(self, edit: ActiveEdit) -> None: ...
     def settle(self, version: int) -> None: ...
+    def exact_version(self, version: int) -> int: ...
     def recompute(self, active: list[ActiveEdit]) -> None: ...
     def total(self, name: str) -> torch.Tensor | None: ...
 
@@ -137,6 +138,10 @@ class SumCombiner:
 
     def settle(self, version: int) -> None:
         """Nothing to do: the exact sum already depends on the active set alone."""
+
+    def exact_version(self, version: int) -> int:
+        """After every change the total is a function of the active set alone."""
+        return version
 
     def recompute(self, active: list[ActiveEdit]) -> None:
         self._sum = {name: None for name in self._sum}
@@ -252,6 +257,12 @@ class RidgeCombiner:
             self._refresh()
             self._publish()
 
+    def exact_version(self, version: int) -> int:
+        """The newest version ≤ ``version`` right after which the state is a function of
+        the active set alone (a refresh version): where a replica may start from a
+        snapshot and, following the log from there, match its peers bit for bit."""
+        return version - version % self.refresh_every
+
     def recompute(self, active: list[ActiveEdit]) -> None:
         for name, w in self._editable.items():
             self._gram[name] = ExactSum((w.d_in, w.d_in), self.GRAM_BITS)
@@ -284,9 +295,10 @@ class CombinationConfig:
     def needs_keys(self) -> bool:
         return self.kind == "ridge"
 
-    def combiner(self, editable: list[EditableWeight]) -> DeltaCombiner:
+    def combiner(self, editable: list[EditableWeight], refresh_every: int = 256
+                 ) -> DeltaCombiner:
         if self.kind == "ridge":
-            return RidgeCombiner(editable, self.lam)
+            return RidgeCombiner(editable, self.lam, refresh_every)
         return SumCombiner(editable)
 
     def to_json(self) -> dict:

@@ -18,6 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_fastapi_instrumentator import Instrumentator
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -119,6 +121,15 @@ def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     @app.exception_handler(StoreError)
     async def store_error(_: Request, exc: StoreError) -> JSONResponse:
         return error(_STORE_STATUS.get(exc.code, 400), exc.code, str(exc))
+
+    async def store_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        return error(503, "store_unavailable", "the edit store (Redis) does not answer; "
+                     "generation still works. An edit interrupted after it was stored is "
+                     "applied once Redis is back: retry with the same Idempotency-Key",
+                     {"type": type(exc).__name__}, {"Retry-After": "1"})
+
+    app.add_exception_handler(RedisConnectionError, store_unavailable)
+    app.add_exception_handler(RedisTimeoutError, store_unavailable)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

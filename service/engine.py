@@ -1,11 +1,13 @@
-"""The edit engine: the editor computes, the store persists, the ledger applies.
+"""The edit engine: the editor computes, the store persists, the log applies.
 
-Edits and rollbacks run one at a time (an asyncio lock); model work runs in a worker thread
-so the event loop keeps answering. The order inside an edit is what makes a failure lose
-nothing: the deltas are computed and validated against the ledger first, then stored in one
-atomic Redis step (which assigns their versions), and only then applied to the live weights
-at those versions. If anything before the store step fails, neither the store nor the
-weights changed; once stored, an edit is applied here or, after a crash, by ``replay``.
+Edits and rollbacks run one at a time per replica (an asyncio lock, which the log follower
+also takes); model work runs in a worker thread so the event loop keeps answering. The
+order inside an edit is what makes a failure lose nothing: the deltas are computed and
+validated against the ledger first, then stored in one atomic Redis step (which assigns
+their versions, globally across replicas, and appends them to the log), and only then
+applied to the live weights — by following the log, exactly as every other replica applies
+them. If anything before the store step fails, neither the store nor the weights changed;
+once stored, an edit reaches every replica's weights, this one's included, through the log.
 
 Every edit is measured on the spot: the target's probability and teacher-forced accuracy
 on its prompt and rephrases before and after, and whether the locality prompts' greedy
@@ -30,6 +32,7 @@ from editor_core.ledger import LedgerError, WeightLedger
 from editor_core.probing import TargetScore, score_targets
 
 from .errors import ServiceError
+from .follower import LogFollower
 from .metrics import ServiceMetrics
 from .store import AddResult, EditStore, NewEdit, StoredEdit
 
@@ -91,6 +94,7 @@ class EditEngine:
         self.store = store
         self.metrics = metrics
         self.max_queued = max_queued
+        self.follower = LogFollower(ledger, store, metrics)
         self._lock = asyncio.Lock()
         self._queued = 0
 
@@ -118,20 +122,14 @@ class EditEngine:
         self.metrics.lock_wait_seconds.observe(time.perf_counter() - start)
         return self._lock
 
-    def _publish_state(self) -> None:
-        self.metrics.active_edits.set(len(self.ledger))
-        self.metrics.edit_version.set(self.ledger.version)
-
     async def replay(self) -> int:
-        """Apply every active stored edit at its stored version; returns how many."""
+        """Bring the live weights up to the store's log; returns how many edits are active."""
         async with self._lock:
-            active = await self.store.active()
-            for edit_id, version in active:
-                delta = EditDelta.from_bytes(await self.store.delta(edit_id))
-                await asyncio.to_thread(self.ledger.apply, edit_id, delta, version)
-            self.ledger.advance(await self.store.version())  # newest changes: rollbacks
-            self._publish_state()
-            return len(active)
+            return await self.follower.start()
+
+    async def follow(self) -> None:
+        """Apply what other replicas write to the log, as it comes (runs until cancelled)."""
+        await self.follower.run(self._lock)
 
     async def create(self, specs: list[EditSpec], *, idempotency_key: str | None = None,
                      request_hash: str = "") -> AddResult:
@@ -152,6 +150,7 @@ class EditEngine:
                                            "request")
                     return seen
             timings: dict[str, float] = {}
+            await self.follower.sync()  # compute on (and measure) the newest weights
             earlier = await self._newest_active(max(s.check_earlier for s in specs))
             try:  # nothing is stored or applied yet: a refusal changes nothing
                 with self._timed(timings, "compute"):
@@ -169,11 +168,8 @@ class EditEngine:
                     by=specs[0].record.get("created_by", ""),
                     at=specs[0].record.get("created_at", ""))
             with self._timed(timings, "apply"):
-                for edit, delta in zip(result.edits, deltas):
-                    await asyncio.to_thread(self.ledger.apply, edit.id, delta, edit.version,
-                                            result.superseded.get(edit.id, ()))
-                    self.metrics.rollbacks.inc(len(result.superseded.get(edit.id, ())))
-            self._publish_state()
+                await self.follower.sync({e.id: d for e, d in zip(result.edits, deltas)})
+            self.metrics.rollbacks.inc(sum(len(v) for v in result.superseded.values()))
             with self._timed(timings, "measure"):
                 after = await asyncio.to_thread(self._measure, specs, earlier)
             edits = []
@@ -230,9 +226,8 @@ class EditEngine:
         lock = await self._turn()
         try:
             edit = await self.store.rollback(edit_id, by=by, at=at)
-            await asyncio.to_thread(self.ledger.remove, edit_id, edit.rolled_back_version)
+            await self.follower.sync()
             self.metrics.rollbacks.inc()
-            self._publish_state()
             return edit
         finally:
             lock.release()
@@ -242,10 +237,8 @@ class EditEngine:
         lock = await self._turn()
         try:
             result = await self.store.rollback_after(version, by=by, at=at)
-            if result.version is not None:
-                await asyncio.to_thread(self.ledger.remove_after, version, result.version)
+            await self.follower.sync()
             self.metrics.rollbacks.inc(len(result.ids))
-            self._publish_state()
             return [await self.store.get(i) for i in result.ids]
         finally:
             lock.release()

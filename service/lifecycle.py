@@ -2,8 +2,12 @@
 
 Startup order: load the base model and editor (the editor checks the model's fingerprint),
 connect to Redis (embedded unless ``REDIS_URL`` is set), open the fingerprint's edit store,
-replay its active edits into the live weights, warm up (one generation, so the first
-client does not pay for lazy initialisation), then report ready.
+bring the live weights up to its log, warm up (one generation, so the first client does not
+pay for lazy initialisation), then serve — and keep following the log, so edits posted to
+other replicas reach this one's weights too.
+
+Readiness is more than being up: a replica is ready while Redis answers and its weights
+hold every change in the log. Without Redis it still generates on the weights it has.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import torch
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editor_core.checkpoint import (editor_fingerprint, load_editor, model_fingerprint,
@@ -44,7 +52,8 @@ class LiveService:
     client: aioredis.Redis
     embedded: EmbeddedRedis | None
     replayed: int = 0
-    ready: bool = False
+    started: bool = False
+    following: asyncio.Task | None = None
 
     @classmethod
     async def start(cls, settings: ServiceSettings, metrics: ServiceMetrics) -> LiveService:
@@ -58,9 +67,10 @@ class LiveService:
         editor = load_editor(settings.editor, model, tokenizer, basis=basis)
         editor.combination = combination
         fingerprint = model_fingerprint(model, editor.editable, tokenizer)
-        ledger = WeightLedger.for_editor(editor)
+        ledger = WeightLedger.for_editor(editor, combination.combiner(
+            editor.editable, settings.ridge_refresh_every))
         embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir)
-        client = aioredis.from_url(settings.redis_url or embedded.url)
+        client = connect(settings.redis_url or embedded.url)
         # Stored edits are only valid for this model, editor, combination and basis.
         store = EditStore(client, _state_key(fingerprint, editor)[:32])
         engine = EditEngine(editor, ledger, store, metrics, settings.limits.max_queued_edits)
@@ -69,14 +79,38 @@ class LiveService:
         live.replayed = await engine.replay()
         await asyncio.to_thread(TokenStream(model, tokenizer, "Warm up",
                                             SamplingParams(max_new_tokens=2)).run)
-        live.ready = True
+        live.following = asyncio.create_task(engine.follow(), name="follow-edit-log")
+        live.started = True
         return live
 
+    def not_ready(self) -> tuple[str, str] | None:
+        """Why this replica is not ready (a code and a message), or None when it is."""
+        follower = self.engine.follower
+        if not self.started:
+            return "not_ready", "the service is starting"
+        if not follower.store_up:
+            return "store_unavailable", "the edit store (Redis) does not answer"
+        if follower.lag:
+            return "catching_up", f"{follower.lag} changes in the edit log are not applied yet"
+        return None
+
     async def stop(self) -> None:
-        self.ready = False
+        self.started = False
+        if self.following is not None:
+            self.following.cancel()
+            await asyncio.gather(self.following, return_exceptions=True)
         await self.client.aclose()
         if self.embedded is not None:
             self.embedded.close()
+
+
+def connect(url: str) -> aioredis.Redis:
+    """A Redis client that fails fast when Redis is away (a few quick retries, then an
+    error the API answers with 503) and checks idle connections before using them."""
+    return aioredis.from_url(
+        url, socket_connect_timeout=1.0, health_check_interval=5,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.2), 2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError])
 
 
 def _combination(settings: ServiceSettings, editor_config: dict) -> CombinationConfig:

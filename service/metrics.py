@@ -53,3 +53,12 @@ class ServiceMetrics:
         self.edit_version = Gauge("instructedit_edit_version",
                                   "Version of the live weights (every edit and rollback is "
                                   "a new version)", registry=r)
+        self.store_up = Gauge("instructedit_store_up",
+                              "1 while the edit store (Redis) answers, 0 while it does not",
+                              registry=r)
+        self.log_lag = Gauge("instructedit_log_lag_versions",
+                             "Versions in the edit log not yet in this replica's weights",
+                             registry=r)
+        self.log_events = Counter("instructedit_log_events_applied",
+                                  "Edit-log events applied to the live weights (from any "
+                                  "replica), by event", ["event"], registry=r)

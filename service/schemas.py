@@ -177,6 +177,16 @@ class TaskOut(BaseModel):
     descriptions: list[str] = Field(description="the wordings the editor was trained with")
 
 
+class LogOut(BaseModel):
+    """Where this replica stands in the edit log it follows."""
+
+    position: str = Field(description="stream id of the last log event applied")
+    applied_version: int = Field(description="version of the live weights")
+    store_version: int = Field(description="the log's newest version, as last seen")
+    lag: int = Field(description="versions in the log not yet in the live weights")
+    store_up: bool = Field(description="whether Redis answered the last round trip")
+
+
 class InfoOut(BaseModel):
     model: str
     editor: str
@@ -190,6 +200,7 @@ class InfoOut(BaseModel):
     fingerprint: str
     live_digest: str
     pristine_digest: str
+    log: LogOut
 
 
 class ErrorBody(BaseModel):

@@ -305,9 +305,51 @@ class EditStore:
                 return EditPage(edits, None)
             upper = f"({int(rows[-1][1])}"
 
+    async def deltas(self, edit_ids: list[str]) -> list[bytes]:
+        """Several edits' deltas in one round trip."""
+        if not edit_ids:
+            return []
+        found = await self.client.mget([self.key("delta", i) for i in edit_ids])
+        missing = [i for i, d in zip(edit_ids, found) if d is None]
+        if missing:
+            raise StoreError("not_found", f"no delta for edits {missing}")
+        return found
+
+    async def active_at(self, version: int) -> list[tuple[str, int]]:
+        """The edits that were active right after change ``version``, as ``(id, version)``
+        in version order: applied at or before it and not rolled back by then. History
+        does not change, so this is the same whenever it is asked."""
+        rows = await self.client.zrangebyscore(self.key("edits"), "-inf", version,
+                                               withscores=True)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for edit_id, _ in rows:
+                pipe.hmget(self.key("edit", _decode(edit_id)), "status", "rolled_back_version")
+            states = await pipe.execute()
+        return [(_decode(i), int(v)) for (i, v), (status, gone) in zip(rows, states)
+                if _decode(status) == ACTIVE or int(gone) > version]
+
     async def events(self, after: str = "-", count: int | None = None
                      ) -> list[tuple[str, dict[str, str]]]:
         """Log events after stream id ``after`` (exclusive; ``-`` from the start)."""
-        start = "-" if after == "-" else f"({after}"
+        start = "-" if after in ("-", "0-0") else f"({after}"
         rows = await self.client.xrange(self.key("log"), start, "+", count=count)
         return [(_decode(i), {_decode(k): _decode(v) for k, v in f.items()}) for i, f in rows]
+
+    async def log_position(self, version: int) -> str:
+        """The stream id of the newest log event of a change at or before ``version``
+        (``0-0`` if none): where a replica that holds that version follows on from."""
+        upper = "+"
+        while True:
+            rows = await self.client.xrevrange(self.key("log"), upper, "-", count=256)
+            for event_id, fields in rows:
+                if int(_decode(fields[b"version"])) <= version:
+                    return _decode(event_id)
+            if len(rows) < 256:
+                return "0-0"
+            upper = f"({_decode(rows[-1][0])}"
+
+    async def wait_for_events(self, after: str, block_ms: int) -> bool:
+        """Block until the log has an event after ``after`` or ``block_ms`` pass; whether
+        one came."""
+        found = await self.client.xread({self.key("log"): after}, count=1, block=block_ms)
+        return bool(found)

@@ -43,7 +43,8 @@ def state(client: TestClient) -> tuple[int, int, str]:
 def test_edit_generate_rollback_and_restart_over_http(settings: ServiceSettings) -> None:
     with TestClient(create_app(settings)) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
-        assert client.get("/readyz").json() == {"status": "ready", "replayed": 0}
+        assert client.get("/readyz").json() == {"status": "ready", "replayed": 0,
+                                                 "version": 0}
         before, unrelated = answer(client), answer(client, UNRELATED)
         assert not before["text"].strip().startswith(TARGET) and before["version"] == 0
         created = client.post("/edits", json={**EDIT, "rephrases": [REPHRASE],

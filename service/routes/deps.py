@@ -13,7 +13,7 @@ from ..lifecycle import LiveService
 def live_service(request: Request) -> LiveService:
     """The live service, or 503 while it is still starting (or stopping)."""
     live: LiveService | None = getattr(request.app.state, "live", None)
-    if live is None or not live.ready:
+    if live is None or not live.started:
         raise ServiceError(503, "not_ready", "the service is starting; retry shortly")
     return live
 

@@ -11,8 +11,9 @@ from fastapi.responses import JSONResponse
 from editor_core.instructions import INSTRUCTION_FORMAT
 
 from ..auth import Principal, require
+from ..errors import ServiceError
 from ..lifecycle import LiveService
-from ..schemas import ErrorOut, InfoOut, TaskOut
+from ..schemas import ErrorOut, InfoOut, LogOut, TaskOut
 from .deps import live_service
 
 router = APIRouter(tags=["service"])
@@ -28,9 +29,14 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"model": ErrorOut}})
 async def readyz(request: Request) -> JSONResponse:
-    """Ready only once the stored edits have been replayed into the live weights."""
+    """Ready while Redis answers and the live weights hold every change in the edit log
+    (503 with the reason otherwise: starting, store unavailable, catching up)."""
     live = live_service(request)
-    return JSONResponse({"status": "ready", "replayed": live.replayed})
+    reason = live.not_ready()
+    if reason is not None:
+        raise ServiceError(503, *reason, {"lag": live.engine.follower.lag})
+    return JSONResponse({"status": "ready", "replayed": live.replayed,
+                         "version": live.ledger.version})
 
 
 @router.get("/info", response_model=InfoOut)
@@ -39,6 +45,7 @@ async def info(live: Live, _: Reader) -> InfoOut:
     editable weights: after every edit is rolled back, ``live_digest`` equals
     ``pristine_digest``)."""
     digest = await asyncio.to_thread(live.ledger.live_digest)
+    follower = live.engine.follower
     with live.ledger.reading():
         version, active = live.ledger.version, len(live.ledger)
     return InfoOut(model=live.settings.model, editor=str(live.settings.editor),
@@ -47,7 +54,10 @@ async def info(live: Live, _: Reader) -> InfoOut:
                    combination=live.editor.combination.to_json(),
                    edit_basis=live.editor.basis,
                    edit_version=version, active_edits=active, fingerprint=live.fingerprint,
-                   live_digest=digest, pristine_digest=live.pristine_digest)
+                   live_digest=digest, pristine_digest=live.pristine_digest,
+                   log=LogOut(position=follower.position, applied_version=version,
+                              store_version=follower.store_version, lag=follower.lag,
+                              store_up=follower.store_up))
 
 
 @router.get("/tasks", response_model=list[TaskOut])

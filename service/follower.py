@@ -1,0 +1,165 @@
+"""Following the edit log: every replica's live weights are the log, applied in order.
+
+The Redis stream ``{p}:log`` is the single source of truth. A replica starts from a
+snapshot — the active edits right after a version at which the combined weights depend on
+the active set alone (``DeltaCombiner.exact_version``) — and then applies every later
+event in log order, its own edits included. Every replica therefore performs the same
+weight changes in the same order and holds the same weights bit for bit, whichever replica
+an edit was posted to, and however late it joined.
+
+Events of one change share its version (a superseding edit rolls the old one back in the
+same change; a rollback to a version removes many at once), so events are applied a whole
+version at a time. The caller holds the engine's change lock around ``start`` and
+``sync``; the background ``run`` loop only waits for news outside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError
+
+from editor_core.combination import ActiveEdit
+from editor_core.delta import EditDelta
+from editor_core.ledger import LedgerError, WeightLedger
+
+from .metrics import ServiceMetrics
+from .store import EditStore
+
+log = logging.getLogger(__name__)
+
+_PAGE = 512  # events read per round trip
+
+
+@dataclass
+class _Change:
+    """The log events of one version: edits removed, and the edit applied (if any)."""
+
+    version: int
+    removed: list[str] = field(default_factory=list)
+    applied: str | None = None
+
+
+class LogFollower:
+    """Keeps one ledger in step with the store's log."""
+
+    def __init__(self, ledger: WeightLedger, store: EditStore, metrics: ServiceMetrics) -> None:
+        self.ledger = ledger
+        self.store = store
+        self.metrics = metrics
+        self.position = "0-0"  # stream id of the last event applied
+        self.store_version = 0  # the store's newest version, as last seen
+        self.store_up = False  # whether the last round trip to Redis succeeded
+        self.started = False
+
+    @property
+    def lag(self) -> int:
+        """Versions the store holds that the live weights do not yet."""
+        return max(self.store_version - self.ledger.version, 0)
+
+    def _seen(self, store_version: int) -> None:
+        self.store_version = store_version
+        self.store_up = True
+        self.metrics.store_up.set(1)
+        self.metrics.log_lag.set(self.lag)
+        self.metrics.active_edits.set(len(self.ledger))
+        self.metrics.edit_version.set(self.ledger.version)
+
+    async def start(self) -> int:
+        """Load the snapshot at the newest exact version, then apply the rest of the log;
+        returns how many edits are active."""
+        version = await self.store.version()
+        at = self.ledger.combiner.exact_version(version)
+        active = await self.store.active_at(at)
+        blobs = await self.store.deltas([i for i, _ in active])
+        edits = [ActiveEdit(i, v, EditDelta.from_bytes(b)) for (i, v), b in zip(active, blobs)]
+        position = await self.store.log_position(at)
+        await asyncio.to_thread(self.ledger.load, edits, at)
+        self.position = position
+        await self.sync()
+        self.started = True
+        return len(self.ledger)
+
+    async def sync(self, known: dict[str, EditDelta] | None = None) -> None:
+        """Apply every event after ``position``; ``known`` are deltas this replica has
+        just computed (spares reading them back). A log the weights cannot follow (a store
+        that lost changes, or an inconsistent event) is recovered from by a fresh start."""
+        known = known or {}
+        pending: list[tuple[str, dict[str, str]]] = []
+        while True:
+            page = await self.store.events(self.position if not pending else pending[-1][0],
+                                           count=_PAGE)
+            pending += page
+            if len(page) < _PAGE:  # read to the end: its last change is whole, as every
+                break  # change's events are written by one atomic script
+        store_version = await self.store.version()
+        if store_version < self.ledger.version:
+            log.warning("the store is at version %d, behind the live weights at %d; "
+                        "rebuilding from the store", store_version, self.ledger.version)
+            await self.start()
+            return
+        try:
+            for change, last_id in _changes(pending):
+                if change.version > self.ledger.version:
+                    await self._apply(change, known)
+                self.position = last_id
+        except LedgerError as exc:
+            log.error("the log does not fit the live weights (%s); rebuilding from the store",
+                      exc)
+            await self.start()
+            return
+        self._seen(store_version)
+
+    async def _apply(self, change: _Change, known: dict[str, EditDelta]) -> None:
+        if change.applied is not None:
+            delta = known.get(change.applied)
+            if delta is None:
+                delta = EditDelta.from_bytes(await self.store.delta(change.applied))
+            await asyncio.to_thread(self.ledger.apply, change.applied, delta, change.version,
+                                    change.removed)
+            self.metrics.log_events.labels("apply").inc()
+        else:
+            await asyncio.to_thread(self.ledger.remove_many, change.removed, change.version)
+        self.metrics.log_events.labels("rollback").inc(len(change.removed))
+
+    async def run(self, change_lock: asyncio.Lock, block_ms: int = 1000) -> None:
+        """Forever: wait for new events (or ``block_ms``), then apply them under the
+        change lock. Lost connections are retried with jittered exponential backoff; the
+        replica resumes from ``position`` when Redis returns."""
+        backoff = ExponentialWithJitterBackoff(base=0.05, cap=2.0)
+        failures = 0
+        while True:
+            try:
+                await self.store.wait_for_events(self.position, block_ms)
+                async with change_lock:
+                    await self.sync()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if self.store_up:
+                    log.warning("lost the edit store: %s", exc)
+                self.store_up = False
+                self.metrics.store_up.set(0)
+                failures += 1
+                await asyncio.sleep(backoff.compute(failures))
+
+
+def _changes(events: list[tuple[str, dict[str, str]]]) -> list[tuple[_Change, str]]:
+    """Group log events into changes (one per version), each with its last event's id;
+    a trailing version cut off by paging is still whole (see ``sync``)."""
+    out: list[tuple[_Change, str]] = []
+    for event_id, fields in events:
+        version = int(fields["version"])
+        if not out or out[-1][0].version != version:
+            out.append((_Change(version), event_id))
+        change = out[-1][0]
+        if fields["event"] == "apply":
+            change.applied = fields["id"]
+        else:
+            change.removed.append(fields["id"])
+        out[-1] = (change, event_id)
+    return out
