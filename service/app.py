@@ -28,7 +28,7 @@ from .errors import ServiceError
 from .lifecycle import LiveService
 from .logs import valid_request_id
 from .metrics import ServiceMetrics
-from .routes import edits, model, system
+from .routes import completions, edits, model, system
 from .routes.deps import QuerySlots
 from .schemas import ErrorOut
 from .settings import ServiceSettings
@@ -62,6 +62,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(edits.router)
     app.include_router(model.router)
     app.include_router(system.router)
+    app.include_router(completions.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID",
                        validator=valid_request_id)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 import torch
@@ -53,6 +54,7 @@ class LiveService:
     embedded: EmbeddedRedis | None
     replayed: int = 0
     started: bool = False
+    started_at: float = field(default_factory=time.time)
     following: asyncio.Task | None = None
 
     @classmethod

@@ -59,6 +59,9 @@ class ServiceSettings(RuntimeSettings):
 
     model_config = SettingsConfigDict(env_prefix="INSTRUCTEDIT_", env_nested_delimiter="__")
 
+    served_model_name: str | None = Field(
+        None, description="the model's name in the OpenAI-compatible API (default: the "
+        "model folder's name)")
     editor: Path = Field(DEMO_EDITOR_PATH, description="trained editor checkpoint folder")
     device: Literal["cpu", "cuda"] = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = Field(

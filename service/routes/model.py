@@ -34,7 +34,8 @@ Reader = Annotated[Principal, Depends(require("read"))]
 Slots = Annotated[QuerySlots, Depends(query_slots)]
 
 
-def _token_stream(live: LiveService, body: GenerateIn) -> TokenStream:
+def token_stream(live: LiveService, body: GenerateIn) -> TokenStream:
+    """A generation of ``body``, checked against the limits (422 beyond them)."""
     limits = live.settings.limits
     if body.max_new_tokens > limits.max_new_tokens:
         raise ServiceError(422, "too_many_tokens", f"max_new_tokens is {body.max_new_tokens}; "
@@ -49,8 +50,9 @@ def _token_stream(live: LiveService, body: GenerateIn) -> TokenStream:
         raise ServiceError(422, "prompt_too_long", str(exc)) from exc
 
 
-def _finished(live: LiveService, stream: TokenStream, version: int, seconds: float
-              ) -> GenerateOut:
+def finished(live: LiveService, stream: TokenStream, version: int, seconds: float
+             ) -> GenerateOut:
+    """Record a finished generation in the metrics; its answer."""
     m = live.engine.metrics
     m.generation_seconds.observe(seconds)
     m.generated_tokens.inc(stream.completion_tokens)
@@ -69,27 +71,48 @@ def _finished(live: LiveService, stream: TokenStream, version: int, seconds: flo
 async def generate(body: GenerateIn, live: Live, _: Reader, slots: Slots) -> Any:
     """Continue the prompt with the live (edited) model: greedy at temperature 0, else
     sampled (top-k, top-p, seed); stops at a stop string, the end token or max_new_tokens."""
-    stream = _token_stream(live, body)
+    stream = token_stream(live, body)
     slots.take()
     if body.stream:
         return EventSourceResponse(_events(live, stream, slots))
+    try:
+        return await run_generation(live, stream)
+    finally:
+        slots.give()
+
+
+async def run_generation(live: LiveService, stream: TokenStream) -> GenerateOut:
+    """Run a whole generation in a worker thread, on one version of the weights."""
 
     def run() -> GenerateOut:
         start = time.perf_counter()
         with live.ledger.reading():
             version = live.ledger.version
             stream.run()
-        return _finished(live, stream, version, time.perf_counter() - start)
+        return finished(live, stream, version, time.perf_counter() - start)
 
-    try:
-        return await asyncio.to_thread(run)
-    finally:
-        slots.give()
+    return await asyncio.to_thread(run)
 
 
 async def _events(live: LiveService, stream: TokenStream, slots: QuerySlots
                   ) -> AsyncIterator[dict]:
-    """Server-sent events of a generation running in a worker thread."""
+    """Server-sent events: ``token`` events, then ``done`` (or ``error``)."""
+    try:
+        async for piece in stream_generation(live, stream, slots):
+            if isinstance(piece, str):
+                yield {"event": "token", "data": json.dumps({"text": piece})}
+            else:
+                yield {"event": "done", "data": piece.model_dump_json()}
+    except Exception as exc:  # after the first byte, an error can only be an event
+        error = {"code": "generation_failed", "message": str(exc), "details": {}}
+        yield {"event": "error", "data": json.dumps({"error": error})}
+
+
+async def stream_generation(live: LiveService, stream: TokenStream, slots: QuerySlots
+                            ) -> AsyncIterator[str | GenerateOut]:
+    """A generation running in a worker thread, as it happens: each new piece of text,
+    then the answer. Gives the query slot back when the generation ends or the client
+    leaves."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     stop = threading.Event()
@@ -106,7 +129,7 @@ async def _events(live: LiveService, stream: TokenStream, slots: QuerySlots
                     if stop.is_set():  # the client left
                         return
                     put("token", piece)
-            put("done", _finished(live, stream, version, time.perf_counter() - start))
+            put("done", finished(live, stream, version, time.perf_counter() - start))
         except Exception as exc:  # reported to the client as an error event
             put("error", exc)
         finally:
@@ -116,14 +139,10 @@ async def _events(live: LiveService, stream: TokenStream, slots: QuerySlots
     try:
         while True:
             kind, value = await queue.get()
-            if kind == "token":
-                yield {"event": "token", "data": json.dumps({"text": value})}
-            elif kind == "done":
-                yield {"event": "done", "data": value.model_dump_json()}
-                return
-            else:
-                error = {"code": "generation_failed", "message": str(value), "details": {}}
-                yield {"event": "error", "data": json.dumps({"error": error})}
+            if kind == "error":
+                raise value
+            yield value
+            if kind == "done":
                 return
     finally:
         stop.set()
