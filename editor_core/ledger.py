@@ -189,15 +189,6 @@ class WeightLedger:
                 self._write(new_version)
             return doomed
 
-    def advance(self, version: int) -> None:
-        """Adopt a newer version with no weight change: a log that ends in changes whose
-        edits are gone (replaying a store whose newest events are rollbacks)."""
-        with self._lock:
-            if version != self._version:
-                new_version = self._next_version(version)
-                with self._rw.gen_wlock():
-                    self._version = new_version
-
     def load(self, active: Iterable[ActiveEdit], version: int) -> None:
         """Replace every active edit by ``active`` (each at its own version) and take
         ``version``, solving from scratch: a replica's starting point, a snapshot of a log
