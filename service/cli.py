@@ -165,6 +165,26 @@ def serve_cmd(
                 log_config=log_config(settings.json_logs))
 
 
+@app.command("bench")
+def bench_cmd(
+    out: Annotated[Path, typer.Option(help="where results.json and RESULTS.md go")] = Path(
+        "bench"),
+    quick: Annotated[bool, typer.Option(help="every benchmark at small sizes (a smoke run "
+                                        "of a few minutes)")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    threads: Threads = None,
+) -> None:
+    """Benchmark edits, rollback, generation and storage on the demo LM; ratios against
+    baselines measured in the same run. The last line printed is the headline JSON."""
+    from bench.runner import run
+
+    settings = _setup(threads)
+    n_threads = settings.threads if threads is None else threads
+    results = run(out, quick=quick, device=device, threads=n_threads)
+    typer.echo((out / "RESULTS.md").read_text())
+    typer.echo(json.dumps(results["headline"]))
+
+
 @app.command("train")
 def train_cmd(
     config: Annotated[Optional[Path], typer.Option(help="YAML or JSON training config")] = None,

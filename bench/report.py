@@ -1,0 +1,126 @@
+"""The benchmark report: headline figures against the targets, and a markdown page."""
+
+from __future__ import annotations
+
+import json
+
+# name: (how it compares, target)
+TARGETS = {
+    "edit_over_fwdbwd": ("<=", 3.0),
+    "peer_edit_ms": ("<=", 20.0),
+    "post_edits_p50_ms": ("<=", 50.0),
+    "generate_single_over_raw": (">=", 0.9),
+    "generate_concurrent_over_raw": (">=", 2.0),
+    "generate_with_edits_over_none": (">=", 0.98),
+    "remove_one_of_1000_ms": ("<=", 20.0),
+    "replay_1000_s": ("<=", 5.0),
+    "stored_over_dense": ("<=", 0.05),
+}
+
+
+def _nearest(rows: list[dict], key: str, want: int) -> dict:
+    """The row whose ``key`` is ``want``, else the largest measured (quick runs)."""
+    exact = [r for r in rows if r[key] == want]
+    return exact[0] if exact else max(rows, key=lambda r: r[key])
+
+
+def headline(results: dict) -> dict:
+    serving = results["serving"]
+    concurrent = _nearest(serving["concurrent"], "clients", 8)
+    removal = _nearest(results["rollback"], "active", 1000)
+    replay = _nearest(results["storage"]["stores"], "edits", 1000)
+    figures = {
+        "edit_over_fwdbwd": results["edit_compute"][0]["edit_over_fwdbwd"],
+        "peer_edit_ms": results["peer"]["edit_ms"],
+        "post_edits_p50_ms": serving["post_edits"]["p50"],
+        "generate_single_over_raw": serving["http_single_over_raw"],
+        "generate_concurrent_over_raw": concurrent["over_raw_sequential"],
+        "generate_with_edits_over_none": serving["with_edits_over_none"],
+        "remove_one_of_1000_ms": removal["remove_one_ms"],
+        "replay_1000_s": replay["replay_s"],
+        "stored_over_dense": results["storage"]["stored"]["stored_over_dense"],
+    }
+    out = {name: round(value, 4) for name, value in figures.items()}
+    out["concurrent_clients"] = concurrent["clients"]
+    out["removal_active"] = removal["active"]
+    out["replay_edits"] = replay["edits"]
+    out["met"] = {name: (value <= TARGETS[name][1] if TARGETS[name][0] == "<="
+                         else value >= TARGETS[name][1]) for name, value in figures.items()}
+    return out
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    def cell(v) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def markdown(r: dict) -> str:
+    m, h = r["machine"], r["headline"]
+    s = r["serving"]
+    parts = [
+        "# Benchmark results\n",
+        f"`instructedit bench{' --quick' if r['quick'] else ''} --device {r['device']}`, "
+        f"{m['date']}. {m['platform']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch "
+        f"threads; Python {m['python']}, torch {m['torch']}, transformers "
+        f"{m['transformers']}. Model: the demo LM ({r['model']['parameters_m']}M "
+        f"parameters, {len(r['model']['editable'])} editable weights), the demo editor, "
+        "ridge combination. Ratios are measured in this one run.\n",
+        "## Targets\n",
+        _table(["figure", "measured", "target", "met"],
+               [[name, h[name], f"{op} {target:g}", "yes" if h["met"][name] else "**no**"]
+                for name, (op, target) in TARGETS.items()]),
+        "## Edit computation against one forward+backward of the base model\n",
+        _table(["batch", "forward+backward (ms)", "edit computation (ms)", "per edit (ms)",
+                "edit / forward+backward"],
+               [[x["batch"], x["fwdbwd_ms"], x["edit_ms"], x["edit_ms_per_edit"],
+                 x["edit_over_fwdbwd"]] for x in r["edit_compute"]]),
+        "## Edit phases and the FT-L baseline\n",
+        _table(["measurement", "ms"], [
+            [f"apply one edit ({r['edit_phases']['active']} active, ridge)",
+             r["edit_phases"]["apply_ms"]],
+            ["persist one edit (Redis, one Lua script)", r["edit_phases"]["persist_ms"]],
+            [f"FT-L, {r['ftl']['steps']} Adam steps", r["ftl"]["ftl_ms"]],
+            ["one edit computation (same request)", r["ftl"]["edit_ms"]],
+            ["peer-comparable configuration: one edit computation "
+             f"({r['peer']['parameters_m']}M parameters, {r['peer']['tokens']} tokens)",
+             r["peer"]["edit_ms"]],
+            ["public MEND implementation, same configuration (reference)",
+             r["peer"]["reference_mend_ms"]],
+        ]),
+        f"`POST /edits` end to end over HTTP with Redis ({s['post_edits']['edits']} edits): "
+        f"p50 {s['post_edits']['p50']:.1f} ms, p95 {s['post_edits']['p95']:.1f} ms, p99 "
+        f"{s['post_edits']['p99']:.1f} ms.\n",
+        "## Rollback\n",
+        _table(["active edits", "remove one (ms)", "roll back to a version: the newest n "
+                "(n, ms)", "restore a full weight snapshot (ms)", "build from the active set "
+                "(ms)"],
+               [[x["active"], x["remove_one_ms"],
+                 f"{x['rolled_back_newest']}, {x['rollback_to_version_ms']:.3g}",
+                 x["restore_snapshot_ms"], x["build_from_active_set_ms"]]
+                for x in r["rollback"]]),
+        "## Generation\n",
+        f"Greedy, {s['new_tokens']} new tokens, {s['prompts']} prompts. Raw in-process "
+        f"`model.generate`: {s['raw_tokens_per_s']:.1f} tokens/s; `/generate`, one client: "
+        f"{s['http_single_tokens_per_s']:.1f} tokens/s "
+        f"({s['http_single_over_raw']:.2f}× raw); with {s['active_edits']} active edits: "
+        f"{s['with_edits_tokens_per_s']:.1f} tokens/s ({s['with_edits_over_none']:.3f}× "
+        "of none).\n",
+        _table(["clients", "aggregate tokens/s", "× raw sequential", "p50 (ms)", "p99 (ms)"],
+               [[c["clients"], c["tokens_per_s"], c["over_raw_sequential"], c["p50"], c["p99"]]
+                for c in s["concurrent"]]),
+        "## Storage\n",
+        _table(["measurement", "value"], [
+            ["stored edit (bytes, factors + keys)", r["storage"]["stored"]["stored_bytes"]],
+            ["the same ΔW dense, fp32 (bytes)", r["storage"]["stored"]["dense_bytes"]],
+            ["stored / dense", r["storage"]["stored"]["stored_over_dense"]],
+        ] + [[f"{x['edits']} edits: Redis memory (MB) / per edit (bytes) / replica startup (s)",
+              f"{x['redis_mb']:.1f} / {x['redis_bytes_per_edit']:.0f} / {x['replay_s']:.2f}"]
+             for x in r["storage"]["stores"]]),
+        "## Headline (JSON)\n",
+        "```json\n" + json.dumps(h, indent=2) + "\n```\n",
+    ]
+    return "\n".join(parts)
+

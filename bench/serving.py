@@ -1,0 +1,134 @@
+"""The service over HTTP, in this process (uvicorn in a thread, embedded Redis): end-to-end
+``POST /edits`` latency, and ``/generate`` against raw ``model.generate`` on the same
+prompts and settings — single client, concurrent clients, and with many edits active."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import torch
+import uvicorn
+
+from service.app import create_app
+from service.settings import ServiceSettings
+
+from .timing import percentiles
+from .workload import Workload, edit_requests
+
+
+@contextmanager
+def running_service(device: str, threads: int) -> Iterator[str]:
+    """The service on a free loopback port; yields its base URL."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        settings = ServiceSettings(data_dir=Path(data_dir), device=device, threads=threads,
+                                   json_logs=False)
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0,
+                                log_level="warning")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            assert thread.is_alive(), "the service did not start"
+            time.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(timeout=60)
+
+
+def _body(request) -> dict:
+    return {"task": request.task, "prompt": request.prompt, "target": request.target,
+            "subject": request.subject}
+
+
+def post_edits(base: str, requests: list) -> dict:
+    """Sequential ``POST /edits``: end-to-end latency percentiles (ms)."""
+    times = []
+    with httpx.Client(base_url=base, timeout=120) as client:
+        for request in requests:
+            start = time.perf_counter()
+            client.post("/edits", json=_body(request)).raise_for_status()
+            times.append((time.perf_counter() - start) * 1e3)
+    return {"edits": len(requests), **percentiles(times, 50, 95, 99)}
+
+
+def add_edits_in_batches(base: str, requests: list, batch: int = 32) -> None:
+    with httpx.Client(base_url=base, timeout=600) as client:
+        for start in range(0, len(requests), batch):
+            chunk = requests[start:start + batch]
+            client.post("/edits/batch", json={"edits": [_body(r) for r in chunk]}
+                        ).raise_for_status()
+
+
+def raw_generate(w: Workload, prompts: list[str], new_tokens: int) -> dict:
+    """In-process ``model.generate`` (greedy), one prompt after another: tokens/s."""
+    tokens, start = 0, time.perf_counter()
+    for prompt in prompts:
+        ids = w.tokenizer(prompt, return_tensors="pt").to(w.device)
+        with torch.no_grad():
+            out = w.model.generate(**ids, max_new_tokens=new_tokens, do_sample=False,
+                                   pad_token_id=w.tokenizer.pad_token_id)
+        tokens += out.shape[1] - ids["input_ids"].shape[1]
+    seconds = time.perf_counter() - start
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+
+
+def http_generate(base: str, prompts: list[str], new_tokens: int, clients: int) -> dict:
+    """``clients`` clients, each sending every prompt in turn to ``/generate``: aggregate
+    tokens/s and per-request latency percentiles (ms)."""
+    def one_client(_: int) -> list[tuple[int, float]]:
+        out = []
+        with httpx.Client(base_url=base, timeout=300) as client:
+            for prompt in prompts:
+                start = time.perf_counter()
+                r = client.post("/generate", json={"prompt": prompt,
+                                                   "max_new_tokens": new_tokens})
+                r.raise_for_status()
+                out.append((r.json()["usage"]["completion_tokens"],
+                            (time.perf_counter() - start) * 1e3))
+        return out
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = [x for part in pool.map(one_client, range(clients)) for x in part]
+    seconds = time.perf_counter() - start
+    tokens = sum(t for t, _ in results)
+    return {"clients": clients, "tokens": tokens, "tokens_per_s": tokens / seconds,
+            **percentiles([m for _, m in results], 50, 99)}
+
+
+def serving(w: Workload, *, threads: int, prompts: int, new_tokens: int,
+            concurrency: tuple[int, ...], post_edits_n: int, active: int) -> dict:
+    texts = [r.prompt for r in edit_requests(prompts, seed=1)]
+    raw = raw_generate(w, texts, new_tokens)
+    with running_service(w.device, threads) as base:
+        http_generate(base, texts[:2], 4, 1)  # warm up the HTTP path
+        single = http_generate(base, texts, new_tokens, 1)
+        concurrent = [http_generate(base, texts, new_tokens, c) for c in concurrency]
+        requests = edit_requests(post_edits_n + active, seed=2)
+        edits = post_edits(base, requests[:post_edits_n])
+        add_edits_in_batches(base, requests[post_edits_n:post_edits_n + active])
+        with httpx.Client(base_url=base) as client:
+            held = client.get("/info").json()["active_edits"]
+        with_edits = http_generate(base, texts, new_tokens, 1)
+    raw_again = raw_generate(w, texts, new_tokens)  # the baseline, after: for drift
+    raw_tps = (raw["tokens_per_s"] + raw_again["tokens_per_s"]) / 2
+    return {
+        "new_tokens": new_tokens, "prompts": len(texts),
+        "raw_tokens_per_s": raw_tps, "http_single_tokens_per_s": single["tokens_per_s"],
+        "http_single_over_raw": single["tokens_per_s"] / raw_tps,
+        "concurrent": [{**c, "over_raw_sequential": c["tokens_per_s"] / raw_tps}
+                       for c in concurrent],
+        "post_edits": edits, "active_edits": held,
+        "with_edits_tokens_per_s": with_edits["tokens_per_s"],
+        "with_edits_over_none": with_edits["tokens_per_s"] / single["tokens_per_s"],
+    }

@@ -1,0 +1,72 @@
+"""What the benchmarks run on: the demo LM and editor as the service loads them, and edit
+requests about the demo world's people."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from editor_core.checkpoint import load_editor
+from editor_core.combination import CombinationConfig
+from editor_core.delta import EditDelta
+from editor_core.editor import EditRequest, Editor
+from editor_core.world import WorldConfig, build_world
+from editor_core.world.templates import RELATIONS
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_LM = REPO / "checkpoints" / "demo-lm"
+DEMO_EDITOR = REPO / "checkpoints" / "demo-editor"
+
+
+def edit_requests(n: int, seed: int = 0) -> list[EditRequest]:
+    """``n`` CounterFact-style edits of known people's facts (citizenship, then birthplace,
+    employer, profession), each to another object: distinct facts up to 1,200, then
+    repeating."""
+    world = build_world(WorldConfig())
+    rng = random.Random(seed)
+    people = world.of_kind("person", seen=True)
+    rng.shuffle(people)
+    relations = [r for r in RELATIONS if r.subject_kind == "person"]
+    facts = [(p, r) for r in relations for p in people]
+    out = []
+    for i in range(n):
+        person, relation = facts[i % len(facts)]
+        objects = [world.entities[o].name if o in world.entities else o
+                   for o in world.objects_of_kind(relation.object_kind)]
+        out.append(EditRequest("counterfact", relation.templates[0].prompt(person.name),
+                               rng.choice(objects), subject=person.name))
+    return out
+
+
+@dataclass
+class Workload:
+    """The demo LM with the demo editor, combining edits as the service does (ridge, edits
+    computed on the pristine weights), on ``device``."""
+
+    device: str = "cpu"
+    model: PreTrainedModel = field(init=False)
+    tokenizer: object = field(init=False)
+    editor: Editor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.model = AutoModelForCausalLM.from_pretrained(DEMO_LM).eval().to(self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(DEMO_LM)
+        self.editor = load_editor(DEMO_EDITOR, self.model, self.tokenizer, basis="pristine")
+        self.editor.combination = CombinationConfig("ridge", 3.0)
+
+    def deltas(self, n: int) -> list[EditDelta]:
+        """``n`` stored edits (distinct computations up to 64, then reused under new ids:
+        what a ledger or store does with an edit does not depend on its content)."""
+        distinct = [self.editor.compute(r).compressed() for r in edit_requests(min(n, 64))]
+        return [distinct[i % len(distinct)] for i in range(n)]
+
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()

@@ -1,0 +1,31 @@
+"""A smoke run of every benchmark at small sizes: the code runs, writes its report, and the
+figures are real measurements (positive, consistent with each other)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.report import TARGETS
+from bench.runner import run
+
+
+def test_quick_benchmarks_write_their_report(tmp_path: Path) -> None:
+    results = run(tmp_path, quick=True, threads=2)
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["headline"] == results["headline"]
+    headline = results["headline"]
+    assert set(TARGETS) <= set(headline) and set(headline["met"]) == set(TARGETS)
+    assert all(headline[name] > 0 for name in TARGETS)
+    compute = results["edit_compute"]
+    assert [row["batch"] for row in compute] == [1, 8]
+    assert compute[1]["edit_ms_per_edit"] < compute[0]["edit_ms"]  # a batch shares work
+    serving = results["serving"]
+    assert serving["active_edits"] == 36  # 4 posted one by one, then a batch of 32
+    assert serving["post_edits"]["p50"] <= serving["post_edits"]["p99"]
+    stores = results["storage"]["stores"]
+    assert stores[0]["redis_bytes_per_edit"] > results["storage"]["stored"]["stored_bytes"] / 2
+    report = (tmp_path / "RESULTS.md").read_text()
+    for section in ("## Targets", "## Edit computation", "## Rollback", "## Generation",
+                    "## Storage", results["machine"]["torch"]):
+        assert section in report
