@@ -1,11 +1,11 @@
 """Benchmark: adding or removing one edit with 1,000 active, per way of combining edits.
 
 All on the demo LM's editable weights, in one run, the same edits for every row:
-- ``sum``: ΔW = Σ ΔW_i (the float64 running sum);
+- ``sum``: ΔW = Σ ΔW_i (an exact running sum);
 - ``ridge (exact solve)``: the joint ridge combination re-solved from its sums on every
   change (a Cholesky solve per weight), the baseline;
 - ``ridge (rank update)``: the same combination updated by recursive least squares, with an
-  exact refresh every 256 changes (what the service runs).
+  exact refresh at every 256th version (what the service runs).
 
 Each change includes writing the new weights into the model. Prints a table, then one JSON
 line (the last line of output) with the medians and the ratio of rank update to exact solve.
@@ -27,10 +27,11 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editor_core.checkpoint import load_editor
-from editor_core.combination import CombinationConfig, RidgeCombiner, SumCombiner
+from editor_core.combination import (ActiveEdit, CombinationConfig, RidgeCombiner,
+                                     SumCombiner)
 from editor_core.ledger import WeightLedger
 
-from edit_core import requests  # noqa: E402  (same folder)
+from bench.workload import edit_requests
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -67,7 +68,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     editor = load_editor(args.editor, model, tokenizer)
     editor.combination = CombinationConfig("ridge", args.lam)  # compute keys too
-    stored = [editor.compute(r).compressed() for r in requests(50)]
+    stored = [editor.compute(r).compressed() for r in edit_requests(50)]
 
     combiners = {
         "sum": lambda: SumCombiner(editor.editable),
@@ -82,9 +83,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, make in combiners.items():
         ledger = WeightLedger(model, editor.editable, make())
-        ledger.combiner.recompute([])
-        for i in range(args.active):  # build up (for ridge: rank updates, refreshed)
-            ledger.apply(f"e{i}", stored[i % len(stored)])
+        ledger.load([ActiveEdit(f"e{i}", i + 1, stored[i % len(stored)])
+                     for i in range(args.active)], args.active)
         removes, adds = timed_changes(ledger, args.active, args.changes, seed=1)
         ledger.reset()
         medians[name] = (statistics.median(removes), statistics.median(adds))

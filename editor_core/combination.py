@@ -21,14 +21,17 @@ O(d_in² n) instead of a fresh O(d_in³) solve. At every change whose version is
 of ``refresh_every``, P and ΔW are solved exactly (Cholesky) from the sums, so rounding never
 accumulates.
 
-**Exact sums.** Running sums (Σ ΔW_i, Σ KᵢᵀKᵢ, Σ KᵢᵀVᵢ) are kept as integers: each edit's
-float64 contribution is rounded once onto a fine fixed-point grid, and integer addition is
-exact and associative. So a sum is a function of the set of active edits alone — not of the
-order they came and went in — removing an edit cancels it exactly, and with nothing active
-the sum is exactly zero. Together with refreshes at fixed versions, this makes the live
-weights a deterministic function of the edit log: a replica that rebuilds from the active set
-at a refresh version and then follows the log holds bit-identical weights to one that saw
-every change.
+**Exact sums.** Running sums are exact, so a sum is a function of the set of active edits
+alone — not of the order they came and went in — removing an edit cancels it exactly, and
+with nothing active the sum is exactly zero. ``SumCombiner`` keeps Σ ΔW_i as integers (each
+edit's float64 ΔW rounded once onto a fine fixed-point grid; ``ExactSum``). The ridge
+combiner rounds each edit's keys and values onto fixed-point grids once; then Σ KᵢᵀKᵢ and
+Σ KᵢᵀVᵢ are ordinary float64 matrix products in which every partial sum is an integer
+below 2⁵³ in grid units — exact in any order or grouping (``GridProducts``), so a rebuild
+takes one product over all active keys. Together with refreshes at fixed versions, this
+makes the live weights a deterministic function of the edit log: a replica that rebuilds
+from the active set at a refresh version and then follows the log holds bit-identical
+weights to one that saw every change.
 """
 
 from __future__ import annotations
@@ -104,6 +107,47 @@ class ExactSum:
         return self._sum.to(torch.float64) / self.scale
 
 
+class GridProducts:
+    """Σ AᵢᵀBᵢ over terms whose entries lie on fixed-point grids (integer multiples of
+    2**-``a_bits`` and 2**-``b_bits``), by ordinary float64 matrix products that are
+    nevertheless exact: in grid units every product and every partial sum is an integer
+    below 2**53. So the sum depends only on which terms are in it — in any order, and
+    grouped any way (one product over many terms at once included) — and removing a term
+    cancels it exactly. The bound is tracked and overflow refused before anything changes.
+    """
+
+    _LIMIT = 2.0 ** 53
+
+    def __init__(self, shape: tuple[int, int], a_bits: int, b_bits: int) -> None:
+        self.scale = 2.0 ** (a_bits + b_bits)
+        self._sum = torch.zeros(shape, dtype=torch.float64)
+        self._bound = 0.0  # ≥ Σ over terms ever added of Σₜ max|aₜ| max|bₜ| (grid units)
+
+    @staticmethod
+    def bound(a: torch.Tensor, b: torch.Tensor) -> float:
+        """What a term AᵀB adds to the bound: Σₜ max|aₜ| max|bₜ| ≥ max |(AᵀB)ᵢⱼ|."""
+        return float(a.abs().amax(dim=1) @ b.abs().amax(dim=1)) if a.numel() else 0.0
+
+    def fits(self, extra: float) -> bool:
+        return self._bound + extra < self._LIMIT
+
+    def add(self, a: torch.Tensor, b: torch.Tensor, sign: float = 1.0) -> None:
+        """Add (``sign`` −1: subtract) AᵀB; A and B hold integers (grid units)."""
+        extra = self.bound(a, b)
+        if not self.fits(extra):
+            raise OverflowError("the sum would leave the range where float64 is exact")
+        self._sum.addmm_(a.T, b, alpha=sign)
+        self._bound += extra
+
+    def value(self) -> torch.Tensor:
+        return self._sum / self.scale
+
+
+def on_grid(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """``x`` rounded to multiples of 2**-bits, in grid units (integer-valued float64)."""
+    return torch.round(x.to(torch.float64) * 2.0 ** bits)
+
+
 class SumCombiner:
     """ΔW = Σ ΔW_i, kept as an exact sum per weight."""
 
@@ -173,8 +217,8 @@ class RidgeCombiner:
     """
 
     requires_keys = True
-    GRAM_BITS = 36  # grid 1.5e-11 (≪ λ); Σ KᵀK entries up to 6.7e7 (keys are O(1–10))
-    CROSS_BITS = 40  # Σ KᵀV is smaller still
+    KEY_BITS = 12  # keys are rounded to 2.4e-4 (layer inputs are O(0.1–10))
+    VALUE_BITS = 24  # values to 6e-8 (output shifts are O(1e-3–1e-1))
 
     def __init__(self, editable: list[EditableWeight], lam: float | Mapping[str, float],
                  refresh_every: int = 256) -> None:
@@ -186,38 +230,53 @@ class RidgeCombiner:
         if refresh_every < 1:
             raise ValueError("refresh_every must be at least 1")
         self.refresh_every = refresh_every
-        self._gram: dict[str, ExactSum] = {
-            w.name: ExactSum((w.d_in, w.d_in), self.GRAM_BITS) for w in editable}
-        self._cross: dict[str, ExactSum] = {
-            w.name: ExactSum((w.d_in, w.d_out), self.CROSS_BITS) for w in editable}
+        self._gram: dict[str, GridProducts] = {}
+        self._cross: dict[str, GridProducts] = {}
+        self._clear_sums()
         self._inverse: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
         self._delta: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
         self._total: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
         self._count = 0
 
-    def _change(self, edit: ActiveEdit, sign: float) -> None:
-        parts = {name: keys_and_values(edit.delta, name) for name in self._gram}  # all first
+    def _clear_sums(self) -> None:
+        for name, w in self._editable.items():
+            self._gram[name] = GridProducts((w.d_in, w.d_in), self.KEY_BITS, self.KEY_BITS)
+            self._cross[name] = GridProducts((w.d_in, w.d_out), self.KEY_BITS,
+                                             self.VALUE_BITS)
+
+    def _on_grid(self, delta: EditDelta, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """An edit's keys and values on the fixed-point grids, in grid units: what the
+        sums and the rank updates both use, so both solve the same problem."""
+        keys, values = keys_and_values(delta, name)
+        return on_grid(keys, self.KEY_BITS), on_grid(values, self.VALUE_BITS)
+
+    def _add_sums(self, parts: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                  sign: float) -> None:
+        """Every weight's KᵀK and KᵀV into the sums, or none if one would overflow."""
+        if not all(self._gram[n].fits(GridProducts.bound(k, k))
+                   and self._cross[n].fits(GridProducts.bound(k, v))
+                   for n, (k, v) in parts.items()):
+            raise OverflowError("too many or too large keys for the exact sums")
         for name, (k, v) in parts.items():
-            self._add_sums(name, k, v, sign)
+            self._gram[name].add(k, k, sign)
+            self._cross[name].add(k, v, sign)
+
+    def _change(self, edit: ActiveEdit, sign: float) -> None:
+        parts = {name: self._on_grid(edit.delta, name) for name in self._gram}  # all first
+        self._add_sums(parts, sign)
         self._count += int(sign)
         exact = self._count == 0 or self.refresh_every == 1 or any(
             d is None for d in self._delta.values())
         if not exact:
             try:
                 for name, (k, v) in parts.items():
-                    self._rank_update(name, k, v, sign)
+                    self._rank_update(name, k / 2.0 ** self.KEY_BITS,
+                                      v / 2.0 ** self.VALUE_BITS, sign)
             except RuntimeError:  # a numerically singular update: solve exactly instead
                 exact = True
         if exact:
             self._refresh()
         self._publish()
-
-    def _add_sums(self, name: str, k: torch.Tensor, v: torch.Tensor, sign: float) -> None:
-        """KᵀK and KᵀV into the exact sums, bounded by |(KᵀX)ᵢⱼ| ≤ Σₜ max|kₜ| max|xₜ|
-        (no pass over the d_in × d_in product to find its largest entry)."""
-        k_max = k.abs().amax(dim=1)
-        self._gram[name].add(k.T @ k, sign, float(k_max.square().sum()))
-        self._cross[name].add(k.T @ v, sign, float(k_max @ v.abs().amax(dim=1)))
 
     def _publish(self) -> None:
         for name, w in self._editable.items():
@@ -264,13 +323,16 @@ class RidgeCombiner:
         return version - version % self.refresh_every
 
     def recompute(self, active: list[ActiveEdit]) -> None:
-        for name, w in self._editable.items():
-            self._gram[name] = ExactSum((w.d_in, w.d_in), self.GRAM_BITS)
-            self._cross[name] = ExactSum((w.d_in, w.d_out), self.CROSS_BITS)
-        self._count = len(active)
-        for edit in active:
+        """Solve from scratch: every active edit's keys in one product per weight."""
+        self._clear_sums()
+        if active:
+            parts = {}
             for name in self._gram:
-                self._add_sums(name, *keys_and_values(edit.delta, name), 1.0)
+                grids = [self._on_grid(edit.delta, name) for edit in active]
+                parts[name] = (torch.cat([k for k, _ in grids]),
+                               torch.cat([v for _, v in grids]))
+            self._add_sums(parts, 1.0)
+        self._count = len(active)
         self._refresh()
         self._publish()
 

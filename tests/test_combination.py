@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from editor_core.checkpoint import load_editor, model_fingerprint, save_editor
-from editor_core.combination import (ActiveEdit, CombinationConfig, ExactSum, RidgeCombiner,
-                                     SumCombiner, keys_and_values)
+from editor_core.combination import (ActiveEdit, CombinationConfig, ExactSum, GridProducts,
+                                     RidgeCombiner, SumCombiner, keys_and_values, on_grid)
 from editor_core.delta import EditDelta, WeightFactors, merge
 from editor_core.ledger import LedgerError, WeightLedger
 from editor_core.specs import resolve_editable
@@ -69,6 +69,9 @@ def test_one_edit_keeps_its_own_effect_on_its_keys(tok) -> None:
     for w in editable:
         keys, values = keys_and_values(delta, w.name)
         joint = w.as_in_out(combiner.total(w.name))  # back to the (d_in, d_out) view
+        assert rel_err(keys @ joint, values) <= 1e-3  # keys and values rounded to grids
+        keys = on_grid(keys, RidgeCombiner.KEY_BITS) / 2.0 ** RidgeCombiner.KEY_BITS
+        values = on_grid(values, RidgeCombiner.VALUE_BITS) / 2.0 ** RidgeCombiner.VALUE_BITS
         assert rel_err(keys @ joint, values) <= 1e-4
         # ...and, unlike the edit's own ΔW, does nothing orthogonal to its keys.
         q, _ = torch.linalg.qr(keys.T, mode="complete")
@@ -174,6 +177,26 @@ def test_an_exact_sum_depends_on_its_terms_not_their_order() -> None:
     with pytest.raises(OverflowError):
         a.add(torch.full((6, 5), float("nan"), dtype=torch.float64))
     assert torch.equal(a.value(), torch.zeros(6, 5, dtype=torch.float64))  # refused: no change
+
+
+def test_grid_products_are_exact_in_any_grouping_and_refuse_overflow() -> None:
+    g = torch.Generator().manual_seed(1)
+    terms = [(on_grid(torch.randn(7, 5, generator=g, dtype=torch.float64) * 30, 12),
+              on_grid(torch.randn(7, 3, generator=g, dtype=torch.float64) * 1e-2, 24))
+             for _ in range(20)]
+    one_by_one, at_once = GridProducts((5, 3), 12, 24), GridProducts((5, 3), 12, 24)
+    for a, b in reversed(terms):
+        one_by_one.add(a, b)
+    at_once.add(torch.cat([a for a, _ in terms]), torch.cat([b for _, b in terms]))
+    assert torch.equal(one_by_one.value(), at_once.value())
+    for a, b in terms:
+        one_by_one.add(a, b, -1.0)
+    assert torch.equal(one_by_one.value(), torch.zeros(5, 3, dtype=torch.float64))
+    before = at_once.value()
+    huge = torch.full((1, 5), 2.0 ** 40, dtype=torch.float64)
+    with pytest.raises(OverflowError):
+        at_once.add(huge, torch.full((1, 3), 2.0 ** 20, dtype=torch.float64))
+    assert torch.equal(at_once.value(), before)  # refused: unchanged
 
 
 def replay_history(ledger: WeightLedger, deltas: list[EditDelta], ops: list[tuple]) -> None:
