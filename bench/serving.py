@@ -1,11 +1,13 @@
-"""The service over HTTP, in this process (uvicorn in a thread, embedded Redis): end-to-end
+"""The service over HTTP, in its own process with an embedded Redis: end-to-end
 ``POST /edits`` latency, and ``/generate`` against raw ``model.generate`` on the same
 prompts and settings — single client, concurrent clients, and with many edits active."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,10 +16,6 @@ from pathlib import Path
 
 import httpx
 import torch
-import uvicorn
-
-from service.app import create_app
-from service.settings import ServiceSettings
 
 from .timing import percentiles
 from .workload import Workload, edit_requests
@@ -25,24 +23,35 @@ from .workload import Workload, edit_requests
 
 @contextmanager
 def running_service(device: str, threads: int) -> Iterator[str]:
-    """The service on a free loopback port; yields its base URL."""
+    """``instructedit serve`` in its own process (as deployed: the client's work does not
+    share its interpreter) on a free loopback port, with an embedded Redis; yields its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     with tempfile.TemporaryDirectory() as data_dir:
-        settings = ServiceSettings(data_dir=Path(data_dir), device=device, threads=threads,
-                                   json_logs=False)
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0,
-                                log_level="warning")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            assert thread.is_alive(), "the service did not start"
-            time.sleep(0.05)
-        port = server.servers[0].sockets[0].getsockname()[1]
+        log = open(Path(data_dir) / "service.log", "wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir",
+             data_dir, "--device", device, "--threads", str(threads)],
+            stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
         try:
-            yield f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    if httpx.get(f"{base}/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the service did not start: "
+                                       + (Path(data_dir) / "service.log").read_text()[-2000:])
+                time.sleep(0.2)
+            yield base
         finally:
-            server.should_exit = True
-            thread.join(timeout=60)
+            process.terminate()
+            process.wait(timeout=60)
+            log.close()
 
 
 def _body(request) -> dict:

@@ -35,7 +35,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .combination import CombinationConfig
 from .data.records import EditRecord
 from .delta import EditDelta, WeightFactors
-from .encoding import EditInputError, EncodedBatch, encode_batch, target_nll
+from .encoding import (EditInputError, EncodedBatch, encode_batch, label_nll,
+                       predicting_positions)
 from .hypernetwork import Hypernetwork
 from .instructions import InstructionRegistry
 from .specs import EditableWeight
@@ -189,9 +190,10 @@ class Editor:
         labels = batch.labels.to(device)
         scale = _FP16_LOSS_SCALE if self._dtype == torch.float16 else 1.0
         with torch.enable_grad(), self._graph_from_first_block(), self._capture_hooks(store):
+            kept = predicting_positions(labels)
             logits = self.edit_model(input_ids=input_ids, attention_mask=mask,
-                                     use_cache=False).logits
-            per_request = target_nll(logits, labels)
+                                     use_cache=False, logits_to_keep=kept).logits
+            per_request = label_nll(logits, labels[:, kept + 1])
             names = [w.name for w in self.editable]
             outputs = [store[n][1] for n in names]
             grads = torch.autograd.grad(per_request.sum() * scale, outputs, allow_unused=True)
@@ -221,7 +223,8 @@ class Editor:
         store: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         with self._capture_hooks(store):
             self.edit_model(input_ids=batch.input_ids.to(device),
-                            attention_mask=batch.attention_mask.to(device), use_cache=False)
+                            attention_mask=batch.attention_mask.to(device), use_cache=False,
+                            logits_to_keep=1)  # the inputs are wanted, not the logits
         mask = batch.attention_mask.bool()
         return {name: tuple(store[name][0][i][mask[i].to(device)].float().cpu().contiguous()
                             for i in range(len(requests)))

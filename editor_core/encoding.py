@@ -104,9 +104,20 @@ def encode_batch(tokenizer: PreTrainedTokenizerBase, prompts: list[str], targets
 
 def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-row mean NLL of the label tokens ([B]); logits at t predict the token at t + 1."""
-    logits = logits[:, :-1].float()
-    targets = labels[:, 1:]
+    return label_nll(logits[:, :-1], labels[:, 1:])
+
+
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The positions t (shared by the batch) whose logits predict a label at t + 1: all a
+    loss needs, so a model asked for logits there only (``logits_to_keep``) skips the
+    output layer everywhere else — most of an edit's cost with a large vocabulary."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(-1)
+
+
+def label_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row mean NLL of ``targets`` ([B, T], IGNORE_INDEX skipped) under ``logits``
+    ([B, T, V]) at the same positions."""
     mask = targets != IGNORE_INDEX
-    logp = torch.log_softmax(logits, dim=-1)
+    logp = torch.log_softmax(logits.float(), dim=-1)
     picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return -(picked * mask).sum(1) / mask.sum(1).clamp(min=1)
