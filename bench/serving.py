@@ -18,7 +18,7 @@ import httpx
 import torch
 
 from .timing import percentiles
-from .workload import Workload, edit_requests
+from .workload import Workload, edit_requests, generation_prompts
 
 
 @contextmanager
@@ -79,12 +79,14 @@ def add_edits_in_batches(base: str, requests: list, batch: int = 32) -> None:
 
 
 def raw_generate(w: Workload, prompts: list[str], new_tokens: int) -> dict:
-    """In-process ``model.generate`` (greedy), one prompt after another: tokens/s."""
+    """In-process ``model.generate`` (greedy, exactly ``new_tokens`` each), one prompt after
+    another: tokens/s."""
     tokens, start = 0, time.perf_counter()
     for prompt in prompts:
         ids = w.tokenizer(prompt, return_tensors="pt").to(w.device)
         with torch.no_grad():
-            out = w.model.generate(**ids, max_new_tokens=new_tokens, do_sample=False,
+            out = w.model.generate(**ids, max_new_tokens=new_tokens,
+                                   min_new_tokens=new_tokens, do_sample=False,
                                    pad_token_id=w.tokenizer.pad_token_id)
         tokens += out.shape[1] - ids["input_ids"].shape[1]
     seconds = time.perf_counter() - start
@@ -92,14 +94,14 @@ def raw_generate(w: Workload, prompts: list[str], new_tokens: int) -> dict:
 
 
 def http_generate(base: str, prompts: list[str], new_tokens: int, clients: int) -> dict:
-    """``clients`` clients, each sending every prompt in turn to ``/generate``: aggregate
-    tokens/s and per-request latency percentiles (ms)."""
+    """``clients`` clients, each sending every prompt in turn to ``/generate`` (greedy,
+    exactly ``new_tokens`` each): aggregate tokens/s and latency percentiles (ms)."""
     def one_client(_: int) -> list[tuple[int, float]]:
         out = []
         with httpx.Client(base_url=base, timeout=300) as client:
             for prompt in prompts:
                 start = time.perf_counter()
-                r = client.post("/generate", json={"prompt": prompt,
+                r = client.post("/generate", json={"prompt": prompt, "ignore_eos": True,
                                                    "max_new_tokens": new_tokens})
                 r.raise_for_status()
                 out.append((r.json()["usage"]["completion_tokens"],
@@ -112,12 +114,13 @@ def http_generate(base: str, prompts: list[str], new_tokens: int, clients: int) 
     seconds = time.perf_counter() - start
     tokens = sum(t for t, _ in results)
     return {"clients": clients, "tokens": tokens, "tokens_per_s": tokens / seconds,
+            "completion_tokens_per_request": tokens / len(results),
             **percentiles([m for _, m in results], 50, 99)}
 
 
 def serving(w: Workload, *, threads: int, prompts: int, new_tokens: int,
             concurrency: tuple[int, ...], post_edits_n: int, active: int) -> dict:
-    texts = [r.prompt for r in edit_requests(prompts, seed=1)]
+    texts = generation_prompts(prompts)
     raw = raw_generate(w, texts, new_tokens)
     with running_service(w.device, threads) as base:
         http_generate(base, texts[:2], 4, 1)  # warm up the HTTP path
@@ -139,5 +142,7 @@ def serving(w: Workload, *, threads: int, prompts: int, new_tokens: int,
                        for c in concurrent],
         "post_edits": edits, "active_edits": held,
         "with_edits_tokens_per_s": with_edits["tokens_per_s"],
+        "tokens_per_request": [single["completion_tokens_per_request"],
+                               with_edits["completion_tokens_per_request"]],
         "with_edits_over_none": with_edits["tokens_per_s"] / single["tokens_per_s"],
     }

@@ -42,6 +42,16 @@ def edit_requests(n: int, seed: int = 0) -> list[EditRequest]:
     return out
 
 
+def generation_prompts(n: int) -> list[str]:
+    """``n`` prompts about companies, cities and countries: facts no benchmark edit (all
+    about people) touches, so answers keep their length however many edits are active."""
+    world = build_world(WorldConfig())
+    subjects = {kind: world.of_kind(kind, seen=True) for kind in ("company", "city", "country")}
+    prompts = [r.templates[0].prompt(e.name) for r in RELATIONS if r.subject_kind != "person"
+               for e in subjects[r.subject_kind][:n]]
+    return random.Random(0).sample(prompts, n)
+
+
 @dataclass
 class Workload:
     """The demo LM with the demo editor, combining edits as the service does (ridge, edits

@@ -33,6 +33,7 @@ from editor_core.editor import Editor
 from editor_core.generation import SamplingParams, TokenStream
 from editor_core.ledger import WeightLedger
 
+from .batcher import GenerationBatcher
 from .engine import EditEngine
 from .metrics import ServiceMetrics
 from .redis_server import EmbeddedRedis
@@ -48,6 +49,7 @@ class LiveService:
     editor: Editor
     ledger: WeightLedger
     engine: EditEngine
+    batcher: GenerationBatcher
     fingerprint: str
     pristine_digest: str
     client: aioredis.Redis
@@ -76,11 +78,13 @@ class LiveService:
         # Stored edits are only valid for this model, editor, combination and basis.
         store = EditStore(client, _state_key(fingerprint, editor)[:32])
         engine = EditEngine(editor, ledger, store, metrics, settings.limits.max_queued_edits)
-        live = cls(settings, model, tokenizer, editor, ledger, engine, fingerprint,
+        batcher = GenerationBatcher(model, ledger, settings.generation_batch_size,
+                                    settings.generation_batch_window_ms / 1000)
+        live = cls(settings, model, tokenizer, editor, ledger, engine, batcher, fingerprint,
                    ledger.live_digest(), client, embedded)
         live.replayed = await engine.replay()
-        await asyncio.to_thread(TokenStream(model, tokenizer, "Warm up",
-                                            SamplingParams(max_new_tokens=2)).run)
+        await batcher.run(TokenStream(model, tokenizer, "Warm up",
+                                      SamplingParams(max_new_tokens=2)))
         live.following = asyncio.create_task(engine.follow(), name="follow-edit-log")
         live.started = True
         return live
@@ -101,6 +105,7 @@ class LiveService:
         if self.following is not None:
             self.following.cancel()
             await asyncio.gather(self.following, return_exceptions=True)
+        await asyncio.to_thread(self.batcher.close)
         await self.client.aclose()
         if self.embedded is not None:
             self.embedded.close()

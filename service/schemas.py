@@ -140,6 +140,8 @@ class GenerateIn(_Strict):
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="makes sampling repeatable")
     stop: list[str] = Field(default_factory=list, max_length=8, examples=[["\n"]])
     stream: bool = Field(False, description="server-sent events: token events, then done")
+    ignore_eos: bool = Field(False, description="never stop at the end token: generate "
+                             "exactly max_new_tokens (unless a stop string comes first)")
 
 
 class Usage(BaseModel):

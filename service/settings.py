@@ -84,6 +84,10 @@ class ServiceSettings(RuntimeSettings):
         "auto", description="which weights a new edit is computed on: 'pristine' (edits "
         "independent, rollback as if never made), 'current' (the live weights), or 'auto' "
         "(pristine for ridge, current for sum)")
+    generation_batch_size: int = Field(
+        16, ge=1, description="generations decoded together at most (1: one at a time)")
+    generation_batch_window_ms: float = Field(
+        2.0, ge=0, description="how long a new generation waits for others to join it")
     api_keys: list[ApiKey] = Field(default_factory=list,
                                    description="no keys: every endpoint is open")
     limits: Limits = Field(default_factory=Limits)

@@ -7,7 +7,8 @@ import torch
 
 from editor_core.decoding import greedy_continuations
 from editor_core.encoding import encode_batch, target_nll
-from editor_core.generation import GenerationError, SamplingParams, TokenStream
+from editor_core.generation import (GenerationError, SamplingParams, TokenStream,
+                                     generate_together)
 from editor_core.probing import score_targets
 
 PROMPTS = ["Plyndti Brynta is a citizen of", "The capital of Veiistan is", "Hello"]
@@ -76,3 +77,38 @@ def test_a_vanishing_temperature_decodes_greedily(demo_lm) -> None:
     greedy = TokenStream(model, tokenizer, "Hello", SamplingParams(max_new_tokens=8)).run()
     tiny = SamplingParams(max_new_tokens=8, temperature=5e-324, seed=0)
     assert TokenStream(model, tokenizer, "Hello", tiny).run() == greedy
+
+
+def test_sequences_decoded_together_answer_as_they_do_alone(demo_lm) -> None:
+    """Prompts of different lengths, greedy and seeded sampling, a stop string and
+    different lengths of answer, in one batch: each as it is alone, streamed in order."""
+    model, tokenizer = demo_lm
+    params = [SamplingParams(max_new_tokens=20), SamplingParams(max_new_tokens=5),
+              SamplingParams(max_new_tokens=20, stop=("\nWhat",)),
+              SamplingParams(max_new_tokens=12, temperature=1.2, seed=4)]
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[2]]
+    alone = [TokenStream(model, tokenizer, p, q) for p, q in zip(prompts, params)]
+    for stream in alone:
+        stream.run()
+    together = [TokenStream(model, tokenizer, p, q) for p, q in zip(prompts, params)]
+    pieces: dict[int, list[str]] = {i: [] for i in range(len(together))}
+    for index, piece in generate_together(model, together):
+        pieces[index].append(piece)
+    for a, t, i in zip(alone, together, range(len(alone))):
+        assert (t.text, t.finish_reason, t.completion_tokens) == (
+            a.text, a.finish_reason, a.completion_tokens)
+        assert "".join(pieces[i]) == t.text
+    assert [t.finish_reason for t in together] == ["length", "length", "stop", "length"]
+
+
+def test_ignore_eos_generates_exactly_max_new_tokens(demo_lm) -> None:
+    model, tokenizer = demo_lm
+    short = TokenStream(model, tokenizer, "Grirkfaen is a city in",
+                        SamplingParams(max_new_tokens=60))
+    short.run()
+    assert short.finish_reason == "stop" and short.completion_tokens < 60  # it ends itself
+    forced = TokenStream(model, tokenizer, "Grirkfaen is a city in",
+                         SamplingParams(max_new_tokens=60, ignore_eos=True))
+    forced.run()
+    assert forced.finish_reason == "length" and forced.completion_tokens == 60
+    assert forced.text.startswith(short.text)

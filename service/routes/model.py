@@ -1,8 +1,9 @@
 """Asking the live model: generate text (whole or streamed) and score continuations.
 
-Each query holds the ledger's read lock from its first forward pass to its last, in a
-worker thread, so it sees the weights wholly before or wholly after any edit and reports
-the version that produced its answer. Queries run concurrently with each other, up to a
+Each query holds the ledger's read lock from its first forward pass to its last, off the
+event loop, so it sees the weights wholly before or wholly after any edit and reports the
+version that produced its answer. Generations are decoded together in waves
+(``service.batcher``); scores run in worker threads. Queries run concurrently up to a
 limit beyond which they are refused (429) rather than queued without bound.
 """
 
@@ -10,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -23,6 +22,7 @@ from editor_core.generation import GenerationError, SamplingParams, TokenStream
 from editor_core.probing import score_targets
 
 from ..auth import Principal, require
+from ..batcher import Finished
 from ..errors import ServiceError
 from ..lifecycle import LiveService
 from ..schemas import GenerateIn, GenerateOut, ScoreIn, ScoreOut, TargetScoreOut, Usage
@@ -43,7 +43,7 @@ def token_stream(live: LiveService, body: GenerateIn) -> TokenStream:
                            {"limit": limits.max_new_tokens})
     check_tokens(live, body.prompt, limits.max_prompt_tokens, "prompt")
     params = SamplingParams(body.max_new_tokens, body.temperature, body.top_p, body.top_k,
-                            body.seed, tuple(body.stop))
+                            body.seed, tuple(body.stop), body.ignore_eos)
     try:
         return TokenStream(live.model, live.tokenizer, body.prompt, params)
     except GenerationError as exc:
@@ -82,16 +82,9 @@ async def generate(body: GenerateIn, live: Live, _: Reader, slots: Slots) -> Any
 
 
 async def run_generation(live: LiveService, stream: TokenStream) -> GenerateOut:
-    """Run a whole generation in a worker thread, on one version of the weights."""
-
-    def run() -> GenerateOut:
-        start = time.perf_counter()
-        with live.ledger.reading():
-            version = live.ledger.version
-            stream.run()
-        return finished(live, stream, version, time.perf_counter() - start)
-
-    return await asyncio.to_thread(run)
+    """A whole generation, decoded together with whatever else is being generated."""
+    done = await live.batcher.run(stream)
+    return finished(live, stream, done.version, done.seconds)
 
 
 async def _events(live: LiveService, stream: TokenStream, slots: QuerySlots
@@ -110,43 +103,16 @@ async def _events(live: LiveService, stream: TokenStream, slots: QuerySlots
 
 async def stream_generation(live: LiveService, stream: TokenStream, slots: QuerySlots
                             ) -> AsyncIterator[str | GenerateOut]:
-    """A generation running in a worker thread, as it happens: each new piece of text,
-    then the answer. Gives the query slot back when the generation ends or the client
-    leaves."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    stop = threading.Event()
-
-    def put(kind: str, value: Any) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
-
-    def produce() -> None:
-        try:
-            start = time.perf_counter()
-            with live.ledger.reading():
-                version = live.ledger.version
-                for piece in stream:
-                    if stop.is_set():  # the client left
-                        return
-                    put("token", piece)
-            put("done", finished(live, stream, version, time.perf_counter() - start))
-        except Exception as exc:  # reported to the client as an error event
-            put("error", exc)
-        finally:
-            slots.give()
-
-    worker = loop.run_in_executor(None, produce)
+    """A generation as it happens: each new piece of text, then the answer. Gives the query
+    slot back when the generation ends or the client leaves (which stops it)."""
     try:
-        while True:
-            kind, value = await queue.get()
-            if kind == "error":
-                raise value
-            yield value
-            if kind == "done":
-                return
+        async for item in live.batcher.stream(stream):
+            if isinstance(item, Finished):
+                yield finished(live, stream, item.version, item.seconds)
+            else:
+                yield item
     finally:
-        stop.set()
-        await asyncio.shield(worker)
+        slots.give()
 
 
 @router.post("/score", response_model=ScoreOut)
