@@ -41,19 +41,19 @@ def redis_memory_and_replay(w: Workload, redis_url: str, sizes: tuple[int, ...])
             before = (await client.info("memory"))["used_memory"]
             store = EditStore(client, f"bench-{size}")
             for start in range(0, size, 64):  # a batch per script, as POST /edits/batch
+                stop = min(start + 64, size)
                 await store.add([NewEdit({"task": r.task, "prompt": r.prompt,
                                           "target": r.target, "subject": r.subject},
                                          d.to_bytes(), (f"prompt:{i}",))
-                                 for i, (r, d) in enumerate(zip(requests[start:start + 64],
-                                                                deltas[start:start + 64]),
-                                                            start)])
+                                 for i, (r, d) in enumerate(zip(requests[start:stop],
+                                                                deltas[start:stop]), start)])
             used = (await client.info("memory"))["used_memory"] - before
             ledger = WeightLedger.for_editor(w.editor)
             follower = LogFollower(ledger, store, ServiceMetrics())
             began = time.perf_counter()
             await follower.start()
             seconds = time.perf_counter() - began
-            assert len(ledger) == size and ledger.version == size
+            assert len(ledger) == size and ledger.version == size, (len(ledger), ledger.version)
             ledger.reset()
             rows.append({"edits": size, "redis_bytes_per_edit": used / size,
                          "redis_mb": used / 2**20, "replay_s": seconds})

@@ -305,11 +305,13 @@ class EditStore:
                 return EditPage(edits, None)
             upper = f"({int(rows[-1][1])}"
 
-    async def deltas(self, edit_ids: list[str]) -> list[bytes]:
-        """Several edits' deltas in one round trip."""
-        if not edit_ids:
-            return []
-        found = await self.client.mget([self.key("delta", i) for i in edit_ids])
+    async def deltas(self, edit_ids: list[str], chunk: int = 64) -> list[bytes]:
+        """Several edits' deltas, ``chunk`` per round trip (a stored delta is hundreds of
+        kilobytes: one reply for thousands would be gigabytes)."""
+        found = []
+        for start in range(0, len(edit_ids), chunk):
+            found += await self.client.mget([self.key("delta", i)
+                                             for i in edit_ids[start:start + chunk]])
         missing = [i for i, d in zip(edit_ids, found) if d is None]
         if missing:
             raise StoreError("not_found", f"no delta for edits {missing}")
