@@ -150,3 +150,27 @@ def test_a_store_failure_leaves_the_weights_untouched(tmp_path, first: Replica) 
     asyncio.run(unreachable())
     assert len(first.ledger) == 0 and first.ledger.live_digest() == first.pristine_digest
     assert not first.answer().startswith(TARGET)
+
+
+def test_a_store_behind_the_weights_is_followed_by_rebuilding(first: Replica,
+                                                               redis_socket) -> None:
+    """A Redis restored from an older state (here: emptied, then one new edit) has fewer
+    versions than the live weights: the follower rebuilds from the store, not from memory."""
+    other = EditSpec(EditRequest("counterfact", "Plyndti Brynta works in the field of",
+                                 "painting", subject="Plyndti Brynta"),
+                     {**RECORD, "prompt": "Plyndti Brynta works in the field of",
+                      "target": "painting"})
+
+    async def run() -> tuple[int, int, list[str]]:
+        engine = first.engine(redis_socket)
+        await engine.replay()
+        await engine.create([SPEC])
+        await engine.create([other])
+        assert (first.ledger.version, len(first.ledger)) == (2, 2)
+        await engine.store.client.flushall()  # the store loses both edits...
+        made = await engine.create([SPEC])  # ...and takes a new one at version 1
+        return first.ledger.version, len(first.ledger), [made.edits[0].id]
+
+    version, active, made = asyncio.run(run())
+    assert (version, active) == (1, 1)
+    assert [e.edit_id for e in first.ledger.active] == made
