@@ -53,7 +53,6 @@ class LogFollower:
         self.position = "0-0"  # stream id of the last event applied
         self.store_version = 0  # the store's newest version, as last seen
         self.store_up = False  # whether the last round trip to Redis succeeded
-        self.started = False
 
     @property
     def lag(self) -> int:
@@ -80,7 +79,6 @@ class LogFollower:
         await asyncio.to_thread(self.ledger.load, edits, at)
         self.position = position
         await self.sync()
-        self.started = True
         return len(self.ledger)
 
     async def sync(self, known: dict[str, EditDelta] | None = None) -> None:
