@@ -193,8 +193,9 @@ def generate_together(model: PreTrainedModel, streams: Sequence[TokenStream]
     """Decode several sequences in one batch — one forward pass per step for all of them —
     yielding ``(index, piece)`` as each produces text, and once more when it finishes (the
     piece may be empty then); a finished sequence — or one stopped from outside with
-    ``cancel`` — leaves the batch. Prompts are left-padded, with positions counted from each prompt's first token,
-    so each sequence decodes as it would alone (up to float rounding)."""
+    ``cancel`` — leaves the batch. Prompts are left-padded, with positions counted from each
+    prompt's first token, so each sequence decodes as it would alone (up to float
+    rounding)."""
     device = next(model.parameters()).device
     for stream in streams:
         stream.begin(device)
