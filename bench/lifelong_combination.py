@@ -5,7 +5,7 @@ All on the demo LM's editable weights, in one run, the same edits for every row:
 - ``ridge (exact solve)``: the joint ridge combination re-solved from its sums on every
   change (a Cholesky solve per weight), the baseline;
 - ``ridge (rank update)``: the same combination updated by recursive least squares, with an
-  exact refresh at every 256th version (what the service runs).
+  exact refresh at every 64th version (what the service runs).
 
 Each change includes writing the new weights into the model. Prints a table, then one JSON
 line (the last line of output) with the medians and the ratio of rank update to exact solve.

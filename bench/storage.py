@@ -9,7 +9,10 @@ import statistics
 import time
 
 import redis.asyncio as aioredis
+from safetensors.torch import save as st_save
 
+from editor_core.combination import ActiveEdit
+from editor_core.delta import EditDelta
 from editor_core.ledger import WeightLedger
 from service.follower import LogFollower
 from service.metrics import ServiceMetrics
@@ -27,9 +30,35 @@ def stored_size(w: Workload) -> dict:
             "stored_over_dense": statistics.median(ratios)}
 
 
+async def _start_replica(w: Workload, store: EditStore) -> float:
+    """Seconds for a fresh replica to catch up with the store."""
+    ledger = WeightLedger.for_editor(w.editor)
+    follower = LogFollower(ledger, store, ServiceMetrics())
+    began = time.perf_counter()
+    await follower.start()
+    seconds = time.perf_counter() - began
+    version = await store.version()
+    assert ledger.version == version and len(ledger) == version, (len(ledger), version)
+    ledger.reset()
+    return seconds
+
+
+async def _save_snapshot(w: Workload, store: EditStore, version: int) -> None:
+    """The snapshot a replica that applied the change at the last refresh version saved."""
+    ledger = WeightLedger.for_editor(w.editor)
+    at = ledger.combiner.exact_version(version)
+    active = await store.active_at(at)
+    blobs = await store.deltas([i for i, _ in active])
+    ledger.load([ActiveEdit(i, v, EditDelta.from_bytes(b))
+                 for (i, v), b in zip(active, blobs)], at)
+    await store.save_snapshot(at, st_save(ledger.combiner.exact_state()))
+    ledger.reset()
+
+
 def redis_memory_and_replay(w: Workload, redis_url: str, sizes: tuple[int, ...]) -> list[dict]:
-    """Per store size: Redis memory per stored edit, and the startup of a fresh replica
-    (read the snapshot's deltas, solve, follow the log to its end)."""
+    """Per store size: Redis memory per stored edit, and the startup of a fresh replica —
+    read the active deltas, solve, follow the log to its end — without a saved snapshot of
+    the sums (rebuilt from every edit), and with the one a running replica saves."""
     deltas = w.deltas(max(sizes))
     requests = edit_requests(max(sizes))
 
@@ -48,15 +77,12 @@ def redis_memory_and_replay(w: Workload, redis_url: str, sizes: tuple[int, ...])
                                  for i, (r, d) in enumerate(zip(requests[start:stop],
                                                                 deltas[start:stop]), start)])
             used = (await client.info("memory"))["used_memory"] - before
-            ledger = WeightLedger.for_editor(w.editor)
-            follower = LogFollower(ledger, store, ServiceMetrics())
-            began = time.perf_counter()
-            await follower.start()
-            seconds = time.perf_counter() - began
-            assert len(ledger) == size and ledger.version == size, (len(ledger), ledger.version)
-            ledger.reset()
+            cold = await _start_replica(w, store)
+            await _save_snapshot(w, store, size)  # what a running replica saved
+            warm = await _start_replica(w, store)
             rows.append({"edits": size, "redis_bytes_per_edit": used / size,
-                         "redis_mb": used / 2**20, "replay_s": seconds})
+                         "redis_mb": used / 2**20, "replay_s": warm,
+                         "replay_without_snapshot_s": cold})
         await client.flushdb()
         await client.aclose()
         return rows

@@ -66,6 +66,8 @@ class DeltaCombiner(Protocol):
     def remove(self, edit: ActiveEdit) -> None: ...
     def settle(self, version: int) -> None: ...
     def exact_version(self, version: int) -> int: ...
+    def exact_state(self) -> dict[str, torch.Tensor]: ...
+    def restore(self, state: dict[str, torch.Tensor]) -> None: ...
     def recompute(self, active: list[ActiveEdit]) -> None: ...
     def total(self, name: str) -> torch.Tensor | None: ...
 
@@ -106,6 +108,13 @@ class ExactSum:
     def value(self) -> torch.Tensor:
         return self._sum.to(torch.float64) / self.scale
 
+    def export(self) -> tuple[torch.Tensor, float]:
+        """The exact running sum and its bound: with ``load``, a copy bit for bit."""
+        return self._sum.clone(), self._bound
+
+    def load(self, total: torch.Tensor, bound: float) -> None:
+        self._sum, self._bound = total.to(torch.int64).clone(), bound
+
 
 class GridProducts:
     """Σ AᵢᵀBᵢ over terms whose entries lie on fixed-point grids (integer multiples of
@@ -142,10 +151,27 @@ class GridProducts:
     def value(self) -> torch.Tensor:
         return self._sum / self.scale
 
+    def export(self) -> tuple[torch.Tensor, float]:
+        """The exact running sum and its bound: with ``load``, a copy bit for bit."""
+        return self._sum.clone(), self._bound
+
+    def load(self, total: torch.Tensor, bound: float) -> None:
+        self._sum, self._bound = total.to(torch.float64).clone(), bound
+
 
 def on_grid(x: torch.Tensor, bits: int) -> torch.Tensor:
     """``x`` rounded to multiples of 2**-bits, in grid units (integer-valued float64)."""
     return torch.round(x.to(torch.float64) * 2.0 ** bits)
+
+
+def _export_sums(count: int, sums: Mapping[str, ExactSum | GridProducts | None]
+                 ) -> dict[str, torch.Tensor]:
+    out = {"count": torch.tensor([count], dtype=torch.int64)}
+    for key, total in sums.items():
+        if total is not None:
+            out[key], bound = total.export()
+            out[f"{key}.bound"] = torch.tensor([bound], dtype=torch.float64)
+    return out
 
 
 class SumCombiner:
@@ -187,6 +213,23 @@ class SumCombiner:
         """After every change the total is a function of the active set alone."""
         return version
 
+    def exact_state(self) -> dict[str, torch.Tensor]:
+        """What determines the total: the exact sums and the count (see ``restore``)."""
+        return _export_sums(self._count, self._sum)
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        """Take the state ``exact_state`` gave (of the same set of edits), bit for bit."""
+        self._count = int(state["count"][0])
+        for name in self._sum:
+            if name in state:
+                total = ExactSum(tuple(state[name].shape), self.SCALE_BITS)
+                total.load(state[name], float(state[f"{name}.bound"][0]))
+                self._sum[name] = total
+            else:
+                self._sum[name] = None
+            self._total[name] = self._sum[name].value() if self._count and self._sum[
+                name] is not None else None
+
     def recompute(self, active: list[ActiveEdit]) -> None:
         self._sum = {name: None for name in self._sum}
         self._total = {name: None for name in self._sum}
@@ -224,7 +267,7 @@ class RidgeCombiner:
     VALUE_BITS = 18
 
     def __init__(self, editable: list[EditableWeight], lam: float | Mapping[str, float],
-                 refresh_every: int = 256) -> None:
+                 refresh_every: int = 64) -> None:
         self._editable = {w.name: w for w in editable}
         self.lam = {w.name: float(lam if isinstance(lam, (int, float)) else lam[w.name])
                     for w in editable}
@@ -325,6 +368,24 @@ class RidgeCombiner:
         snapshot and, following the log from there, match its peers bit for bit."""
         return version - version % self.refresh_every
 
+    def exact_state(self) -> dict[str, torch.Tensor]:
+        """What determines the state at a refresh version: the exact sums and the count.
+        A replica that ``restore``s it there solves to the same bits as one that built it."""
+        sums = {f"{n}.gram": g for n, g in self._gram.items()}
+        sums.update({f"{n}.cross": c for n, c in self._cross.items()})
+        return _export_sums(self._count, sums)
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        """Take the state ``exact_state`` gave (of the same set of edits) and solve."""
+        self._clear_sums()
+        for name in self._editable:
+            for kind, sums in (("gram", self._gram), ("cross", self._cross)):
+                key = f"{name}.{kind}"
+                sums[name].load(state[key], float(state[f"{key}.bound"][0]))
+        self._count = int(state["count"][0])
+        self._refresh()
+        self._publish()
+
     def recompute(self, active: list[ActiveEdit]) -> None:
         """Solve from scratch: every active edit's keys in one product per weight."""
         self._clear_sums()
@@ -360,7 +421,7 @@ class CombinationConfig:
     def needs_keys(self) -> bool:
         return self.kind == "ridge"
 
-    def combiner(self, editable: list[EditableWeight], refresh_every: int = 256
+    def combiner(self, editable: list[EditableWeight], refresh_every: int = 64
                  ) -> DeltaCombiner:
         if self.kind == "ridge":
             return RidgeCombiner(editable, self.lam, refresh_every)

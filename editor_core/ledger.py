@@ -189,17 +189,23 @@ class WeightLedger:
                 self._write(new_version)
             return doomed
 
-    def load(self, active: Iterable[ActiveEdit], version: int) -> None:
+    def load(self, active: Iterable[ActiveEdit], version: int,
+             state: dict[str, torch.Tensor] | None = None) -> None:
         """Replace every active edit by ``active`` (each at its own version) and take
-        ``version``, solving from scratch: a replica's starting point, a snapshot of a log
-        taken at ``version``. The weights are a function of that set alone."""
+        ``version``: a replica's starting point, a snapshot of a log taken at ``version``.
+        The combination is solved from scratch, or from ``state`` — what
+        ``combiner.exact_state()`` gave for this same set — which spares rebuilding it from
+        every edit. Either way the weights are a function of the set alone."""
         edits = list(active)
         for edit in edits:
             self.validate(edit.delta)
         with self._lock:
             self._active = OrderedDict((e.edit_id, e)
                                        for e in sorted(edits, key=lambda e: e.version))
-            self.combiner.recompute(list(self._active.values()))
+            if state is None:
+                self.combiner.recompute(list(self._active.values()))
+            else:
+                self.combiner.restore(state)
             self._write(version)
 
     def reset(self) -> None:

@@ -88,13 +88,14 @@ class EditEngine:
     """One live model's edits: create, roll back, and rebuild from the store at startup."""
 
     def __init__(self, editor: Editor, ledger: WeightLedger, store: EditStore,
-                 metrics: ServiceMetrics, max_queued: int = 16) -> None:
+                 metrics: ServiceMetrics, max_queued: int = 16,
+                 snapshot_every: int = 64) -> None:
         self.editor = editor
         self.ledger = ledger
         self.store = store
         self.metrics = metrics
         self.max_queued = max_queued
-        self.follower = LogFollower(ledger, store, metrics)
+        self.follower = LogFollower(ledger, store, metrics, snapshot_every)
         self._lock = asyncio.Lock()
         self._queued = 0
 

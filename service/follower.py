@@ -3,7 +3,9 @@
 The Redis stream ``{p}:log`` is the single source of truth. A replica starts from a
 snapshot — the active edits right after a version at which the combined weights depend on
 the active set alone (``DeltaCombiner.exact_version``) — and then applies every later
-event in log order, its own edits included. Every replica therefore performs the same
+event in log order, its own edits included. At such versions (every ``snapshot_every``)
+one replica also saves the combination's exact sums, so a replica that starts there
+solves from them instead of rebuilding them from every active edit. Every replica therefore performs the same
 weight changes in the same order and holds the same weights bit for bit, whichever replica
 an edit was posted to, and however late it joined.
 
@@ -21,6 +23,8 @@ from dataclasses import dataclass, field
 
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
 from editor_core.combination import ActiveEdit
 from editor_core.delta import EditDelta
@@ -46,8 +50,10 @@ class _Change:
 class LogFollower:
     """Keeps one ledger in step with the store's log."""
 
-    def __init__(self, ledger: WeightLedger, store: EditStore, metrics: ServiceMetrics) -> None:
+    def __init__(self, ledger: WeightLedger, store: EditStore, metrics: ServiceMetrics,
+                 snapshot_every: int = 64) -> None:
         self.ledger = ledger
+        self.snapshot_every = snapshot_every
         self.store = store
         self.metrics = metrics
         self.position = "0-0"  # stream id of the last event applied
@@ -76,7 +82,9 @@ class LogFollower:
         blobs = await self.store.deltas([i for i, _ in active])
         edits = [ActiveEdit(i, v, EditDelta.from_bytes(b)) for (i, v), b in zip(active, blobs)]
         position = await self.store.log_position(at)
-        await asyncio.to_thread(self.ledger.load, edits, at)
+        saved = await self.store.snapshot(at) if at else None
+        state = None if saved is None else st_load(saved)
+        await asyncio.to_thread(self.ledger.load, edits, at, state)
         self.position = position
         await self.sync()
         return len(self.ledger)
@@ -122,6 +130,11 @@ class LogFollower:
         else:
             await asyncio.to_thread(self.ledger.remove_many, change.removed, change.version)
         self.metrics.log_events.labels("rollback").inc(len(change.removed))
+        if (change.version % self.snapshot_every == 0
+                and self.ledger.combiner.exact_version(change.version) == change.version
+                and await self.store.claim_snapshot(change.version)):
+            state = await asyncio.to_thread(lambda: st_save(self.ledger.combiner.exact_state()))
+            await self.store.save_snapshot(change.version, state)
 
     async def run(self, change_lock: asyncio.Lock, block_ms: int = 1000) -> None:
         """Forever: wait for new events (or ``block_ms``), then apply them under the

@@ -77,7 +77,8 @@ class LiveService:
         client = connect(settings.redis_url or embedded.url)
         # Stored edits are only valid for this model, editor, combination and basis.
         store = EditStore(client, _state_key(fingerprint, editor)[:32])
-        engine = EditEngine(editor, ledger, store, metrics, settings.limits.max_queued_edits)
+        engine = EditEngine(editor, ledger, store, metrics, settings.limits.max_queued_edits,
+                            settings.ridge_refresh_every)
         batcher = GenerationBatcher(model, ledger, settings.generation_batch_size,
                                     settings.generation_batch_window_ms / 1000)
         live = cls(settings, model, tokenizer, editor, ledger, engine, batcher, fingerprint,

@@ -78,8 +78,9 @@ class ServiceSettings(RuntimeSettings):
     ridge_lambda: float = Field(3.0, gt=0, description="λ of the ridge combination, unless "
                                 "the editor was trained with its own")
     ridge_refresh_every: int = Field(
-        256, ge=1, description="the ridge combination is solved exactly at every version "
-        "divisible by this (between them: rank updates); replicas must agree on it")
+        64, ge=1, description="the ridge combination is solved exactly at every version "
+        "divisible by this (between them: rank updates), and its sums are saved there for "
+        "starting replicas; replicas must agree on it")
     edit_basis: Literal["auto", "current", "pristine"] = Field(
         "auto", description="which weights a new edit is computed on: 'pristine' (edits "
         "independent, rollback as if never made), 'current' (the live weights), or 'auto' "

@@ -22,6 +22,10 @@ key                       type      holds
 ``{p}:claim:{fact}``      string    the active edit that holds a fact (its prompt, or its
                                     subject and relation): a new edit of the same fact
                                     supersedes it
+``{p}:snapshot``          hash      ``version`` and ``state``: the combination's exact sums at
+                                    a refresh version (safetensors bytes), from which a
+                                    starting replica solves instead of rebuilding them
+``{p}:saver:{v}``         string    which replica saves the snapshot at ``v`` (expires)
 ========================  ========  ========================================================
 
 Every change is one Lua script, which Redis runs atomically: a crash at any instant leaves
@@ -127,6 +131,15 @@ return {version, unpack(ids)}
 """
 
 
+_SAVE_SNAPSHOT = """
+local key, version, state = ARGV[1] .. ':snapshot', tonumber(ARGV[2]), ARGV[3]
+local current = tonumber(redis.call('HGET', key, 'version') or '-1')
+if current >= version then return 0 end
+redis.call('HSET', key, 'version', version, 'state', state)
+return 1
+"""
+
+
 class StoreError(Exception):
     """A refused store change; ``code`` is machine-readable (``not_found``, ``conflict``)."""
 
@@ -196,6 +209,7 @@ class EditStore:
         self._add = client.register_script(_ADD)
         self._rollback = client.register_script(_ROLLBACK)
         self._rollback_after = client.register_script(_ROLLBACK_AFTER)
+        self._save_snapshot = client.register_script(_SAVE_SNAPSHOT)
 
     def key(self, *parts: str) -> str:
         return ":".join([self.prefix, *parts])
@@ -349,6 +363,21 @@ class EditStore:
             if len(rows) < 256:
                 return "0-0"
             upper = f"({_decode(rows[-1][0])}"
+
+    async def claim_snapshot(self, version: int) -> bool:
+        """Whether this caller is the one to save the snapshot at ``version`` (the first
+        to ask; every replica computes the same one)."""
+        return bool(await self.client.set(self.key("saver", str(version)), 1,
+                                          nx=True, ex=3600))
+
+    async def save_snapshot(self, version: int, state: bytes) -> bool:
+        """Keep ``state`` as the snapshot at ``version`` unless a newer one is kept."""
+        return bool(await self._save_snapshot(args=[self.prefix, version, state]))
+
+    async def snapshot(self, version: int) -> bytes | None:
+        """The kept snapshot if it is the one at ``version``."""
+        kept, state = await self.client.hmget(self.key("snapshot"), "version", "state")
+        return state if kept is not None and int(kept) == version else None
 
     async def wait_for_events(self, after: str, block_ms: int) -> bool:
         """Block until the log has an event after ``after`` or ``block_ms`` pass; whether
