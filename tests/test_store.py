@@ -174,3 +174,34 @@ def test_an_edit_of_a_held_fact_supersedes_the_holder_in_the_same_step(redis_soc
     assert [i for i, _ in active] == [other.id, new.id, third.edits[0].id] and version == 4
     assert [(e["event"], e["version"]) for _, e in events][-3:] == [
         ("rollback", "3"), ("apply", "3"), ("apply", "4")]
+
+
+def test_one_replica_claims_each_snapshot_and_only_a_newer_one_replaces_it(
+        redis_socket: str) -> None:
+    async def body(store: EditStore):
+        claims = [await store.claim_snapshot(64), await store.claim_snapshot(64),
+                  await store.claim_snapshot(128)]
+        saved = [await store.save_snapshot(128, b"state-128"),
+                 await store.save_snapshot(64, b"state-64")]  # older: refused
+        return claims, saved, await store.snapshot(128), await store.snapshot(64)
+
+    claims, saved, at_128, at_64 = run(redis_socket, body)
+    assert claims == [True, False, True]
+    assert saved == [True, False]
+    assert (at_128, at_64) == (b"state-128", None)
+
+
+def test_the_active_set_at_a_past_version_and_where_the_log_follows_on(
+        redis_socket: str) -> None:
+    async def body(store: EditStore):
+        a = await add_one(store, record(subject="A"))  # version 1
+        b = await add_one(store, record(subject="B"))  # version 2
+        await store.rollback(a.id, by="t", at="now")  # version 3
+        c = await add_one(store, record(subject="C"))  # version 4
+        events = await store.events()
+        return ([await store.active_at(v) for v in (0, 2, 3, 4)], a.id, b.id, c.id, events,
+                await store.log_position(2), await store.log_position(0))
+
+    at, a, b, c, events, position_2, position_0 = run(redis_socket, body)
+    assert at == [[], [(a, 1), (b, 2)], [(b, 2)], [(b, 2), (c, 4)]]
+    assert position_2 == events[1][0] and position_0 == "0-0"
