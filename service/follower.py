@@ -4,10 +4,10 @@ The Redis stream ``{p}:log`` is the single source of truth. A replica starts fro
 snapshot — the active edits right after a version at which the combined weights depend on
 the active set alone (``DeltaCombiner.exact_version``) — and then applies every later
 event in log order, its own edits included. At such versions (every ``snapshot_every``)
-one replica also saves the combination's exact sums, so a replica that starts there
-solves from them instead of rebuilding them from every active edit. Every replica therefore performs the same
-weight changes in the same order and holds the same weights bit for bit, whichever replica
-an edit was posted to, and however late it joined.
+one replica also saves the combination's exact sums, so a replica that starts there solves
+from them instead of rebuilding them from every active edit. Every replica therefore
+performs the same weight changes in the same order and holds the same weights bit for bit,
+whichever replica an edit was posted to, and however late it joined.
 
 Events of one change share its version (a superseding edit rolls the old one back in the
 same change; a rollback to a version removes many at once), so events are applied a whole
