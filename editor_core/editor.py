@@ -37,6 +37,7 @@ from .data.records import EditRecord
 from .delta import EditDelta, WeightFactors
 from .encoding import (EditInputError, EncodedBatch, encode_batch, label_nll,
                        predicting_positions)
+from .head import OutputHead
 from .hypernetwork import Hypernetwork
 from .instructions import InstructionRegistry
 from .specs import EditableWeight
@@ -110,6 +111,7 @@ class Editor:
         self._modules = {w.name: modules[w.module_name] for w in self.editable}
         self._first_block = modules[_first_block_name(self.edit_model, self.editable)]
         self._dtype = next(self.edit_model.parameters()).dtype
+        self._head = OutputHead.verified(self.edit_model)
 
     @property
     def follows_live_weights(self) -> bool:
@@ -181,6 +183,16 @@ class Editor:
         finally:
             handle.remove()
 
+    def _logits_at(self, input_ids: torch.Tensor, mask: torch.Tensor, kept: torch.Tensor
+                   ) -> torch.Tensor:
+        """Logits at positions ``kept`` only, through the fast output head where verified."""
+        if self._head is None:
+            return self.edit_model(input_ids=input_ids, attention_mask=mask, use_cache=False,
+                                   logits_to_keep=kept).logits
+        hidden = self.edit_model.base_model(input_ids=input_ids, attention_mask=mask,
+                                            use_cache=False).last_hidden_state
+        return self._head(hidden[:, kept])
+
     def capture(self, batch: EncodedBatch) -> Captured:
         """Forward + backward of the summed per-request target NLL; u and δ per weight (fp32)."""
         device = next(self.edit_model.parameters()).device
@@ -191,8 +203,7 @@ class Editor:
         scale = _FP16_LOSS_SCALE if self._dtype == torch.float16 else 1.0
         with torch.enable_grad(), self._graph_from_first_block(), self._capture_hooks(store):
             kept = predicting_positions(labels)
-            logits = self.edit_model(input_ids=input_ids, attention_mask=mask,
-                                     use_cache=False, logits_to_keep=kept).logits
+            logits = self._logits_at(input_ids, mask, kept)
             per_request = label_nll(logits, labels[:, kept + 1])
             names = [w.name for w in self.editable]
             outputs = [store[n][1] for n in names]
@@ -221,10 +232,13 @@ class Editor:
                              [r.target for r in requests], self.max_length)
         device = next(self.edit_model.parameters()).device
         store: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        with self._capture_hooks(store):
-            self.edit_model(input_ids=batch.input_ids.to(device),
-                            attention_mask=batch.attention_mask.to(device), use_cache=False,
-                            logits_to_keep=1)  # the inputs are wanted, not the logits
+        with self._capture_hooks(store):  # the inputs are wanted, not the logits
+            inputs = {"input_ids": batch.input_ids.to(device),
+                      "attention_mask": batch.attention_mask.to(device), "use_cache": False}
+            if self._head is None:
+                self.edit_model(**inputs, logits_to_keep=1)
+            else:
+                self.edit_model.base_model(**inputs)
         mask = batch.attention_mask.bool()
         return {name: tuple(store[name][0][i][mask[i].to(device)].float().cpu().contiguous()
                             for i in range(len(requests)))
@@ -233,16 +247,13 @@ class Editor:
     # -- the edit ------------------------------------------------------------------------
     def transform(self, captured: Captured) -> dict[str, WeightFactors]:
         """Run the hypernetwork on captured rows (differentiable; the trainer uses this)."""
-        factors = {}
         per_edit = self.hypernetwork.cfg.delta_scaling == "per_edit"
-        for w in self.editable:
-            delta = captured.delta[w.name]
-            if per_edit:
-                delta = _unit_per_span(delta, captured.spans[w.name])
-            u_t, d_t = self.hypernetwork.transform(w.name, captured.u[w.name], delta)
-            factors[w.name] = WeightFactors(u_t, d_t, self.hypernetwork.step_size(w.name),
-                                            captured.spans[w.name])
-        return factors
+        rows = {w.name: (captured.u[w.name],
+                         _unit_per_span(captured.delta[w.name], captured.spans[w.name])
+                         if per_edit else captured.delta[w.name]) for w in self.editable}
+        transformed = self.hypernetwork.transform_many(rows)
+        return {w.name: WeightFactors(*transformed[w.name], self.hypernetwork.step_size(w.name),
+                                      captured.spans[w.name]) for w in self.editable}
 
     @torch.no_grad()
     def _finish(self, factors: dict[str, WeightFactors], n: int,

@@ -84,7 +84,11 @@ class RunningNorm(nn.Module):
 
 
 class LowRankResidualBlock(nn.Module):
-    """``h = z + relu(scale[l] ⊙ (U V z + b) + shift[l])`` with a per-layer scale and shift."""
+    """``h = z + relu(scale[l] ⊙ (U V z + b) + shift[l])`` with a per-layer scale and shift.
+
+    ``layer`` is one layer index for all rows, or a tensor of one index per row, so the rows
+    of several weights sharing the block go through it in one pass.
+    """
 
     def __init__(self, dim: int, rank: int, n_layers: int) -> None:
         super().__init__()
@@ -94,7 +98,7 @@ class LowRankResidualBlock(nn.Module):
         self.scale = nn.Parameter(torch.ones(n_layers, dim))
         self.shift = nn.Parameter(torch.zeros(n_layers, dim))
 
-    def forward(self, z: torch.Tensor, layer: int) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, layer: int | torch.Tensor) -> torch.Tensor:
         inner = (z @ self.V.T) @ self.U.T + self.bias
         return z + torch.relu(self.scale[layer] * inner + self.shift[layer])
 
@@ -111,7 +115,7 @@ class ShapeEditorNet(nn.Module):
         self.blocks = nn.ModuleList(
             LowRankResidualBlock(d_in + d_out, rank, n_layers) for _ in range(cfg.n_blocks))
 
-    def forward(self, u: torch.Tensor, delta: torch.Tensor, layer: int
+    def forward(self, u: torch.Tensor, delta: torch.Tensor, layer: int | torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.cat([self.norm_u(u), self.norm_delta(delta)], dim=-1)
         for block in self.blocks:
@@ -151,5 +155,23 @@ class Hypernetwork(nn.Module):
     def transform(self, name: str, u: torch.Tensor, delta: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """(ũ, δ̃) for rows of one weight's layer inputs and output gradients."""
-        key, layer = self._slots[name]
-        return self.nets[key](u, delta, layer)
+        return self.transform_many({name: (u, delta)})[name]
+
+    def transform_many(self, rows: dict[str, tuple[torch.Tensor, torch.Tensor]]
+                       ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(ũ, δ̃) per weight; the weights sharing a shape network go through it as one
+        batch of rows (a few large products instead of many small ones, the same result)."""
+        groups: dict[str, list[str]] = {}
+        for name in rows:
+            groups.setdefault(self._slots[name][0], []).append(name)
+        out = {}
+        for key, names in groups.items():
+            sizes = [rows[n][0].shape[0] for n in names]
+            u = torch.cat([rows[n][0] for n in names])
+            delta = torch.cat([rows[n][1] for n in names])
+            layers = torch.cat([torch.full((size,), self._slots[n][1], dtype=torch.long,
+                                           device=u.device) for n, size in zip(names, sizes)])
+            u_t, d_t = self.nets[key](u, delta, layers)
+            out.update((n, pair) for n, pair in zip(names, zip(u_t.split(sizes),
+                                                                 d_t.split(sizes))))
+        return out

@@ -370,3 +370,20 @@ def test_per_edit_delta_scaling_makes_each_edit_unit_norm(tok) -> None:
                                    rtol=1e-4, atol=1e-5 * expected.abs().max().item())
     with pytest.raises(ValueError, match="delta_scaling"):
         HypernetworkConfig(delta_scaling="bogus")
+
+
+def test_weights_sharing_a_shape_network_transform_together_as_alone() -> None:
+    model = tiny_model("gpt2", 100)
+    hyper = Hypernetwork(resolve_editable(model), HypernetworkConfig(rank=4))
+    torch.manual_seed(0)
+    for p in hyper.parameters():  # a trained-looking network, not the identity
+        p.data.normal_(0, 0.3)
+    hyper.eval()
+    rows = {w.name: (torch.randn(3 + i, w.d_in), torch.randn(3 + i, w.d_out))
+            for i, w in enumerate(hyper.editable)}
+    together = hyper.transform_many(rows)
+    assert len({hyper.slot(n)[0] for n in rows}) < len(rows)  # some share a network
+    for name, (u, d) in rows.items():
+        alone = hyper.transform(name, u, d)
+        torch.testing.assert_close(together[name][0], alone[0])
+        torch.testing.assert_close(together[name][1], alone[1])
