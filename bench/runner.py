@@ -40,7 +40,7 @@ class BenchSizes:
                    (1, 4, 8, 16), 40, 1000)
 
 
-def run(out_dir: Path, *, quick: bool = False, device: str = "cpu", threads: int = 2) -> dict:
+def run(out_dir: Path, *, quick: bool = False, device: str = "cpu", threads: int = 1) -> dict:
     sizes = BenchSizes.of(quick)
     w = Workload(device)
     results: dict = {"quick": quick, "device": device, "machine": machine(),

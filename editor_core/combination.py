@@ -38,12 +38,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import torch
 
 from .delta import EditDelta
 from .specs import EditableWeight
+from .workers import run_all
 
 
 @dataclass(frozen=True)
@@ -303,21 +305,26 @@ class RidgeCombiner:
                    and self._cross[n].fits(GridProducts.bound(k, v))
                    for n, (k, v) in parts.items()):
             raise OverflowError("too many or too large keys for the exact sums")
-        for name, (k, v) in parts.items():
+
+        def add(name: str, k: torch.Tensor, v: torch.Tensor) -> None:
             self._gram[name].add(k, k, sign)
             self._cross[name].add(k, v, sign)
 
+        run_all([partial(add, name, k, v) for name, (k, v) in parts.items()])
+
     def _change(self, edit: ActiveEdit, sign: float) -> None:
-        parts = {name: self._on_grid(edit.delta, name) for name in self._gram}  # all first
+        names = list(self._gram)  # every weight's grids first, each on its own worker
+        parts = dict(zip(names, run_all([partial(self._on_grid, edit.delta, n)
+                                         for n in names])))
         self._add_sums(parts, sign)
         self._count += int(sign)
         exact = self._count == 0 or self.refresh_every == 1 or any(
             d is None for d in self._delta.values())
         if not exact:
             try:
-                for name, (k, v) in parts.items():
-                    self._rank_update(name, k / 2.0 ** self.KEY_BITS,
-                                      v / 2.0 ** self.VALUE_BITS, sign)
+                run_all([partial(self._rank_update, name, k / 2.0 ** self.KEY_BITS,
+                                 v / 2.0 ** self.VALUE_BITS, sign)
+                         for name, (k, v) in parts.items()])
             except RuntimeError:  # a numerically singular update: solve exactly instead
                 exact = True
         if exact:
@@ -340,15 +347,19 @@ class RidgeCombiner:
 
     def _refresh(self) -> None:
         """P and ΔW exactly from the sums (or none, with nothing active)."""
-        for name in self._editable:
-            if self._count == 0:  # nothing active: exactly zero, not a rounding residue
-                self._inverse[name] = self._delta[name] = None
-                continue
+
+        def solve(name: str) -> None:
             gram = self._gram[name].value()
             gram.diagonal().add_(self.lam[name])
             inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram)).contiguous()
             self._inverse[name] = inverse
             self._delta[name] = inverse @ self._cross[name].value()
+
+        if self._count == 0:  # nothing active: exactly zero, not a rounding residue
+            for name in self._editable:
+                self._inverse[name] = self._delta[name] = None
+            return
+        run_all([partial(solve, name) for name in self._editable])
 
     def add(self, edit: ActiveEdit) -> None:
         self._change(edit, 1.0)

@@ -16,10 +16,13 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from .workers import run_all
 
 # The stored form of an edit: ΔW truncated to 1% relative Frobenius error, factors kept in
 # bfloat16 (fp32's range, so no underflow). The stored factors *are* the edit: the ledger
@@ -122,11 +125,14 @@ class EditDelta:
         ``WeightFactors.compressed``)."""
         rel_tol = STORE_REL_TOL if rel_tol is None else rel_tol
         dtype = STORE_DTYPE if dtype is None else dtype
-        parts = [EditDelta({n: f.compressed(rel_tol, dtype) for n, f in p.factors.items()}, 1,
-                           None if p.keys is None else
-                           {n: tuple(k.to(dtype).contiguous() for k in ks)
-                            for n, ks in p.keys.items()})
-                 for p in self.split()]
+        parts = []
+        for p in self.split():  # each weight's factors on their own worker
+            factors = run_all([partial(f.compressed, rel_tol, dtype)
+                               for f in p.factors.values()])
+            parts.append(EditDelta(dict(zip(p.factors, factors)), 1,
+                                   None if p.keys is None else
+                                   {n: tuple(k.to(dtype).contiguous() for k in ks)
+                                    for n, ks in p.keys.items()}))
         return parts[0] if len(parts) == 1 else merge(parts)
 
     def nbytes(self) -> int:

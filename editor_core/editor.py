@@ -41,6 +41,7 @@ from .head import OutputHead
 from .hypernetwork import Hypernetwork
 from .instructions import InstructionRegistry
 from .specs import EditableWeight
+from .workers import run_all
 
 DEFAULT_MAX_LENGTH = 256
 # fp16 gradients underflow easily; the editing loss is scaled up and δ scaled back down.
@@ -270,8 +271,12 @@ class Editor:
         its keys when the editor's combination needs them."""
         if isinstance(requests, EditRequest):
             requests = [requests]
-        captured = self.capture(self.encode(requests))
-        keys = self.plain_keys(requests) if self.combination.needs_keys else None
+        batch = self.encode(requests)  # a refused input costs nothing further
+        parts: list = [lambda: self.capture(batch)]
+        if self.combination.needs_keys:  # the keys pass runs beside the editing pass
+            parts.append(lambda: self.plain_keys(requests))
+        captured, *found = run_all(parts)
+        keys = found[0] if found else None
         was_training = self.hypernetwork.training
         self.hypernetwork.eval()  # frozen normalisation statistics at inference
         try:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
 from .specs import EditableWeight
+from .workers import run_all
 
 
 @dataclass(frozen=True)
@@ -164,14 +166,17 @@ class Hypernetwork(nn.Module):
         groups: dict[str, list[str]] = {}
         for name in rows:
             groups.setdefault(self._slots[name][0], []).append(name)
-        out = {}
-        for key, names in groups.items():
+
+        def run(key: str, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
             sizes = [rows[n][0].shape[0] for n in names]
             u = torch.cat([rows[n][0] for n in names])
             delta = torch.cat([rows[n][1] for n in names])
             layers = torch.cat([torch.full((size,), self._slots[n][1], dtype=torch.long,
                                            device=u.device) for n, size in zip(names, sizes)])
             u_t, d_t = self.nets[key](u, delta, layers)
-            out.update((n, pair) for n, pair in zip(names, zip(u_t.split(sizes),
-                                                                 d_t.split(sizes))))
+            return dict(zip(names, zip(u_t.split(sizes), d_t.split(sizes))))
+
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for part in run_all([partial(run, key, names) for key, names in groups.items()]):
+            out.update(part)  # each shape network on its own worker
         return out

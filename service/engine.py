@@ -154,10 +154,10 @@ class EditEngine:
             await self.follower.sync()  # compute on (and measure) the newest weights
             earlier = await self._newest_active(max(s.check_earlier for s in specs))
             try:  # nothing is stored or applied yet: a refusal changes nothing
-                with self._timed(timings, "compute"):
-                    deltas = await asyncio.to_thread(self._compute, specs)
-                with self._timed(timings, "measure"):
-                    before = await asyncio.to_thread(self._measure, specs, earlier)
+                with self._timed(timings, "compute"):  # measuring "before" runs beside
+                    deltas, before = await asyncio.gather(
+                        asyncio.to_thread(self._compute, specs),
+                        asyncio.to_thread(self._measure, specs, earlier))
             except (EditInputError, GenerationError, LedgerError, FloatingPointError) as exc:
                 for task in tasks:
                     self.metrics.edits.labels(task, "rejected").inc()

@@ -12,7 +12,7 @@ import pytest
 from editor_core.world import World, WorldConfig, build_world
 from editor_core.world.export import export_world
 
-runtime.configure_threads(2)
+runtime.configure_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_LM = REPO / "checkpoints" / "demo-lm"

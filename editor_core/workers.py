@@ -1,0 +1,48 @@
+"""Independent parts of one edit run side by side on a small pool of threads.
+
+The service runs torch with one intra-op thread (waking a second OpenMP thread for an edit's
+small products costs more than it gives), so on its own an edit would use one core. Its
+parts that do not depend on each other — the keys pass beside the editing pass, each
+weight's hypernetwork, compression and ridge update — run here on the other cores instead.
+Torch releases the GIL inside its kernels, so threads suffice. Each part is computed by the
+same operations whichever thread runs it, so results are bit-identical to a serial run.
+
+A part that itself calls ``run_all`` runs its pieces in its own thread, in order, so a
+pool thread never waits on the pool.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+_WORKERS = max(1, min(4, os.cpu_count() or 1))
+_POOL = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="edit-worker")
+_inside = threading.local()
+
+
+def run_all(calls: Sequence[Callable[[], T]]) -> list[T]:
+    """Every call's result, in order, computed on the pool with the caller's grad mode
+    (in the calling thread, in order, when there is one call or the caller is a worker)."""
+    if len(calls) <= 1 or getattr(_inside, "active", False):
+        return [call() for call in calls]
+    grad = torch.is_grad_enabled()
+
+    def run(call: Callable[[], T]) -> T:
+        _inside.active = True
+        try:
+            with torch.set_grad_enabled(grad):
+                return call()
+        finally:
+            _inside.active = False
+
+    futures = [_POOL.submit(run, call) for call in calls]
+    wait(futures)  # every part finishes, even when one failed
+    return [f.result() for f in futures]
