@@ -31,13 +31,14 @@ class BenchSizes:
     concurrency: tuple[int, ...]
     post_edits: int
     active_for_generation: int
+    generation_rounds: int
 
     @classmethod
     def of(cls, quick: bool) -> BenchSizes:
         if quick:
-            return cls((1, 8), 3, 20, (10, 100), (50,), 2, 8, (1, 4), 4, 32)
+            return cls((1, 8), 3, 20, (10, 100), (50,), 2, 8, (1, 4), 4, 32, 2)
         return cls((1, 8, 64), 20, 100, (10, 100, 1000, 10000), (1000, 10000), 8, 32,
-                   (1, 4, 8, 16), 40, 1000)
+                   (1, 4, 8, 16), 40, 1000, 7)
 
 
 def run(out_dir: Path, *, quick: bool = False, device: str = "cpu", threads: int = 1) -> dict:
@@ -63,7 +64,7 @@ def run(out_dir: Path, *, quick: bool = False, device: str = "cpu", threads: int
             "serving": lambda: serving.serving(
                 w, threads=threads, prompts=sizes.prompts, new_tokens=sizes.new_tokens,
                 concurrency=sizes.concurrency, post_edits_n=sizes.post_edits,
-                active=sizes.active_for_generation),
+                active=sizes.active_for_generation, rounds=sizes.generation_rounds),
         }
         try:
             for name, step in tqdm(steps.items(), desc="benchmarks", unit="bench"):

@@ -5,6 +5,7 @@ prompts and settings — single client, concurrent clients, and with many edits 
 from __future__ import annotations
 
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,22 +119,37 @@ def http_generate(base: str, prompts: list[str], new_tokens: int, clients: int) 
             **percentiles([m for _, m in results], 50, 99)}
 
 
+def alternating(bases: dict[str, str], prompts: list[str], new_tokens: int, rounds: int
+                ) -> dict[str, float]:
+    """Median single-client tokens/s of each service, asked in turn ``rounds`` times, so
+    drift of the machine's speed hits each alike."""
+    runs: dict[str, list[float]] = {name: [] for name in bases}
+    for _ in range(rounds):
+        for name, base in bases.items():
+            runs[name].append(http_generate(base, prompts, new_tokens, 1)["tokens_per_s"])
+    return {name: statistics.median(r) for name, r in runs.items()}
+
+
 def serving(w: Workload, *, threads: int, prompts: int, new_tokens: int,
-            concurrency: tuple[int, ...], post_edits_n: int, active: int) -> dict:
+            concurrency: tuple[int, ...], post_edits_n: int, active: int,
+            rounds: int) -> dict:
+    """Generation over HTTP against raw ``model.generate``, alone and concurrent, on a
+    service without edits; ``POST /edits`` latency, then generation with ``active`` more
+    edits, on a second service, against the first (both idle but for the request)."""
     texts = generation_prompts(prompts)
     raw = raw_generate(w, texts, new_tokens)
-    with running_service(w.device, threads) as base:
+    with running_service(w.device, threads) as base, \
+            running_service(w.device, threads) as edited:
         http_generate(base, texts[:2], 4, 1)  # warm up the HTTP path
         single = http_generate(base, texts, new_tokens, 1)
         concurrent = [http_generate(base, texts, new_tokens, c) for c in concurrency]
         requests = edit_requests(post_edits_n + active, seed=2)
-        edits = post_edits(base, requests[:post_edits_n])
-        add_edits_in_batches(base, requests[post_edits_n:post_edits_n + active])
-        with httpx.Client(base_url=base, timeout=600) as client:
+        edits = post_edits(edited, requests[:post_edits_n])
+        add_edits_in_batches(edited, requests[post_edits_n:post_edits_n + active])
+        with httpx.Client(base_url=edited) as client:
             held = client.get("/info").json()["active_edits"]
-            with_edits = http_generate(base, texts, new_tokens, 1)
-            client.post("/edits/rollback", json={"to_version": 0}).raise_for_status()
-        none_again = http_generate(base, texts, new_tokens, 1)  # the baseline, after: drift
+        http_generate(edited, texts[:2], 4, 1)
+        paired = alternating({"none": base, "edits": edited}, texts, new_tokens, rounds)
     raw_again = raw_generate(w, texts, new_tokens)  # the baseline, after: for drift
     raw_tps = (raw["tokens_per_s"] + raw_again["tokens_per_s"]) / 2
     return {
@@ -142,11 +158,7 @@ def serving(w: Workload, *, threads: int, prompts: int, new_tokens: int,
         "http_single_over_raw": single["tokens_per_s"] / raw_tps,
         "concurrent": [{**c, "over_raw_sequential": c["tokens_per_s"] / raw_tps}
                        for c in concurrent],
-        "post_edits": edits, "active_edits": held,
-        "with_edits_tokens_per_s": with_edits["tokens_per_s"],
-        "tokens_per_request": [single["completion_tokens_per_request"],
-                               with_edits["completion_tokens_per_request"]],
-        "none_again_tokens_per_s": none_again["tokens_per_s"],
-        "with_edits_over_none": with_edits["tokens_per_s"] / (
-            (single["tokens_per_s"] + none_again["tokens_per_s"]) / 2),
+        "post_edits": edits, "active_edits": held, "rounds": rounds,
+        "none_tokens_per_s": paired["none"], "with_edits_tokens_per_s": paired["edits"],
+        "with_edits_over_none": paired["edits"] / paired["none"],
     }

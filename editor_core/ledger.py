@@ -61,6 +61,8 @@ class WeightLedger:
         self.combiner: DeltaCombiner = combiner or SumCombiner(self.editable)
         self._active: OrderedDict[str, ActiveEdit] = OrderedDict()
         self._version = 0
+        self._writes = 0  # weight rewrites so far: what a cached digest is valid for
+        self._digest: tuple[int, str] | None = None
         self._lock = threading.RLock()  # serialises ledger changes
         self._rw = rwlock.RWLockWrite()  # readers of the weights vs the weight writer
 
@@ -238,16 +240,21 @@ class WeightLedger:
                 for mirror in self._mirrors:
                     mirror[name].copy_(live[name].to(mirror[name].device))
             self._version = version
+            self._writes += 1
 
     # -- identity ------------------------------------------------------------------------
     def live_digest(self) -> str:
-        """sha256 of the live editable weights as stored: equal digests, equal weights."""
-        h = hashlib.sha256()
+        """sha256 of the live editable weights as stored: equal digests, equal weights.
+        Hashed once per rewrite of the weights, not per call."""
         with self._lock, self.reading():
-            for name, param in self._params.items():
-                h.update(name.encode())
-                h.update(param.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
+            if self._digest is None or self._digest[0] != self._writes:
+                h = hashlib.sha256()
+                for name, param in self._params.items():
+                    h.update(name.encode())
+                    h.update(param.detach().cpu().reshape(-1).view(torch.uint8).numpy()
+                             .tobytes())
+                self._digest = (self._writes, h.hexdigest())
+            return self._digest[1]
 
     def pristine_weights(self) -> dict[str, torch.Tensor]:
         """Copies of the pristine editable weights (fp32)."""
