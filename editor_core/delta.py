@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .workers import run_all
+from .workers import MIN_PARALLEL_ROWS, run_all
 
 # The stored form of an edit: ΔW truncated to 1% relative Frobenius error, factors kept in
 # bfloat16 (fp32's range, so no underflow). The stored factors *are* the edit: the ledger
@@ -127,8 +127,9 @@ class EditDelta:
         dtype = STORE_DTYPE if dtype is None else dtype
         parts = []
         for p in self.split():  # each weight's factors on their own worker
+            rows = sum(f.rows for f in p.factors.values())
             factors = run_all([partial(f.compressed, rel_tol, dtype)
-                               for f in p.factors.values()])
+                               for f in p.factors.values()], rows >= MIN_PARALLEL_ROWS)
             parts.append(EditDelta(dict(zip(p.factors, factors)), 1,
                                    None if p.keys is None else
                                    {n: tuple(k.to(dtype).contiguous() for k in ks)

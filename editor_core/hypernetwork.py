@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from .specs import EditableWeight
-from .workers import run_all
+from .workers import MIN_PARALLEL_ROWS, run_all
+
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,8 @@ class Hypernetwork(nn.Module):
             return dict(zip(names, zip(u_t.split(sizes), d_t.split(sizes))))
 
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for part in run_all([partial(run, key, names) for key, names in groups.items()]):
+        parallel = sum(u.shape[0] for u, _ in rows.values()) >= MIN_PARALLEL_ROWS
+        for part in run_all([partial(run, key, names) for key, names in groups.items()],
+                            parallel):
             out.update(part)  # each shape network on its own worker
         return out

@@ -26,12 +26,16 @@ T = TypeVar("T")
 _WORKERS = max(1, min(4, os.cpu_count() or 1))
 _POOL = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="edit-worker")
 _inside = threading.local()
+# Parts over fewer rows in all than this (a short edit input) run in turn: handing them to
+# workers costs more than it saves.
+MIN_PARALLEL_ROWS = 64
 
 
-def run_all(calls: Sequence[Callable[[], T]]) -> list[T]:
-    """Every call's result, in order, computed on the pool with the caller's grad mode
-    (in the calling thread, in order, when there is one call or the caller is a worker)."""
-    if len(calls) <= 1 or getattr(_inside, "active", False):
+def run_all(calls: Sequence[Callable[[], T]], parallel: bool = True) -> list[T]:
+    """Every call's result, in order, computed on the pool with the caller's grad mode —
+    or in the calling thread, in order, when there is one call, the caller is a worker, or
+    ``parallel`` is false (parts too small to be worth a hand-off: about a millisecond)."""
+    if not parallel or len(calls) <= 1 or getattr(_inside, "active", False):
         return [call() for call in calls]
     grad = torch.is_grad_enabled()
 

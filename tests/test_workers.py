@@ -48,3 +48,10 @@ def test_a_failing_part_raises_after_every_part_finished() -> None:
     with pytest.raises(ValueError, match="bad part"):
         run_all([fails, slow, slow])
     assert finished == [True, True]
+
+
+def test_parts_too_small_to_hand_off_run_in_the_calling_thread() -> None:
+    here = threading.current_thread().name
+    names = run_all([lambda: threading.current_thread().name for _ in range(3)],
+                    parallel=False)
+    assert names == [here] * 3
