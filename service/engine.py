@@ -173,16 +173,16 @@ class EditEngine:
             self.metrics.rollbacks.inc(sum(len(v) for v in result.superseded.values()))
             with self._timed(timings, "measure"):
                 after = await asyncio.to_thread(self._measure, specs, earlier)
-            edits = []
-            for i, (spec, edit) in enumerate(zip(specs, result.edits)):
-                report = {"timings_ms": dict(timings), "batch_size": len(specs),
+            await self.store.annotate({
+                edit.id: {"timings_ms": dict(timings), "batch_size": len(specs),
                           "quality": _quality(spec, before, after, i, earlier),
                           "superseded": result.superseded.get(edit.id, [])}
-                await self.store.annotate(edit.id, report)
-                edits.append(await self.store.get(edit.id))
+                for i, (spec, edit) in enumerate(zip(specs, result.edits))})
+            for i, spec in enumerate(specs):
                 self.metrics.post_edit_probability.labels(spec.request.task).observe(
                     after.scores[i][0].probability)
                 self.metrics.edits.labels(spec.request.task, "applied").inc()
+            edits = await self.store.get_many([e.id for e in result.edits])
             return AddResult(edits, True, request_hash, result.superseded)
         finally:
             lock.release()
@@ -199,7 +199,7 @@ class EditEngine:
         if n <= 0:
             return []
         newest = [edit_id for edit_id, _ in reversed(await self.store.active())][:n]
-        records = [(await self.store.get(i)).record for i in newest]
+        records = [e.record for e in await self.store.get_many(newest)]
         return [_Earlier(i, r["prompt"], r["target"]) for i, r in zip(newest, records)]
 
     def _measure(self, specs: list[EditSpec], earlier: list[_Earlier]) -> _Measured:
@@ -240,7 +240,7 @@ class EditEngine:
             result = await self.store.rollback_after(version, by=by, at=at)
             await self.follower.sync()
             self.metrics.rollbacks.inc(len(result.ids))
-            return [await self.store.get(i) for i in result.ids]
+            return await self.store.get_many(result.ids)
         finally:
             lock.release()
 

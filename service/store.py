@@ -238,7 +238,7 @@ class EditStore:
         for pair in filter(None, (replaced or "").split(",")):
             old, new = pair.split(">")
             superseded.setdefault(new, []).append(old)
-        return AddResult([await self.get(i) for i in ids.split(",")], int(created) == 1,
+        return AddResult(await self.get_many(ids.split(",")), int(created) == 1,
                          stored_hash or "", superseded)
 
     async def find_idempotent(self, key: str) -> AddResult | None:
@@ -247,24 +247,25 @@ class EditStore:
                              await self.client.hmget(self.key("idem", key), "ids", "request"))
         if ids is None:
             return None
-        return AddResult([await self.get(i) for i in ids.split(",")], False, request_hash or "")
+        return AddResult(await self.get_many(ids.split(",")), False, request_hash or "")
 
-    async def annotate(self, edit_id: str, report: dict[str, Any]) -> None:
-        """Attach the report measured once the edit was applied."""
-        await self.client.hset(self.key("edit", edit_id), "report", json.dumps(report))
+    async def annotate(self, reports: dict[str, dict[str, Any]]) -> None:
+        """Attach to each edit the report measured once it was applied (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for edit_id, report in reports.items():
+            pipe.hset(self.key("edit", edit_id), "report", json.dumps(report))
+        await pipe.execute()
 
     async def get(self, edit_id: str) -> StoredEdit:
-        fields = await self.client.hgetall(self.key("edit", edit_id))
-        if not fields:
-            raise StoreError("not_found", f"no edit {edit_id!r}")
-        f = {_decode(k): _decode(v) for k, v in fields.items()}
-        report = f.get("report")
-        rolled_back_version = f.get("rolled_back_version")
-        return StoredEdit(edit_id, int(f["version"]), f["status"], json.loads(f["record"]),
-                          None if report is None else json.loads(report),
-                          f.get("rolled_back_by"), f.get("rolled_back_at"),
-                          None if rolled_back_version is None else int(rolled_back_version),
-                          f.get("superseded_by"))
+        return (await self.get_many([edit_id]))[0]
+
+    async def get_many(self, edit_ids: list[str]) -> list[StoredEdit]:
+        """Several edits in one round trip (a pipeline of reads), in the order asked."""
+        pipe = self.client.pipeline(transaction=False)
+        for edit_id in edit_ids:
+            pipe.hgetall(self.key("edit", edit_id))
+        return [_stored(edit_id, fields)
+                for edit_id, fields in zip(edit_ids, await pipe.execute())]
 
     async def delta(self, edit_id: str) -> bytes:
         data = await self.client.get(self.key("delta", edit_id))
@@ -305,8 +306,7 @@ class EditStore:
         while True:
             rows = await self.client.zrevrangebyscore(self.key("edits"), upper, "-inf",
                                                       start=0, num=batch, withscores=True)
-            for raw_id, _ in rows:
-                edit = await self.get(_decode(raw_id))
+            for edit in await self.get_many([_decode(raw_id) for raw_id, _ in rows]):
                 if ((status is None or edit.status == status)
                         and (task is None or edit.record.get("task") == task)
                         and (subject is None or edit.record.get("subject") == subject)):
@@ -384,3 +384,16 @@ class EditStore:
         one came."""
         found = await self.client.xread({self.key("log"): after}, count=1, block=block_ms)
         return bool(found)
+
+
+def _stored(edit_id: str, fields: dict) -> StoredEdit:
+    if not fields:
+        raise StoreError("not_found", f"no edit {edit_id!r}")
+    f = {_decode(k): _decode(v) for k, v in fields.items()}
+    report = f.get("report")
+    rolled_back_version = f.get("rolled_back_version")
+    return StoredEdit(edit_id, int(f["version"]), f["status"], json.loads(f["record"]),
+                      None if report is None else json.loads(report),
+                      f.get("rolled_back_by"), f.get("rolled_back_at"),
+                      None if rolled_back_version is None else int(rolled_back_version),
+                      f.get("superseded_by"))

@@ -34,7 +34,7 @@ def test_add_stores_record_delta_indexes_and_log(redis_socket: str) -> None:
     async def body(store: EditStore):
         first = await store.add([NewEdit(record(), b"delta-1")])
         second = await add_one(store, record(subject="Bo"), b"delta-2")
-        await store.annotate(second.id, {"timings_ms": {"compute": 1.5}})
+        await store.annotate({second.id: {"timings_ms": {"compute": 1.5}}})
         return first, await store.get(second.id), await store.delta(first.edits[0].id), \
             await store.active(), await store.events(), await store.version()
 
@@ -205,3 +205,20 @@ def test_the_active_set_at_a_past_version_and_where_the_log_follows_on(
     at, a, b, c, events, position_2, position_0 = run(redis_socket, body)
     assert at == [[], [(a, 1), (b, 2)], [(b, 2)], [(b, 2), (c, 4)]]
     assert position_2 == events[1][0] and position_0 == "0-0"
+
+
+def test_get_many_reads_several_edits_in_the_order_asked(redis_socket: str) -> None:
+    async def body(store: EditStore):
+        added = (await store.add([NewEdit(record(subject=s), b"d") for s in "ABC"])).edits
+        await store.annotate({added[0].id: {"n": 0}, added[2].id: {"n": 2}})
+        ids = [added[2].id, added[0].id, added[1].id]
+        got = await store.get_many(ids)
+        with pytest.raises(StoreError) as missing:
+            await store.get_many([added[0].id, "no-such-edit"])
+        return ids, got, missing.value
+
+    ids, got, missing = run(redis_socket, body)
+    assert [e.id for e in got] == ids
+    assert [e.record["subject"] for e in got] == ["C", "A", "B"]
+    assert [e.report for e in got] == [{"n": 2}, {"n": 0}, None]
+    assert missing.code == "not_found" and "no-such-edit" in str(missing)
