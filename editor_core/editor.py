@@ -184,15 +184,18 @@ class Editor:
         finally:
             handle.remove()
 
-    def _logits_at(self, input_ids: torch.Tensor, mask: torch.Tensor, kept: torch.Tensor
-                   ) -> torch.Tensor:
-        """Logits at positions ``kept`` only, through the fast output head where verified."""
+    def _target_nll(self, input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+                    ) -> torch.Tensor:
+        """Per-request NLL of the labels, with logits only where a label is predicted:
+        through the fused output head where verified, else the model's own forward."""
+        kept = predicting_positions(labels)
         if self._head is None:
-            return self.edit_model(input_ids=input_ids, attention_mask=mask, use_cache=False,
-                                   logits_to_keep=kept).logits
+            logits = self.edit_model(input_ids=input_ids, attention_mask=mask, use_cache=False,
+                                     logits_to_keep=kept).logits
+            return label_nll(logits, labels[:, kept + 1])
         hidden = self.edit_model.base_model(input_ids=input_ids, attention_mask=mask,
                                             use_cache=False).last_hidden_state
-        return self._head(hidden[:, kept])
+        return self._head.nll(hidden[:, kept], labels[:, kept + 1])
 
     def capture(self, batch: EncodedBatch) -> Captured:
         """Forward + backward of the summed per-request target NLL; u and δ per weight (fp32)."""
@@ -203,9 +206,7 @@ class Editor:
         labels = batch.labels.to(device)
         scale = _FP16_LOSS_SCALE if self._dtype == torch.float16 else 1.0
         with torch.enable_grad(), self._graph_from_first_block(), self._capture_hooks(store):
-            kept = predicting_positions(labels)
-            logits = self._logits_at(input_ids, mask, kept)
-            per_request = label_nll(logits, labels[:, kept + 1])
+            per_request = self._target_nll(input_ids, mask, labels)
             names = [w.name for w in self.editable]
             outputs = [store[n][1] for n in names]
             grads = torch.autograd.grad(per_request.sum() * scale, outputs, allow_unused=True)

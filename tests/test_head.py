@@ -1,5 +1,5 @@
-"""The editing pass's output head: the model's own logits and gradients, a fresh transpose
-after the weight changes, and a fallback where it would not give the model's logits."""
+"""The editing loss fused with the output layer: the model's own loss and gradient, and a
+fallback where it would not give the model's loss."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from editor_core.editor import EditRequest
+from editor_core.encoding import IGNORE_INDEX, label_nll
 from editor_core.head import OutputHead
 
 from .test_editing import make_editor
@@ -19,39 +20,35 @@ def tok():
     return small_tokenizer()
 
 
-@pytest.mark.parametrize("rows", [1, 2, 7])
+@pytest.mark.parametrize("vocab", [300, 5000])  # one slice of the matrix, and several
 @pytest.mark.parametrize("bias", [False, True])
-def test_logits_and_gradient_equal_the_linear_layer(rows: int, bias: bool) -> None:
-    torch.manual_seed(rows)
-    layer = torch.nn.Linear(16, 300, bias=bias)
-    head = OutputHead(layer)
-    hidden = torch.randn(rows, 16, requires_grad=True)
-    upstream = torch.randn(rows, 300)
-    ours = head(hidden)
-    (grad_ours,) = torch.autograd.grad(ours, hidden, upstream)
-    theirs = layer(hidden)
-    (grad_theirs,) = torch.autograd.grad(theirs, hidden, upstream)
+def test_loss_and_gradient_equal_those_of_the_logits(vocab: int, bias: bool) -> None:
+    torch.manual_seed(vocab)
+    layer = torch.nn.Linear(16, vocab, bias=bias)
+    hidden = torch.randn(3, 4, 16, requires_grad=True)
+    targets = torch.randint(0, vocab, (3, 4))
+    targets[0, :2] = IGNORE_INDEX
+    targets[2] = IGNORE_INDEX  # a row with nothing to predict
+    weights = torch.tensor([1.0, 2.0, 3.0])
+    ours = OutputHead(layer).nll(hidden, targets)
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), hidden)
+    theirs = label_nll(layer(hidden), targets)
+    (grad_theirs,) = torch.autograd.grad((theirs * weights).sum(), hidden)
     torch.testing.assert_close(ours, theirs)
     torch.testing.assert_close(grad_ours, grad_theirs)
+    assert ours[2] == 0 and grad_ours[2].abs().max() == 0
     assert layer.weight.grad is None  # the output weight is never trained here
 
 
-def test_leading_dimensions_are_kept() -> None:
-    layer = torch.nn.Linear(8, 50, bias=False)
-    hidden = torch.randn(3, 4, 8)
-    torch.testing.assert_close(OutputHead(layer)(hidden), layer(hidden))
-
-
-def test_transpose_follows_an_in_place_change_of_the_weight() -> None:
-    layer = torch.nn.Linear(8, 50, bias=False)
-    head = OutputHead(layer)
-    hidden = torch.randn(2, 8, requires_grad=True)
-    head(hidden)
+def test_large_logits_do_not_overflow() -> None:
+    layer = torch.nn.Linear(8, 4000, bias=False)
     with torch.no_grad():
-        layer.weight.mul_(3.0)
-    upstream = torch.randn(2, 50)
-    (grad,) = torch.autograd.grad(head(hidden), hidden, upstream)
-    torch.testing.assert_close(grad, upstream @ layer.weight.detach())
+        layer.weight.mul_(1e4)
+    hidden = torch.randn(1, 2, 8)
+    targets = torch.tensor([[5, 3000]])
+    ours = OutputHead(layer).nll(hidden, targets)
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, label_nll(layer(hidden).double(), targets).float())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -60,10 +57,11 @@ def test_verified_for_every_supported_family(family: str) -> None:
     head = OutputHead.verified(model)
     assert head is not None
     ids = torch.randint(0, 120, (2, 6))
+    targets = torch.roll(ids, -1, dims=1)
     with torch.no_grad():
         hidden = model.base_model(input_ids=ids).last_hidden_state
-        torch.testing.assert_close(head(hidden), model(input_ids=ids).logits, rtol=1e-4,
-                                   atol=1e-5)
+        torch.testing.assert_close(head.nll(hidden, targets),
+                                   label_nll(model(input_ids=ids).logits, targets))
 
 
 class _ScaledLogits(GPT2LMHeadModel):
