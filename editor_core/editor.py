@@ -186,8 +186,9 @@ class Editor:
 
     def _target_nll(self, input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
                     ) -> torch.Tensor:
-        """Per-request NLL of the labels, with logits only where a label is predicted:
-        through the fused output head where verified, else the model's own forward."""
+        """Per-request NLL of the labels (which may run one token past ``input_ids``), with
+        logits only where a label is predicted: through the fused output head where
+        verified, else the model's own forward."""
         kept = predicting_positions(labels)
         if self._head is None:
             logits = self.edit_model(input_ids=input_ids, attention_mask=mask, use_cache=False,
@@ -201,8 +202,12 @@ class Editor:
         """Forward + backward of the summed per-request target NLL; u and δ per weight (fp32)."""
         device = next(self.edit_model.parameters()).device
         store: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        input_ids = batch.input_ids.to(device)
-        mask = batch.attention_mask.to(device)
+        # Tokens after the last predicting position feed nothing the loss reads (attention
+        # looks back only): their u and δ rows would be dropped below, so they are not run.
+        kept = predicting_positions(batch.labels)
+        length = int(kept[-1]) + 1 if len(kept) else batch.input_ids.shape[1]
+        input_ids = batch.input_ids[:, :length].to(device)
+        mask = batch.attention_mask[:, :length].to(device)
         labels = batch.labels.to(device)
         scale = _FP16_LOSS_SCALE if self._dtype == torch.float16 else 1.0
         with torch.enable_grad(), self._graph_from_first_block(), self._capture_hooks(store):
