@@ -298,36 +298,42 @@ class RidgeCombiner:
         keys, values = keys_and_values(delta, name)
         return on_grid(keys, self.KEY_BITS), on_grid(values, self.VALUE_BITS)
 
-    def _add_sums(self, parts: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                  sign: float) -> None:
-        """Every weight's KᵀK and KᵀV into the sums, or none if one would overflow."""
+    def _check_sums(self, parts: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Refuse, before anything changes, a change whose KᵀK or KᵀV would overflow a sum."""
         if not all(self._gram[n].fits(GridProducts.bound(k, k))
                    and self._cross[n].fits(GridProducts.bound(k, v))
                    for n, (k, v) in parts.items()):
             raise OverflowError("too many or too large keys for the exact sums")
 
-        def add(name: str, k: torch.Tensor, v: torch.Tensor) -> None:
-            self._gram[name].add(k, k, sign)
-            self._cross[name].add(k, v, sign)
+    def _add_sums(self, name: str, k: torch.Tensor, v: torch.Tensor, sign: float) -> None:
+        self._gram[name].add(k, k, sign)
+        self._cross[name].add(k, v, sign)
 
-        run_all([partial(add, name, k, v) for name, (k, v) in parts.items()])
+    def _change_weight(self, name: str, k: torch.Tensor, v: torch.Tensor, sign: float,
+                       update: bool) -> bool:
+        """One weight's part of a change: its sums, then (``update``) its rank update;
+        false when that update was numerically singular (an exact solve must follow)."""
+        self._add_sums(name, k, v, sign)
+        if not update:
+            return True
+        try:
+            self._rank_update(name, k / 2.0 ** self.KEY_BITS, v / 2.0 ** self.VALUE_BITS,
+                              sign)
+        except RuntimeError:
+            return False
+        return True
 
     def _change(self, edit: ActiveEdit, sign: float) -> None:
         names = list(self._gram)  # every weight's grids first, each on its own worker
         parts = dict(zip(names, run_all([partial(self._on_grid, edit.delta, n)
                                          for n in names])))
-        self._add_sums(parts, sign)
+        self._check_sums(parts)
         self._count += int(sign)
         exact = self._count == 0 or self.refresh_every == 1 or any(
             d is None for d in self._delta.values())
-        if not exact:
-            try:
-                run_all([partial(self._rank_update, name, k / 2.0 ** self.KEY_BITS,
-                                 v / 2.0 ** self.VALUE_BITS, sign)
-                         for name, (k, v) in parts.items()])
-            except RuntimeError:  # a numerically singular update: solve exactly instead
-                exact = True
-        if exact:
+        updated = run_all([partial(self._change_weight, name, k, v, sign, not exact)
+                           for name, (k, v) in parts.items()])  # each on its own worker
+        if exact or not all(updated):
             self._refresh()
         self._publish()
 
@@ -406,7 +412,9 @@ class RidgeCombiner:
                 grids = [self._on_grid(edit.delta, name) for edit in active]
                 parts[name] = (torch.cat([k for k, _ in grids]),
                                torch.cat([v for _, v in grids]))
-            self._add_sums(parts, 1.0)
+            self._check_sums(parts)
+            run_all([partial(self._add_sums, name, k, v, 1.0)
+                     for name, (k, v) in parts.items()])
         self._count = len(active)
         self._refresh()
         self._publish()
