@@ -2,8 +2,9 @@
 
 The service runs torch with one intra-op thread (waking a second OpenMP thread for an edit's
 small products costs more than it gives), so on its own an edit would use one core. Its
-parts that do not depend on each other — the keys pass beside the editing pass, each
-weight's hypernetwork, compression and ridge update — run here on the other cores instead.
+parts that do not depend on each other — the keys pass beside the editing pass, each shape
+network of the hypernetwork, each weight's compression and ridge update — run here on the
+other cores instead.
 Torch releases the GIL inside its kernels, so threads suffice. Each part is computed by the
 same operations whichever thread runs it, so results are bit-identical to a serial run.
 
