@@ -157,7 +157,11 @@ class EditEngine:
                 with self._timed(timings, "compute"):  # measuring "before" runs beside
                     deltas, before = await asyncio.gather(
                         asyncio.to_thread(self._compute, specs),
-                        asyncio.to_thread(self._measure, specs, earlier))
+                        asyncio.to_thread(self._measure, specs, earlier),
+                        return_exceptions=True)  # both finish before the lock is let go
+                for outcome in (deltas, before):
+                    if isinstance(outcome, BaseException):
+                        raise outcome
             except (EditInputError, GenerationError, LedgerError, FloatingPointError) as exc:
                 for task in tasks:
                     self.metrics.edits.labels(task, "rejected").inc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis.asyncio as aioredis
@@ -12,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from editor_core.checkpoint import load_editor
 from editor_core.decoding import greedy_continuations
 from editor_core.editor import EditRequest
+from editor_core.encoding import EditInputError
 from editor_core.ledger import WeightLedger
 from service.engine import EditEngine, EditSpec
 from service.errors import ServiceError
@@ -174,3 +176,32 @@ def test_a_store_behind_the_weights_is_followed_by_rebuilding(first: Replica,
     version, active, made = asyncio.run(run())
     assert (version, active) == (1, 1)
     assert [e.edit_id for e in first.ledger.active] == made
+
+
+def test_a_refused_edit_answers_only_once_the_measurement_beside_it_ended(
+        redis_socket, first: Replica, monkeypatch) -> None:
+    """The edit computation and the "before" measurement run side by side; when the first
+    refuses, the request still waits for the second, so nothing reads the weights after
+    the edit lock is let go."""
+    ended = []
+
+    def refuse(specs):
+        raise EditInputError("the target produced no tokens")
+
+    def slow_measure(specs, earlier):
+        time.sleep(0.3)
+        ended.append(time.monotonic())
+
+    async def refused():
+        engine = first.engine(redis_socket)
+        monkeypatch.setattr(engine, "_compute", refuse)
+        monkeypatch.setattr(engine, "_measure", slow_measure)
+        with pytest.raises(ServiceError) as error:
+            await engine.create([SPEC])
+        return error.value, time.monotonic(), await engine.store.version()
+
+    error, answered, version = asyncio.run(refused())
+    assert error.status == 422 and error.code == "invalid_edit"
+    assert ended and ended[0] <= answered
+    assert version == 0 and len(first.ledger) == 0
+    assert first.ledger.live_digest() == first.pristine_digest
