@@ -184,12 +184,11 @@ class Editor:
         finally:
             handle.remove()
 
-    def _target_nll(self, input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
-                    ) -> torch.Tensor:
+    def _target_nll(self, input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+                    kept: torch.Tensor) -> torch.Tensor:
         """Per-request NLL of the labels (which may run one token past ``input_ids``), with
-        logits only where a label is predicted: through the fused output head where
-        verified, else the model's own forward."""
-        kept = predicting_positions(labels)
+        logits only at the predicting positions ``kept``: through the fused output head
+        where verified, else the model's own forward."""
         if self._head is None:
             logits = self.edit_model(input_ids=input_ids, attention_mask=mask, use_cache=False,
                                      logits_to_keep=kept).logits
@@ -209,9 +208,10 @@ class Editor:
         input_ids = batch.input_ids[:, :length].to(device)
         mask = batch.attention_mask[:, :length].to(device)
         labels = batch.labels.to(device)
+        kept = kept.to(device)
         scale = _FP16_LOSS_SCALE if self._dtype == torch.float16 else 1.0
         with torch.enable_grad(), self._graph_from_first_block(), self._capture_hooks(store):
-            per_request = self._target_nll(input_ids, mask, labels)
+            per_request = self._target_nll(input_ids, mask, labels, kept)
             names = [w.name for w in self.editable]
             outputs = [store[n][1] for n in names]
             grads = torch.autograd.grad(per_request.sum() * scale, outputs, allow_unused=True)
