@@ -59,7 +59,8 @@ class DeltaCombiner(Protocol):
     """How active edits combine into one ΔW per weight (in the stored orientation).
 
     A change is any number of ``add``/``remove`` calls followed by ``settle(version)``,
-    which the ledger calls once per change before it reads ``total``.
+    which the ledger calls once per change before it reads ``total``; ``publish`` runs
+    under the ledger's write lock, as the new weights and version are swapped in.
     """
 
     requires_keys: bool
@@ -72,6 +73,7 @@ class DeltaCombiner(Protocol):
     def restore(self, state: dict[str, torch.Tensor]) -> None: ...
     def recompute(self, active: list[ActiveEdit]) -> None: ...
     def total(self, name: str) -> torch.Tensor | None: ...
+    def publish(self) -> None: ...
 
 
 class ExactSum:
@@ -241,6 +243,9 @@ class SumCombiner:
 
     def total(self, name: str) -> torch.Tensor | None:
         return self._total[name]
+
+    def publish(self) -> None:
+        """Nothing beyond the weights themselves to publish."""
 
 
 def keys_and_values(delta: EditDelta, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -422,17 +427,21 @@ class RidgeCombiner:
     def total(self, name: str) -> torch.Tensor | None:
         return self._total[name]
 
+    def publish(self) -> None:
+        """Nothing beyond the weights themselves to publish."""
+
 
 @dataclass(frozen=True)
 class CombinationConfig:
     """Which combination an editor was trained for; saved in its checkpoint."""
 
-    kind: str = "sum"  # "sum" or "ridge"
+    kind: str = "sum"  # "memory" (routed, unmerged), "sum" or "ridge"
     lam: Mapping[str, float] | float | None = None  # ridge only: λ per weight (or one)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("sum", "ridge"):
-            raise ValueError(f"unknown combination {self.kind!r}; use 'sum' or 'ridge'")
+        if self.kind not in ("memory", "sum", "ridge"):
+            raise ValueError(f"unknown combination {self.kind!r}; use 'memory', 'sum' or "
+                             "'ridge'")
         if self.kind == "ridge" and self.lam is None:
             raise ValueError("a ridge combination needs λ")
 
@@ -440,8 +449,18 @@ class CombinationConfig:
     def needs_keys(self) -> bool:
         return self.kind == "ridge"
 
-    def combiner(self, editable: list[EditableWeight], refresh_every: int = 64
-                 ) -> DeltaCombiner:
+    @property
+    def needs_routing(self) -> bool:
+        return self.kind == "memory"
+
+    def combiner(self, editable: list[EditableWeight], refresh_every: int = 64,
+                 routing=None) -> DeltaCombiner:
+        """The combiner; the edit memory needs its ``RoutingConfig`` as ``routing``."""
+        if self.kind == "memory":
+            from .memory import EditMemory  # the memory builds on this module's ActiveEdit
+            if routing is None:
+                raise ValueError("the edit memory needs a routing configuration")
+            return EditMemory(editable, routing)
         if self.kind == "ridge":
             return RidgeCombiner(editable, self.lam, refresh_every)
         return SumCombiner(editable)

@@ -92,12 +92,32 @@ class WeightFactors:
 
 
 @dataclass(frozen=True)
+class RoutingKey:
+    """Where the edit memory fires an edit: the gate module's input at the last token of
+    the plain prompt and of each rephrase (``keys`` [k, d], pristine model), and the token
+    sequences of the subject and its aliases (none: the edit has no subject)."""
+
+    keys: torch.Tensor
+    subjects: tuple[tuple[int, ...], ...] = ()
+
+
+@dataclass(frozen=True)
 class EditDelta:
     """Per editable weight, the factors of one edit or of a batch of edits."""
 
     factors: dict[str, WeightFactors]
     n_requests: int = 1
     keys: dict[str, tuple[torch.Tensor, ...]] | None = None  # per weight, one per request
+    routes: tuple[RoutingKey, ...] | None = None  # one per request (the edit memory's)
+
+    @property
+    def routing(self) -> RoutingKey | None:
+        """A single request's routing key (None: computed without one)."""
+        if self.routes is None:
+            return None
+        if self.n_requests != 1:
+            raise ValueError("take one request's routing key (use split())")
+        return self.routes[0]
 
     def split(self) -> list[EditDelta]:
         """One delta per request of a batch, in request order."""
@@ -108,7 +128,7 @@ class EditDelta:
             keys = None if self.keys is None else {n: (k[i],) for n, k in self.keys.items()}
             out.append(EditDelta({
                 name: f.select(*f.spans[i]) for name, f in self.factors.items()
-            }, 1, keys))
+            }, 1, keys, None if self.routes is None else (self.routes[i],)))
         return out
 
     def key_matrix(self, name: str) -> torch.Tensor:
@@ -133,12 +153,14 @@ class EditDelta:
             parts.append(EditDelta(dict(zip(p.factors, factors)), 1,
                                    None if p.keys is None else
                                    {n: tuple(k.to(dtype).contiguous() for k in ks)
-                                    for n, ks in p.keys.items()}))
+                                    for n, ks in p.keys.items()}, p.routes))
         return parts[0] if len(parts) == 1 else merge(parts)
 
     def nbytes(self) -> int:
         keys = 0 if self.keys is None else sum(k.numel() * k.element_size()
                                                for ks in self.keys.values() for k in ks)
+        keys += 0 if self.routes is None else sum(r.keys.numel() * r.keys.element_size()
+                                                  for r in self.routes)
         return keys + sum(f.u.numel() * f.u.element_size() + f.d.numel() * f.d.element_size()
                           for f in self.factors.values())
 
@@ -159,6 +181,9 @@ class EditDelta:
                 tensors[f"{i}.k"] = self.key_matrix(name).contiguous()
             meta[f"{i}.name"] = name
             meta[f"{i}.step"] = repr(f.step)
+        if self.routes is not None:
+            tensors["route.keys"] = self.routing.keys.contiguous()
+            meta["route.subjects"] = json.dumps([list(s) for s in self.routing.subjects])
         return st_save(tensors, metadata=meta)
 
     @classmethod
@@ -177,7 +202,11 @@ class EditDelta:
             if f"{i}.k" in tensors:
                 keys[name] = (tensors[f"{i}.k"],)
             i += 1
-        return cls(factors, 1, keys or None)
+        routes = None
+        if "route.keys" in tensors:
+            subjects = tuple(tuple(s) for s in json.loads(meta.get("route.subjects", "[]")))
+            routes = (RoutingKey(tensors["route.keys"], subjects),)
+        return cls(factors, 1, keys or None, routes)
 
 
 def merge(deltas: list[EditDelta]) -> EditDelta:
@@ -201,4 +230,8 @@ def merge(deltas: list[EditDelta]) -> EditDelta:
         raise ValueError("cannot merge deltas with keys and deltas without")
     keys = None if not all(with_keys) else {
         name: tuple(k for d in deltas for k in d.keys[name]) for name in names}
-    return EditDelta(factors, len(deltas), keys)
+    routed = [d.routes is not None for d in deltas]
+    if any(routed) and not all(routed):
+        raise ValueError("cannot merge deltas with routing keys and deltas without")
+    routes = tuple(r for d in deltas for r in d.routes) if all(routed) else None
+    return EditDelta(factors, len(deltas), keys, routes)

@@ -40,6 +40,7 @@ from .encoding import (EditInputError, EncodedBatch, encode_batch, label_nll,
 from .head import OutputHead
 from .hypernetwork import Hypernetwork
 from .instructions import InstructionRegistry
+from .memory import RoutingKey, routing_keys, subject_token_ids
 from .specs import EditableWeight
 from .workers import run_all
 
@@ -54,6 +55,8 @@ class EditRequest:
 
     ``subject`` names the entity (or, for ConvSent, the topic); ``sentiment`` is ConvSent's
     target opinion; ``description`` replaces the task's own instruction wording.
+    ``rephrases`` and ``aliases`` (other names of the subject) give the edit memory more
+    routing keys and subject spellings.
     """
 
     task: str
@@ -62,6 +65,8 @@ class EditRequest:
     subject: str | None = None
     description: str | None = None
     sentiment: str | None = None
+    rephrases: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
 
     @classmethod
     def from_record(cls, record: EditRecord, description: str | None = None) -> EditRequest:
@@ -251,6 +256,27 @@ class Editor:
                             for i in range(len(requests)))
                 for name in self._modules}
 
+    @property
+    def gate(self) -> str:
+        """The edit memory's gate: the first edited module in forward order."""
+        names = {w.module_name for w in self.editable}
+        return next(n for n, _ in self.edit_model.named_modules() if n in names)
+
+    def routing(self, requests: Sequence[EditRequest]) -> tuple[RoutingKey, ...]:
+        """Each request's routing key for the edit memory, on the editing model (the
+        pristine copy under the pristine basis): keys at the last token of the plain prompt
+        and of each rephrase; token sequences of the subject and its aliases."""
+        prompts = [p for r in requests for p in (r.prompt, *r.rephrases)]
+        keys = routing_keys(self.edit_model, self.tokenizer, self.gate, prompts)
+        out, start = [], 0
+        for r in requests:
+            n = 1 + len(r.rephrases)
+            names = (r.subject, *r.aliases) if r.subject else ()
+            out.append(RoutingKey(keys[start:start + n].contiguous(),
+                                  subject_token_ids(self.tokenizer, names)))
+            start += n
+        return tuple(out)
+
     # -- the edit ------------------------------------------------------------------------
     def transform(self, captured: Captured) -> dict[str, WeightFactors]:
         """Run the hypernetwork on captured rows (differentiable; the trainer uses this)."""
@@ -264,13 +290,14 @@ class Editor:
 
     @torch.no_grad()
     def _finish(self, factors: dict[str, WeightFactors], n: int,
-                keys: dict[str, tuple[torch.Tensor, ...]] | None = None) -> EditDelta:
+                keys: dict[str, tuple[torch.Tensor, ...]] | None = None,
+                routes: tuple[RoutingKey, ...] | None = None) -> EditDelta:
         return EditDelta({
             name: WeightFactors(f.u.detach().float().cpu().contiguous(),
                                 f.d.detach().float().cpu().contiguous(), float(f.step),
                                 f.spans)
             for name, f in factors.items()
-        }, n, keys)
+        }, n, keys, routes)
 
     def compute(self, requests: Sequence[EditRequest] | EditRequest) -> EditDelta:
         """The delta of one request or of a batch (rows attributable to each request), with
@@ -281,8 +308,11 @@ class Editor:
         parts: list = [lambda: self.capture(batch)]
         if self.combination.needs_keys:  # the keys pass runs beside the editing pass
             parts.append(lambda: self.plain_keys(requests))
+        if self.combination.needs_routing:
+            parts.append(lambda: self.routing(requests))
         captured, *found = run_all(parts)
-        keys = found[0] if found else None
+        keys = found[0] if self.combination.needs_keys else None
+        routes = found[-1] if self.combination.needs_routing else None
         was_training = self.hypernetwork.training
         self.hypernetwork.eval()  # frozen normalisation statistics at inference
         try:
@@ -290,7 +320,7 @@ class Editor:
                 factors = self.transform(captured)
         finally:
             self.hypernetwork.train(was_training)
-        return self._finish(factors, len(requests), keys)
+        return self._finish(factors, len(requests), keys, routes)
 
 
 def _unit_per_span(rows: torch.Tensor, spans: tuple[tuple[int, int], ...]) -> torch.Tensor:

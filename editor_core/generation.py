@@ -27,6 +27,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from .memory import routing_session
+
 FinishReason = Literal["stop", "length"]
 # Below this temperature, sampling is argmax in all but name, and dividing the logits by it
 # overflows to infinity: it is decoded greedily.
@@ -74,6 +76,7 @@ class TokenStream:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: FinishReason | None = None
+    edits_fired: tuple[str, ...] = ()  # the edit memory's entries that acted on it
     _ids: list[int] = field(default_factory=list)
     _new: list[int] = field(default_factory=list)
 
@@ -102,6 +105,7 @@ class TokenStream:
         self._new: list[int] = []
         self._emitted = 0
         self.text, self.finish_reason = "", None
+        self.edits_fired = ()
 
     @property
     def done(self) -> bool:
@@ -166,19 +170,22 @@ class TokenStream:
         self.begin(device)
         step_input = torch.tensor([self._ids], device=device)
         cache = None
-        while True:
-            mask = torch.ones(1, self.prompt_tokens + len(self._new), dtype=torch.long,
-                              device=device)
-            out = self.model(input_ids=step_input, attention_mask=mask, past_key_values=cache,
-                             use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values
-            token = self.choose(out.logits[0, -1])
-            piece = self.accept(token)
-            if piece:
-                yield piece
-            if self.done:
-                return
-            step_input = torch.tensor([[token]], device=device)
+        with routing_session(self.model) as routing:
+            while True:
+                mask = torch.ones(1, self.prompt_tokens + len(self._new), dtype=torch.long,
+                                  device=device)
+                out = self.model(input_ids=step_input, attention_mask=mask,
+                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
+                cache = out.past_key_values
+                if routing is not None:
+                    self.edits_fired = routing.fired(0)
+                token = self.choose(out.logits[0, -1])
+                piece = self.accept(token)
+                if piece:
+                    yield piece
+                if self.done:
+                    return
+                step_input = torch.tensor([[token]], device=device)
 
     def run(self) -> str:
         """Generate to the end; the whole new text."""
@@ -207,31 +214,37 @@ def generate_together(model: PreTrainedModel, streams: Sequence[TokenStream]
                          for s in streams], device=device)
     live = list(range(len(streams)))  # batch row → stream index
     cache = None
-    while live:
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
-        tokens, keep = [], []
-        for row, index in enumerate(live):
-            if streams[index].done:  # cancelled while the step ran
-                continue
-            token = streams[index].choose(out.logits[row, -1])
-            piece = streams[index].accept(token)
-            if piece or streams[index].done:
-                yield index, piece
-            if not streams[index].done:
-                keep.append(row)
-                tokens.append(token)
-        if len(keep) < len(live):
-            rows = torch.tensor(keep, dtype=torch.long, device=device)
-            cache.batch_select_indices(rows)
-            mask = mask[rows]
-            live = [live[row] for row in keep]
-        if not live:
-            return
-        ids = torch.tensor([[t] for t in tokens], device=device)
-        mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype, device=device)], 1)
+    with routing_session(model) as routing:
+        while live:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                        past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache = out.past_key_values
+            tokens, keep = [], []
+            for row, index in enumerate(live):
+                if streams[index].done:  # cancelled while the step ran
+                    continue
+                if routing is not None:
+                    streams[index].edits_fired = routing.fired(row)
+                token = streams[index].choose(out.logits[row, -1])
+                piece = streams[index].accept(token)
+                if piece or streams[index].done:
+                    yield index, piece
+                if not streams[index].done:
+                    keep.append(row)
+                    tokens.append(token)
+            if len(keep) < len(live):
+                rows = torch.tensor(keep, dtype=torch.long, device=device)
+                cache.batch_select_indices(rows)
+                if routing is not None:
+                    routing.select(keep)
+                mask = mask[rows]
+                live = [live[row] for row in keep]
+            if not live:
+                return
+            ids = torch.tensor([[t] for t in tokens], device=device)
+            mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype,
+                                               device=device)], 1)
 
 
 def _first_stop(text: str, stops: Sequence[str], start: int) -> int | None:

@@ -58,9 +58,11 @@ class WeightLedger:
                          for m in mirrors]
         self._pristine = {n: p.detach().to(torch.float32, copy=True).cpu()
                           for n, p in self._params.items()}
-        self.combiner: DeltaCombiner = combiner or SumCombiner(self.editable)
+        self.combiner: DeltaCombiner = (combiner if combiner is not None
+                                         else SumCombiner(self.editable))
         self._active: OrderedDict[str, ActiveEdit] = OrderedDict()
         self._version = 0
+        self._pristine_live = False  # whether the live weights are known to be pristine
         self._writes = 0  # weight rewrites so far: what a cached digest is valid for
         self._digest: tuple[int, str] | None = None
         self._lock = threading.RLock()  # serialises ledger changes
@@ -71,7 +73,8 @@ class WeightLedger:
         """A ledger for the editor's model that keeps its fp32 editing replica in step and
         combines edits as the editor was trained to (unless ``combiner`` says otherwise)."""
         mirrors = [editor.edit_model] if editor.follows_live_weights else []
-        combiner = combiner or editor.combination.combiner(editor.editable)
+        combiner = combiner if combiner is not None else editor.combination.combiner(
+            editor.editable)
         return cls(editor.model, editor.editable, combiner, mirrors)
 
     def reading(self) -> AbstractContextManager:
@@ -147,6 +150,11 @@ class WeightLedger:
             if not (torch.isfinite(f.u).all() and torch.isfinite(f.d).all()
                     and torch.isfinite(torch.tensor(float(f.step)))):
                 raise LedgerError(f"factors of {name} are not finite")
+            if hasattr(self.combiner, "validate"):
+                try:
+                    self.combiner.validate(delta)
+                except ValueError as exc:
+                    raise LedgerError(str(exc)) from None
             if self.combiner.requires_keys:
                 if delta.keys is None or name not in delta.keys:
                     raise LedgerError(f"this ledger combines edits by their keys; the delta "
@@ -204,7 +212,7 @@ class WeightLedger:
         with self._lock:
             self._active = OrderedDict((e.edit_id, e)
                                        for e in sorted(edits, key=lambda e: e.version))
-            if state is None:
+            if not state:
                 self.combiner.recompute(list(self._active.values()))
             else:
                 self.combiner.restore(state)
@@ -234,11 +242,16 @@ class WeightLedger:
             pristine = self._pristine[name]
             live[name] = pristine if total is None else (
                 pristine.to(torch.float64) - total).to(torch.float32)
+        rewrite = not (self._pristine_live and all(v is self._pristine[n]
+                                                   for n, v in live.items()))
         with self._rw.gen_wlock():
-            for name, param in self._params.items():
-                param.copy_(live[name].to(device=param.device, dtype=param.dtype))
-                for mirror in self._mirrors:
-                    mirror[name].copy_(live[name].to(mirror[name].device))
+            if rewrite:  # an edit memory keeps the weights pristine: nothing to copy
+                for name, param in self._params.items():
+                    param.copy_(live[name].to(device=param.device, dtype=param.dtype))
+                    for mirror in self._mirrors:
+                        mirror[name].copy_(live[name].to(mirror[name].device))
+            self._pristine_live = all(v is self._pristine[n] for n, v in live.items())
+            self.combiner.publish()
             self._version = version
             self._writes += 1
 
@@ -253,6 +266,9 @@ class WeightLedger:
                     h.update(name.encode())
                     h.update(param.detach().cpu().reshape(-1).view(torch.uint8).numpy()
                              .tobytes())
+                routed = getattr(self.combiner, "state_digest", lambda: "")()
+                if routed:  # an edit memory's active entries are part of the live state
+                    h.update(routed.encode())
                 self._digest = (self._writes, h.hexdigest())
             return self._digest[1]
 

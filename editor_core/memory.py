@@ -1,0 +1,398 @@
+"""The edit memory: edits kept unmerged, each routed to the sequences it is about.
+
+Merging thousands of independently computed deltas into the same few weights makes them
+interfere (issue 6). The memory keeps the live weights pristine and every active edit as an
+**entry**: its stored low-rank factors and its **routing key** — the input of the gate
+module (the first edited weight) at the last token of the edit's plain prompt (and of each
+rephrase the request gave), computed on the pristine model when the edit is made — plus
+the token ids of its subject (and the subject's aliases).
+
+Per sequence, routing follows three rules:
+
+- an entry becomes *eligible* once one of its subject's token sequences has appeared in the
+  sequence (an entry without a subject is eligible everywhere, behind a stricter threshold);
+- at each position, the gate input (centred on the base model's background mean) is
+  compared by cosine with the keys of the eligible entries; the first position where one
+  reaches the threshold *fires* the best-matching entry there (top-1: at most one entry per
+  sequence);
+- the fired entry's ΔW acts at that position and every later one, in prefill and decode,
+  through low-rank products ``out −= step · (x uᵀ) d`` — never a dense matrix.
+
+The gate module's input is computed before any edited weight acts, so routing never
+depends on the edits themselves. The memory is a function of the active set alone: ties
+break by edit id, never by arrival order, so removing an entry gives exactly the answers of
+a memory built without it, and an empty memory is the pristine model.
+
+The memory plugs into the ``WeightLedger`` as its combination (``total`` is always None: no
+weight is rewritten). A change is published under the ledger's write lock, and each routing
+session reads the index it started with, so a generation sees one state of the memory.
+Routing sessions are per thread: ``routing_session(model)`` opens one for a decoding loop
+(its state survives across steps of a KV cache); a forward pass outside any session routes
+on its own (teacher-forced scoring of whole sequences).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .combination import ActiveEdit
+from .delta import EditDelta, RoutingKey
+from .specs import EditableWeight
+
+__all__ = ["EditMemory", "MemoryEntry", "RoutingConfig", "RoutingSession", "routing_session"]
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """How the memory routes: the gate module, the thresholds, the background mean.
+
+    ``threshold`` applies to entries with a subject; ``subjectless_threshold`` to entries
+    without one (they are eligible everywhere, so they must match more closely). ``mean``
+    is the average gate input over background text, subtracted before the cosine (raw
+    activations are anisotropic). Calibrated per base model, saved with the editor.
+    """
+
+    gate: str
+    threshold: float = 0.8
+    subjectless_threshold: float = 0.95
+    mean: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class MemoryEntry:
+    """One active edit as the memory uses it."""
+
+    edit_id: str
+    keys: torch.Tensor  # [k, d_gate] centred, unit-norm
+    subjects: tuple[tuple[int, ...], ...]  # token-id sequences; empty: no subject
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # module → (u, d, step)
+
+
+@dataclass(frozen=True)
+class _Index:
+    """An immutable view of the memory that one routing session reads."""
+
+    entries: dict[str, MemoryEntry]
+    by_last_token: dict[int, tuple[tuple[str, tuple[int, ...]], ...]]
+    subjectless: tuple[str, ...]
+    subjectless_keys: torch.Tensor | None  # [n, d] stacked keys of subjectless entries
+    subjectless_owner: tuple[str, ...]  # entry id of each stacked key row
+
+
+_EMPTY = _Index({}, {}, (), None, ())
+_ATTACHED: weakref.WeakKeyDictionary[nn.Module, EditMemory] = weakref.WeakKeyDictionary()
+_LOCAL = threading.local()
+
+
+class EditMemory:
+    """The active edits as routed entries (a ``DeltaCombiner`` that never rewrites weights)."""
+
+    requires_keys = False
+
+    def __init__(self, editable: list[EditableWeight], config: RoutingConfig) -> None:
+        self.editable = list(editable)
+        self.config = config
+        self._modules = {w.name: w.module_name for w in self.editable}
+        self._entries: dict[str, MemoryEntry] = {}
+        self._index = _EMPTY
+
+    # -- the combiner protocol (the ledger calls these under its change lock) -------------
+    def add(self, edit: ActiveEdit) -> None:
+        self._entries[edit.edit_id] = self.entry(edit.edit_id, edit.delta)
+
+    def remove(self, edit: ActiveEdit) -> None:
+        del self._entries[edit.edit_id]
+
+    def settle(self, version: int) -> None:
+        """Nothing to solve: the memory is its set of entries."""
+
+    def exact_version(self, version: int) -> int:
+        return version  # every state is a function of the active set
+
+    def exact_state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError("the edit memory is rebuilt from its active edits")
+
+    def recompute(self, active: list[ActiveEdit]) -> None:
+        self._entries = {e.edit_id: self.entry(e.edit_id, e.delta) for e in active}
+
+    def total(self, name: str) -> torch.Tensor | None:
+        return None  # the weights stay pristine
+
+    def publish(self) -> None:
+        """Make the current entries the ones new routing sessions read (the ledger calls
+        this under its write lock, with the version)."""
+        entries = dict(self._entries)
+        by_last: dict[int, list[tuple[str, tuple[int, ...]]]] = {}
+        subjectless = []
+        for edit_id in sorted(entries):
+            entry = entries[edit_id]
+            if not entry.subjects:
+                subjectless.append(edit_id)
+            for ids in entry.subjects:
+                by_last.setdefault(ids[-1], []).append((edit_id, ids))
+        keys = [entries[i].keys for i in subjectless]
+        owner = tuple(i for i in subjectless for _ in range(entries[i].keys.shape[0]))
+        self._index = _Index(entries, {t: tuple(v) for t, v in by_last.items()},
+                             tuple(subjectless), torch.cat(keys) if keys else None, owner)
+
+    def state_digest(self) -> str:
+        """Names the active set ('' when empty): part of the ledger's live digest."""
+        if not self._entries:
+            return ""
+        return hashlib.sha256("\n".join(sorted(self._entries)).encode()).hexdigest()
+
+    # -- entries --------------------------------------------------------------------------
+    def validate(self, delta: EditDelta) -> None:
+        """Refuse a delta the memory cannot route (ValueError)."""
+        if delta.routing is None:
+            raise ValueError("the edit memory needs the edit's routing key; compute the edit "
+                             "with an editor whose combination is 'memory'")
+        keys = delta.routing.keys
+        d = self.config.mean.shape[0] if self.config.mean is not None else keys.shape[-1]
+        if keys.dim() != 2 or keys.shape[0] == 0 or keys.shape[1] != d or not torch.isfinite(
+                keys).all():
+            raise ValueError(f"routing keys are {tuple(keys.shape)}; expected finite (k, {d})")
+
+    def entry(self, edit_id: str, delta: EditDelta) -> MemoryEntry:
+        self.validate(delta)
+        keys = delta.routing.keys.float()
+        if self.config.mean is not None:
+            keys = keys - self.config.mean
+        keys = keys / keys.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        factors = {self._modules[name]: (f.u.float(), f.d.float(), float(f.step))
+                   for name, f in delta.factors.items()}
+        return MemoryEntry(edit_id, keys.contiguous(), delta.routing.subjects, factors)
+
+    def __len__(self) -> int:
+        return len(self._index.entries)
+
+    # -- routing --------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        """Route ``model``'s forward passes through this memory (hooks stay for its life)."""
+        modules = dict(model.named_modules())
+        order = [n for n, _ in model.named_modules() if n in set(self._modules.values())]
+        if order[0] != self.config.gate:
+            raise ValueError(f"the gate {self.config.gate!r} must be the first edited module "
+                             f"({order[0]!r}), so routing never sees an edit's effect")
+        base = getattr(model, "base_model", model)
+        base.register_forward_pre_hook(self._on_inputs, with_kwargs=True)
+        base.register_forward_hook(self._on_done)
+        modules[self.config.gate].register_forward_pre_hook(self._on_gate)
+        for module_name in self._modules.values():
+            modules[module_name].register_forward_hook(self._make_apply(module_name))
+        _ATTACHED[model] = self
+
+    @contextmanager
+    def session(self) -> Iterator[RoutingSession]:
+        """A routing state for one decoding loop in this thread (rows = batch rows)."""
+        previous = getattr(_LOCAL, "session", None)
+        session = RoutingSession(self, self._index)
+        _LOCAL.session = session
+        try:
+            yield session
+        finally:
+            _LOCAL.session = previous
+
+    def _on_inputs(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        session = getattr(_LOCAL, "session", None)
+        if ids is None or (session is None and not self._index.entries):
+            return None
+        if session is None or session.ephemeral or session.memory is not self:
+            session = RoutingSession(self, self._index, ephemeral=True)
+            _LOCAL.session = session
+        mask = kwargs.get("attention_mask")
+        session.feed(ids, None if mask is None else mask[:, -ids.shape[1]:])
+        return None
+
+    def _on_done(self, module, args, output):
+        session = getattr(_LOCAL, "session", None)
+        if session is not None and session.ephemeral:
+            _LOCAL.session = None
+        return None
+
+    def _on_gate(self, module, args):
+        session = getattr(_LOCAL, "session", None)
+        if session is not None and session.memory is self:
+            session.route(args[0])
+        return None
+
+    def _make_apply(self, module_name: str):
+        def hook(module, args, output):
+            session = getattr(_LOCAL, "session", None)
+            if session is None or session.memory is not self or not session.applying:
+                return None
+            x = args[0]
+            out = output.clone()
+            for row, entry, start in session.applying:
+                u, d, step = entry.factors[module_name]
+                xs = x[row, start:].to(u.dtype)
+                out[row, start:] -= (step * ((xs @ u.T) @ d)).to(out.dtype)
+            return out
+        return hook
+
+
+@dataclass
+class _Row:
+    ids: list[int] = field(default_factory=list)
+    eligible: dict[str, int] = field(default_factory=dict)  # entry → first position
+    fired: MemoryEntry | None = None
+    fired_at: int = 0  # the position it fired at
+
+
+class RoutingSession:
+    """Which entry fired for each row of one decoding loop, step after step."""
+
+    def __init__(self, memory: EditMemory, index: _Index, ephemeral: bool = False) -> None:
+        self.memory = memory
+        self.index = index
+        self.ephemeral = ephemeral
+        self.rows: list[_Row] = []
+        self.applying: list[tuple[int, MemoryEntry, int]] = []
+        self._chunk: list[list[int]] = []  # per row: real positions of the chunk's tokens
+
+    def fired(self, row: int) -> tuple[str, ...]:
+        """The ids of the edits that fired for ``row`` (at most one)."""
+        entry = self.rows[row].fired if row < len(self.rows) else None
+        return () if entry is None else (entry.edit_id,)
+
+    def select(self, rows: Sequence[int]) -> None:
+        """Keep only these rows (a batch whose finished sequences left)."""
+        self.rows = [self.rows[r] for r in rows]
+
+    def feed(self, ids: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Take the next chunk of token ids (``[B, T]``; mask 0 marks padding)."""
+        while len(self.rows) < ids.shape[0]:
+            self.rows.append(_Row())
+        by_last = self.index.by_last_token
+        ids_list = ids.tolist()
+        keep = None if mask is None else mask.tolist()
+        self._chunk = []
+        for r, tokens in enumerate(ids_list):
+            row, positions = self.rows[r], []
+            for j, token in enumerate(tokens):
+                if keep is not None and not keep[r][j]:
+                    positions.append(-1)
+                    continue
+                row.ids.append(token)
+                pos = len(row.ids) - 1
+                positions.append(pos)
+                for edit_id, subject in by_last.get(token, ()):
+                    n = len(subject)
+                    if edit_id not in row.eligible and tuple(row.ids[-n:]) == subject:
+                        row.eligible[edit_id] = pos
+            self._chunk.append(positions)
+
+    def route(self, x: torch.Tensor) -> None:
+        """Fire entries at the chunk's gate inputs ``x`` ([B, T, d]); set what applies."""
+        config, index = self.memory.config, self.index
+        self.applying = []
+        if not index.entries:
+            return
+        for r, positions in enumerate(self._chunk):
+            row = self.rows[r]
+            real = [j for j, p in enumerate(positions) if p >= 0]
+            if row.fired is None and real and (row.eligible or index.subjectless):
+                self._try_fire(row, x[r], real, positions, config, index)
+            if row.fired is not None:
+                start = next((j for j in real if positions[j] >= row.fired_at), None)
+                if start is not None:
+                    self.applying.append((r, row.fired, start))
+
+    @staticmethod
+    def _try_fire(row: _Row, x: torch.Tensor, real: list[int], positions: list[int],
+                  config: RoutingConfig, index: _Index) -> None:
+        h = x[real].float()
+        if config.mean is not None:
+            h = h - config.mean
+        h = h / h.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        owners: list[str] = []
+        blocks: list[torch.Tensor] = []
+        starts: list[int] = []
+        limits: list[float] = []
+        for edit_id, first in sorted(row.eligible.items()):
+            entry = index.entries[edit_id]
+            owners += [edit_id] * entry.keys.shape[0]
+            blocks.append(entry.keys)
+            starts += [first] * entry.keys.shape[0]
+            limits += [config.threshold] * entry.keys.shape[0]
+        if index.subjectless_keys is not None:
+            owners += list(index.subjectless_owner)
+            blocks.append(index.subjectless_keys)
+            starts += [0] * len(index.subjectless_owner)
+            limits += [config.subjectless_threshold] * len(index.subjectless_owner)
+        sims = h @ torch.cat(blocks).T  # [T', keys]
+        pos = torch.tensor([positions[j] for j in real]).unsqueeze(1)
+        ok = (sims >= torch.tensor(limits)) & (pos >= torch.tensor(starts))
+        hit = ok.any(1).nonzero()
+        if len(hit) == 0:
+            return
+        t = int(hit[0])
+        scores = torch.where(ok[t], sims[t], torch.tensor(-2.0))
+        best = max(range(len(owners)), key=lambda k: (float(scores[k]), _neg(owners[k])))
+        row.fired = index.entries[owners[best]]
+        row.fired_at = positions[real[t]]
+
+
+def _neg(edit_id: str) -> tuple[int, ...]:
+    """Sort key: on equal scores the smaller id wins (any deterministic order would do)."""
+    return tuple(-ord(c) for c in edit_id)
+
+
+def routing_session(model: nn.Module):
+    """The memory's routing session for a decoding loop on ``model`` (a null context when
+    no memory is attached: then it yields None)."""
+    memory = _ATTACHED.get(model)
+    return nullcontext() if memory is None else memory.session()
+
+
+def routing_keys(model: nn.Module, tokenizer, gate: str, prompts: Sequence[str]
+                 ) -> torch.Tensor:
+    """The gate module's input at each prompt's last token ([len(prompts), d]), in one
+    right-padded pass; the caller passes a model no memory routes (the pristine copy)."""
+    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    width = max(len(e) for e in encoded)
+    pad = tokenizer.pad_token_id or 0
+    device = next(model.parameters()).device
+    ids = torch.tensor([e + [pad] * (width - len(e)) for e in encoded], device=device)
+    mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded],
+                        device=device)
+    module = dict(model.named_modules())[gate]
+    found: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(lambda m, a: found.append(a[0].detach()))
+    try:
+        with torch.no_grad():
+            getattr(model, "base_model", model)(input_ids=ids, attention_mask=mask,
+                                                use_cache=False)
+    finally:
+        handle.remove()
+    last = torch.tensor([len(e) - 1 for e in encoded], device=device)
+    return found[0][torch.arange(len(encoded), device=device), last].float().cpu()
+
+
+def subject_token_ids(tokenizer, names: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """The token sequences a subject (or alias) may appear as: alone and after a space."""
+    out: list[tuple[int, ...]] = []
+    for name in names:
+        name = name.strip()
+        if not name:
+            continue
+        for text in (name, " " + name):
+            ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+            if ids and ids not in out:
+                out.append(ids)
+    return tuple(out)
+
+
+__all__ += ["RoutingKey", "routing_keys", "subject_token_ids"]
