@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -22,6 +23,7 @@ from .combination import CombinationConfig
 from .editor import Editor
 from .hypernetwork import Hypernetwork, HypernetworkConfig
 from .instructions import InstructionRegistry
+from .memory import RoutingConfig
 from .specs import EditableWeight, resolve_editable
 
 FORMAT_VERSION = 1
@@ -142,3 +144,27 @@ def load_editor(path: str | Path, model: PreTrainedModel, tokenizer: PreTrainedT
     return Editor(model, tokenizer, hyper, registry,
                   use_instructions=config.get("use_instructions", True),
                   fp32_replica=fp32_replica, combination=combination, basis=basis)
+
+
+ROUTING_FILE = "routing.safetensors"
+
+
+def save_routing(path: str | Path, routing: RoutingConfig) -> None:
+    """Write the edit memory's calibrated routing beside the editor it was calibrated for."""
+    meta = {"gate": routing.gate, "threshold": repr(routing.threshold),
+            "subjectless_threshold": repr(routing.subjectless_threshold)}
+    tensors = {} if routing.mean is None else {"mean": routing.mean.contiguous()}
+    save_file(tensors, str(Path(path) / ROUTING_FILE), metadata=meta)
+
+
+def load_routing(path: str | Path) -> RoutingConfig:
+    """The routing an editor folder ships (``instructedit calibrate-routing`` writes it)."""
+    file = Path(path) / ROUTING_FILE
+    if not file.exists():
+        raise FileNotFoundError(f"{file} is missing: calibrate the edit memory's routing "
+                                "for this editor (instructedit calibrate-routing)")
+    with safe_open(str(file), "pt") as f:
+        meta = f.metadata()
+        mean = f.get_tensor("mean") if "mean" in f.keys() else None
+    return RoutingConfig(meta["gate"], float(meta["threshold"]),
+                         float(meta["subjectless_threshold"]), mean)

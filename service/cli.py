@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .settings import DEMO_LM_PATH, RuntimeSettings
+from .settings import DEMO_EDITOR_PATH, DEMO_LM_PATH, RuntimeSettings
 
 app = typer.Typer(
     help="InstructEdit Server: edit a served language model's knowledge over HTTP.",
@@ -331,6 +331,37 @@ def _lifelong(lm, tokenizer, editors: list[tuple[str, Path]], data_dir: Path,
             out[label] = evaluator.run(method, counts,
                                        removal_at if removal_at in counts else None)
     return out
+
+
+@app.command("calibrate-routing")
+def calibrate_routing_cmd(
+    editor: Annotated[Path, typer.Option(help="editor folder: the routing is written "
+                                         "into it")] = DEMO_EDITOR_PATH,
+    model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
+    data_dir: DataDir = Path("data/world"),
+    tasks: TaskList = "counterfact,recent",
+    threads: Threads = None,
+) -> None:
+    """Calibrate the edit memory's routing for an editor: background mean over the training
+    prompts, thresholds on the validation split (never on a measured set)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from editor_core.checkpoint import load_editor, save_routing
+    from editor_core.routing_calibration import calibrate_routing
+    from editor_core.training.examples import load_task_records
+
+    _setup(threads)
+    lm = AutoModelForCausalLM.from_pretrained(model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    ed = load_editor(editor, lm, tokenizer, basis="pristine")
+    names = [t.strip() for t in tasks.split(",")]
+    train = load_task_records(data_dir, names, "train")
+    validation = load_task_records(data_dir, names, "validation")
+    background = [r.prompt for rs in train.values() for r in rs]
+    routing, figures = calibrate_routing(ed, background,
+                                         [r for rs in validation.values() for r in rs])
+    save_routing(editor, routing)
+    typer.echo(json.dumps(figures, indent=2))
 
 
 @app.command("analyze")

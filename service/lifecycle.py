@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from editor_core.checkpoint import (editor_fingerprint, load_editor, model_fingerprint,
+from editor_core.checkpoint import (load_routing, editor_fingerprint, load_editor, model_fingerprint,
                                     read_editor_config)
 from editor_core.combination import CombinationConfig
 from editor_core.editor import Editor
@@ -67,12 +67,15 @@ class LiveService:
         tokenizer = AutoTokenizer.from_pretrained(settings.model)
         combination = _combination(settings, read_editor_config(settings.editor))
         basis = settings.edit_basis if settings.edit_basis != "auto" else (
-            "pristine" if combination.kind == "ridge" else "current")
+            "pristine" if combination.kind in ("memory", "ridge") else "current")
         editor = load_editor(settings.editor, model, tokenizer, basis=basis)
         editor.combination = combination
         fingerprint = model_fingerprint(model, editor.editable, tokenizer)
+        routing = load_routing(settings.editor) if combination.needs_routing else None
         ledger = WeightLedger.for_editor(editor, combination.combiner(
-            editor.editable, settings.ridge_refresh_every))
+            editor.editable, settings.ridge_refresh_every, routing))
+        if routing is not None:
+            ledger.combiner.attach(model)
         embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir)
         client = connect(settings.redis_url or embedded.url)
         # Stored edits are only valid for this model, editor, combination and basis.
@@ -126,6 +129,8 @@ def _combination(settings: ServiceSettings, editor_config: dict) -> CombinationC
     trained = CombinationConfig(**editor_config.get("combination", {"kind": "sum"}))
     if settings.combination == "editor":
         return trained
+    if settings.combination == "memory":
+        return CombinationConfig("memory")
     if settings.combination == "ridge":
         return trained if trained.kind == "ridge" else CombinationConfig(
             "ridge", settings.ridge_lambda)

@@ -19,6 +19,9 @@ class EditIn(_Strict):
                         examples=["Plyndti Brynta is a citizen of"])
     target: str = Field(min_length=1, max_length=1000, examples=["Veiistan"])
     subject: str | None = Field(None, max_length=500, examples=["Plyndti Brynta"])
+    aliases: list[str] = Field(
+        default_factory=list, max_length=16, examples=[["P. Brynta"]],
+        description="other names of the subject: the edit memory fires the edit on them too")
     relation: str | None = Field(
         None, max_length=200, examples=["citizenship"],
         description="with subject, names the fact: a later edit of the same subject and "
@@ -30,7 +33,8 @@ class EditIn(_Strict):
     rephrases: list[str] = Field(
         default_factory=list, max_length=16,
         examples=[["What country is Plyndti Brynta a citizen of?"]],
-        description="other wordings of the prompt: the target is measured on them too")
+        description="other wordings of the prompt: the target is measured on them too, and "
+        "the edit memory keeps each as a routing key of the edit")
     locality_prompts: list[str] = Field(
         default_factory=list, max_length=16, examples=[["Plyndti Brynta works in the field of"]],
         description="prompts whose answers should not change: checked before and after")
@@ -154,6 +158,9 @@ class GenerateOut(BaseModel):
     finish_reason: Literal["stop", "length"]
     usage: Usage
     version: int = Field(description="the version of the live weights that generated it")
+    edits_fired: list[str] = Field(
+        default_factory=list, description="ids of the edits the edit memory applied to this "
+        "generation (at most one): why an answer differs from the pristine model's")
 
 
 class ScoreIn(_Strict):

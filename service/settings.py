@@ -74,10 +74,11 @@ class ServiceSettings(RuntimeSettings):
     redis_url: str | None = Field(
         None, validation_alias=AliasChoices("REDIS_URL", "INSTRUCTEDIT_REDIS_URL"),
         description="an external Redis (redis://, rediss:// or unix://); unset: embedded")
-    combination: Literal["editor", "sum", "ridge"] = Field(
-        "ridge", description="how active edits combine: 'ridge' (joint least squares over "
-        "every active edit's keys; holds up as edits accumulate), 'sum', or 'editor' (as "
-        "the editor checkpoint says)")
+    combination: Literal["memory", "editor", "sum", "ridge"] = Field(
+        "memory", description="how active edits act: 'memory' (kept unmerged, each routed "
+        "to the sequences about its subject; holds up as edits accumulate), 'ridge' (joint "
+        "least squares over every active edit's keys, merged into the weights), 'sum', or "
+        "'editor' (as the editor checkpoint says)")
     ridge_lambda: float = Field(3.0, gt=0, description="λ of the ridge combination, unless "
                                 "the editor was trained with its own")
     ridge_refresh_every: int = Field(
@@ -87,7 +88,7 @@ class ServiceSettings(RuntimeSettings):
     edit_basis: Literal["auto", "current", "pristine"] = Field(
         "auto", description="which weights a new edit is computed on: 'pristine' (edits "
         "independent, rollback as if never made), 'current' (the live weights), or 'auto' "
-        "(pristine for ridge, current for sum)")
+        "(pristine for memory and ridge, current for sum)")
     generation_batch_size: int = Field(
         16, ge=1, description="generations decoded together at most (1: one at a time)")
     generation_batch_window_ms: float = Field(

@@ -62,13 +62,15 @@ def test_edit_generate_rollback_and_restart_over_http(settings: ServiceSettings)
         assert quality["locality"][0]["unchanged"] and quality["locality_unchanged"]
         after = answer(client)
         assert after["text"].strip().startswith(TARGET) and after["version"] == 1
+        assert after["edits_fired"] == [edit["id"]] and before["edits_fired"] == []
+        assert answer(client, UNRELATED)["edits_fired"] == []
         assert answer(client, REPHRASE)["text"].strip().startswith(TARGET)  # held-out wording
         assert answer(client, UNRELATED)["text"] == unrelated["text"]
         assert client.get(f"/edits/{edit['id']}").json() == edit
         version, active, digest = state(client)
         info = client.get("/info").json()
         assert (version, active) == (1, 1) and digest != info["pristine_digest"]
-        assert info["combination"] == {"kind": "ridge", "lam": 3.0}
+        assert info["combination"] == {"kind": "memory", "lam": None}
         assert info["edit_basis"] == "pristine"
     # A restarted service replays the stored edit: same weights, same answers.
     with TestClient(create_app(settings)) as client:

@@ -63,6 +63,7 @@ class Choice(BaseModel):
     index: int
     logprobs: None = None
     finish_reason: Literal["stop", "length"] | None
+    edits_fired: list[str] | None = None  # an extension: the edits the edit memory applied
 
 
 class CompletionUsage(BaseModel):
@@ -158,7 +159,8 @@ async def completions(body: CompletionIn, live: Live, _: Reader, slots: Slots) -
     completion_tokens = sum(a.usage.completion_tokens for a in answers)
     return CompletionOut(
         **out, system_fingerprint=f"v{answers[-1].version}",
-        choices=[Choice(text=a.text, index=i, finish_reason=a.finish_reason)
+        choices=[Choice(text=a.text, index=i, finish_reason=a.finish_reason,
+                        edits_fired=a.edits_fired)
                  for i, a in enumerate(answers)],
         usage=CompletionUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                               total_tokens=prompt_tokens + completion_tokens))

@@ -60,7 +60,8 @@ def _spec(body: EditIn, live: LiveService, who: Principal, at: str) -> EditSpec:
         check_tokens(live, prompt, limits.max_prompt_tokens, "prompt")
     check_tokens(live, body.target, limits.max_target_tokens, "target")
     request = EditRequest(body.task, body.prompt, body.target, subject=body.subject,
-                          description=body.description, sentiment=body.sentiment)
+                          description=body.description, sentiment=body.sentiment,
+                          rephrases=tuple(body.rephrases), aliases=tuple(body.aliases))
     try:
         instruction = live.editor.edit_input(request)
     except InstructionError as exc:

@@ -61,7 +61,7 @@ def finished(live: LiveService, stream: TokenStream, version: int, seconds: floa
     return GenerateOut(text=stream.text, finish_reason=stream.finish_reason,
                        usage=Usage(prompt_tokens=stream.prompt_tokens,
                                    completion_tokens=stream.completion_tokens),
-                       version=version)
+                       version=version, edits_fired=list(stream.edits_fired))
 
 
 @router.post("/generate", response_model=GenerateOut,
