@@ -364,6 +364,44 @@ def calibrate_routing_cmd(
     typer.echo(json.dumps(figures, indent=2))
 
 
+@app.command("eval-stream")
+def eval_stream_cmd(
+    counts: Annotated[str, typer.Option(help="active edits to measure at")] = "10,100,1000",
+    sample: Annotated[int, typer.Option(help="edits asked at each count")] = 200,
+    editor: Annotated[Path, typer.Option(help="editor folder (with its routing)")
+                      ] = DEMO_EDITOR_PATH,
+    model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
+    data_dir: DataDir = Path("data/world"),
+    seed: Annotated[int, typer.Option(help="stream order and samples")] = 1,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
+    threads: Threads = None,
+) -> None:
+    """Lifelong editing as the service answers: a held-out stream into the edit memory,
+    greedy reliability, paraphrase and locality at each count (JSON + table)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from editor_core.checkpoint import load_editor, load_routing
+    from editor_core.combination import CombinationConfig
+    from editor_core.evaluation.service_view import evaluate_stream, stream_table
+    from editor_core.world import WorldConfig, build_world
+    from editor_core.world.stream import lifelong_stream
+
+    _setup(threads)
+    lm = AutoModelForCausalLM.from_pretrained(model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    ed = load_editor(editor, lm, tokenizer, basis="pristine")
+    ed.combination = CombinationConfig("memory")
+    checkpoints = sorted(int(n) for n in counts.split(","))
+    stream = lifelong_stream(build_world(WorldConfig()), data_dir, checkpoints[-1], seed)
+    result = evaluate_stream(ed, load_routing(editor), stream, checkpoints, sample, seed)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({"figures": result.figures, "alone": result.alone,
+                                         "settings": {"counts": checkpoints, "sample": sample,
+                                                      "seed": seed}}, indent=2))
+    typer.echo(stream_table(result))
+
+
 @app.command("analyze")
 def analyze_cmd(
     editor: Annotated[list[str], typer.Option(
