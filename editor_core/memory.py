@@ -370,7 +370,13 @@ def routing_keys(model: nn.Module, tokenizer, gate: str, prompts: Sequence[str]
                         device=device)
     module = dict(model.named_modules())[gate]
     found: list[torch.Tensor] = []
-    handle = module.register_forward_pre_hook(lambda m, a: found.append(a[0].detach()))
+    owner = threading.get_ident()  # the editing pass may run beside, in another thread
+
+    def hook(m, args):
+        if threading.get_ident() == owner:
+            found.append(args[0].detach())
+
+    handle = module.register_forward_pre_hook(hook)
     try:
         with torch.no_grad():
             getattr(model, "base_model", model)(input_ids=ids, attention_mask=mask,

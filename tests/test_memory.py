@@ -1,0 +1,182 @@
+"""The edit memory on the demo LM and editor: routing, exact removal, batched rows."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from editor_core.checkpoint import load_editor, load_routing
+from editor_core.combination import CombinationConfig
+from editor_core.delta import EditDelta
+from editor_core.editor import EditRequest
+from editor_core.generation import SamplingParams, TokenStream, generate_together
+from editor_core.ledger import LedgerError, WeightLedger
+from editor_core.memory import EditMemory
+from editor_core.probing import score_targets
+from editor_core.world.stream import lifelong_stream
+from service.settings import DEMO_EDITOR_PATH, DEMO_LM_PATH
+
+ANSWER = SamplingParams(max_new_tokens=8, stop=("\n",))
+
+
+@pytest.fixture(scope="module")
+def routed(world, exported):
+    """A model of its own (the memory's hooks stay on it), its editor, memory and ledger,
+    and the deltas of a 12-edit held-out stream."""
+    model = AutoModelForCausalLM.from_pretrained(DEMO_LM_PATH).eval()
+    tokenizer = AutoTokenizer.from_pretrained(DEMO_LM_PATH)
+    editor = load_editor(DEMO_EDITOR_PATH, model, tokenizer, basis="pristine")
+    editor.combination = CombinationConfig("memory")
+    memory = EditMemory(editor.editable, load_routing(DEMO_EDITOR_PATH))
+    ledger = WeightLedger.for_editor(editor, memory)
+    memory.attach(model)
+    stream = lifelong_stream(world, exported, 12, seed=3)
+    deltas = [editor.compute(EditRequest(r.task, r.prompt, r.target_new, subject=r.subject))
+              .compressed() for r in stream]
+    return editor, ledger, stream, deltas
+
+
+@pytest.fixture()
+def empty(routed):
+    editor, ledger, stream, deltas = routed
+    ledger.load([], ledger.version + 1)
+    yield routed
+    ledger.load([], ledger.version + 1)
+
+
+def ask(editor, prompt: str) -> tuple[str, tuple[str, ...]]:
+    stream = TokenStream(editor.model, editor.tokenizer, prompt, ANSWER)
+    return stream.run(), stream.edits_fired
+
+
+def probe_prompts(stream) -> list[str]:
+    return [p.prompt for r in stream for probes in r.locality.values() for p in probes]
+
+
+def logprobs(editor, prompts: list[str]) -> list[float]:
+    return [s.logprob for s in score_targets(editor.model, editor.tokenizer, prompts,
+                                             [" the"] * len(prompts), editor.max_length)]
+
+
+def test_an_edit_fires_on_its_prompt_and_paraphrase_and_nowhere_else(empty) -> None:
+    editor, ledger, stream, deltas = empty
+    unrelated = [p.prompt for p in stream[0].locality["Unrelated"]]
+    pristine = logprobs(editor, unrelated)
+    ledger.apply("e0", deltas[0])
+    text, fired = ask(editor, stream[0].prompt)
+    assert fired == ("e0",)
+    assert ask(editor, stream[0].rephrases[-1])[1] == ("e0",)  # a wording it never saw
+    assert logprobs(editor, unrelated) == pristine  # bit for bit: nothing fired there
+    for prompt in unrelated + [p.prompt for p in stream[0].locality["Neighborhood"]]:
+        assert ask(editor, prompt)[1] == ()
+
+
+def test_routing_picks_the_right_edit_among_many(empty) -> None:
+    editor, ledger, stream, deltas = empty
+    for i, delta in enumerate(deltas):
+        ledger.apply(f"e{i:02d}", delta)
+    for i, record in enumerate(stream):
+        assert ask(editor, record.prompt)[1] == (f"e{i:02d}",), record.prompt
+
+
+def test_rollback_equals_a_memory_built_without_it(empty) -> None:
+    editor, ledger, stream, deltas = empty
+    ids = [f"e{i:02d}" for i in range(len(deltas))]
+    prompts = [r.prompt for r in stream] + [r.rephrases[-1] for r in stream] + probe_prompts(
+        stream)[:24]
+    for edit_id, delta in zip(ids, deltas):
+        ledger.apply(edit_id, delta)
+    doomed = random.Random(0).sample(ids, 4)
+    for edit_id in doomed:
+        ledger.remove(edit_id)
+    after_rollback = ([ask(editor, p) for p in prompts], logprobs(editor, prompts))
+    rest = [a for a in ledger.active]
+    ledger.load([], ledger.version + 1)
+    for edit in reversed(rest):  # another order: the memory is a function of the set
+        ledger.apply(edit.edit_id, edit.delta)
+    assert ([ask(editor, p) for p in prompts], logprobs(editor, prompts)) == after_rollback
+    assert not any(f and f[0] in doomed for f, in [(a[1],) for a in after_rollback[0]])
+
+
+def test_rolling_back_every_edit_gives_the_pristine_model(empty) -> None:
+    editor, ledger, stream, deltas = empty
+    prompts = [r.prompt for r in stream] + probe_prompts(stream)[:12]
+    pristine = ([ask(editor, p) for p in prompts], logprobs(editor, prompts))
+    digest = ledger.live_digest()
+    for i, delta in enumerate(deltas):
+        ledger.apply(f"e{i:02d}", delta)
+    assert ledger.live_digest() != digest
+    changed = [ask(editor, r.prompt)[0] for r in stream]
+    assert changed != pristine[0][:len(stream)]
+    ledger.remove_many([f"e{i:02d}" for i in range(len(deltas))])
+    assert ([ask(editor, p) for p in prompts], logprobs(editor, prompts)) == pristine
+    assert ledger.live_digest() == digest
+
+
+def test_rows_of_one_batch_fire_different_edits(empty) -> None:
+    editor, ledger, stream, deltas = empty
+    for i, delta in enumerate(deltas[:4]):
+        ledger.apply(f"e{i:02d}", delta)
+    prompts = [r.prompt for r in stream[:4]] + [stream[0].locality["Unrelated"][0].prompt]
+    alone = [ask(editor, p) for p in prompts]
+    streams = [TokenStream(editor.model, editor.tokenizer, p, ANSWER) for p in prompts]
+    for _ in generate_together(editor.model, streams):
+        pass
+    assert [(s.text, s.edits_fired) for s in streams] == alone
+    assert [s.edits_fired for s in streams] == [("e00",), ("e01",), ("e02",), ("e03",), ()]
+
+
+def test_aliases_and_rephrases_become_routing_keys(empty) -> None:
+    editor, ledger, stream, deltas = empty
+    record = stream[0]
+    alias = "Quorblat Vex"
+    by_alias = record.prompt.replace(record.subject, alias)
+
+    def edit(**extra) -> EditDelta:
+        return editor.compute(EditRequest(record.task, record.prompt, record.target_new,
+                                          subject=record.subject, **extra)).compressed()
+
+    keyed = edit(rephrases=(by_alias,))
+    aliased = edit(rephrases=(by_alias,), aliases=(alias,))
+    assert keyed.routing.keys.shape[0] == 2
+    assert len(aliased.routing.subjects) > len(keyed.routing.subjects)
+    ledger.apply("keyed", keyed)
+    assert ask(editor, by_alias)[1] == ()  # a key there, but the subject never appears
+    ledger.remove("keyed")
+    ledger.apply("aliased", aliased)
+    assert ask(editor, by_alias)[1] == ("aliased",)
+    assert ask(editor, record.prompt)[1] == ("aliased",)
+
+
+def test_an_edit_without_subject_fires_only_where_it_matches_closely(empty) -> None:
+    editor, ledger, stream, deltas = empty
+    record = stream[1]
+    delta = editor.compute(EditRequest(record.task, record.prompt, record.target_new)
+                           ).compressed()
+    assert delta.routing.subjects == ()
+    ledger.apply("no-subject", delta)
+    assert ask(editor, record.prompt)[1] == ("no-subject",)
+    others = [p.prompt for p in stream[1].locality["Unrelated"]]
+    assert all(ask(editor, p)[1] == () for p in others)
+
+
+def test_routing_key_survives_the_stored_form(routed) -> None:
+    _, _, _, deltas = routed
+    back = EditDelta.from_bytes(deltas[0].to_bytes())
+    assert torch.equal(back.routing.keys, deltas[0].routing.keys)
+    assert back.routing.subjects == deltas[0].routing.subjects
+    assert back.nbytes() == deltas[0].nbytes()
+
+
+def test_a_delta_without_routing_key_is_refused_and_changes_nothing(empty) -> None:
+    editor, ledger, stream, deltas = empty
+    ledger.apply("e0", deltas[0])
+    version, digest = ledger.version, ledger.live_digest()
+    bare = EditDelta(deltas[1].factors)
+    with pytest.raises(LedgerError, match="routing key"):
+        ledger.apply("bare", bare)
+    assert (ledger.version, ledger.live_digest(), len(ledger)) == (version, digest, 1)
+    assert ask(editor, stream[0].prompt)[1] == ("e0",)
