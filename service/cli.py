@@ -373,6 +373,8 @@ def eval_stream_cmd(
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
     data_dir: DataDir = Path("data/world"),
     seed: Annotated[int, typer.Option(help="stream order and samples")] = 1,
+    store_tolerance: Annotated[Optional[float], typer.Option(
+        help="relative error each stored edit is truncated to (default: the store's)")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
     threads: Threads = None,
 ) -> None:
@@ -393,12 +395,15 @@ def eval_stream_cmd(
     ed.combination = CombinationConfig("memory")
     checkpoints = sorted(int(n) for n in counts.split(","))
     stream = lifelong_stream(build_world(WorldConfig()), data_dir, checkpoints[-1], seed)
-    result = evaluate_stream(ed, load_routing(editor), stream, checkpoints, sample, seed)
+    result = evaluate_stream(ed, load_routing(editor), stream, checkpoints, sample, seed,
+                             store_tolerance)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({"figures": result.figures, "alone": result.alone,
                                          "settings": {"counts": checkpoints, "sample": sample,
-                                                      "seed": seed}}, indent=2))
+                                                      "seed": seed,
+                                                      "store_tolerance": store_tolerance}},
+                                        indent=2))
     typer.echo(stream_table(result))
 
 
