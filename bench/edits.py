@@ -17,7 +17,6 @@ from editor_core.editor import EditRequest, Editor
 from editor_core.encoding import EncodedBatch, target_nll
 from editor_core.evaluation.methods import FineTuneMethod
 from editor_core.hypernetwork import Hypernetwork, HypernetworkConfig
-from editor_core.ledger import WeightLedger
 from editor_core.specs import resolve_editable
 from service.store import EditStore, NewEdit
 
@@ -67,9 +66,9 @@ def compute_vs_forward_backward(w: Workload, batches: tuple[int, ...], repeats: 
 
 def apply_and_persist(w: Workload, redis_url: str, active: int, repeats: int) -> dict:
     """Median ms to apply one edit to the live weights with ``active`` edits already in
-    them (the service's ridge combination), and to store one edit in Redis."""
+    them (the service's edit memory), and to store one edit in Redis."""
     deltas = w.deltas(active + repeats)
-    ledger = WeightLedger.for_editor(w.editor)
+    ledger = w.ledger()
     for i in range(active):
         ledger.apply(f"e{i}", deltas[i])
     apply_ms = statistics.median(

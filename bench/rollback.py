@@ -9,7 +9,6 @@ import statistics
 import torch
 
 from editor_core.combination import ActiveEdit
-from editor_core.ledger import WeightLedger
 
 from .timing import ms
 from .workload import Workload
@@ -22,7 +21,7 @@ def remove_one(w: Workload, sizes: tuple[int, ...], removals: int) -> list[dict]
     deltas = w.deltas(max(sizes))
     rows = []
     for size in sizes:
-        ledger = WeightLedger.for_editor(w.editor)
+        ledger = w.ledger()
         edits = [ActiveEdit(f"e{i}", i + 1, deltas[i]) for i in range(size)]
         load_ms = ms(lambda: ledger.load(edits, size))
         newest = min(10, size // 2)  # rolled back to a version at the end

@@ -38,7 +38,7 @@ class BenchSizes:
         if quick:
             return cls((1, 8), 3, 20, (10, 100), (50,), 2, 8, (1, 4), 4, 32, 2)
         return cls((1, 8, 64), 20, 100, (10, 100, 1000, 10000), (1000, 10000), 8, 32,
-                   (1, 4, 8, 16), 40, 1000, 7)
+                   (1, 4, 8, 16), 40, 10000, 7)
 
 
 def run(out_dir: Path, *, quick: bool = False, device: str = "cpu", threads: int = 1) -> dict:

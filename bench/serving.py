@@ -124,14 +124,14 @@ def http_generate(base: str, prompts: list[str], new_tokens: int, clients: int) 
             **percentiles([m for _, m in results], 50, 99)}
 
 
-def alternating(bases: dict[str, str], prompts: list[str], new_tokens: int, rounds: int
-                ) -> dict[str, float]:
-    """Median single-client tokens/s of each service, asked in turn ``rounds`` times, so
-    drift of the machine's speed hits each alike."""
+def alternating(bases: dict[str, str], prompts: list[str], new_tokens: int, rounds: int,
+                clients: int = 1) -> dict[str, float]:
+    """Median aggregate tokens/s of each service with ``clients`` clients, asked in turn
+    ``rounds`` times, so drift of the machine's speed hits each alike."""
     runs: dict[str, list[float]] = {name: [] for name in bases}
     for _ in range(rounds):
         for name, base in bases.items():
-            runs[name].append(http_generate(base, prompts, new_tokens, 1)["tokens_per_s"])
+            runs[name].append(http_generate(base, prompts, new_tokens, clients)["tokens_per_s"])
     return {name: statistics.median(r) for name, r in runs.items()}
 
 
@@ -164,10 +164,12 @@ def serving(w: Workload, *, threads: int, prompts: int, new_tokens: int,
             concurrency: tuple[int, ...], post_edits_n: int, active: int,
             rounds: int) -> dict:
     """Generation over HTTP against raw ``model.generate``, alone and concurrent, on a
-    service without edits; ``POST /edits`` latency, then generation with ``active`` more
-    edits, on a second service, against the first (both idle but for the request)."""
+    service without edits; on a second service, ``POST /edits`` latency before and after
+    ``active`` more edits, then generation there against the first, one client and eight
+    (both idle but for the request)."""
     texts = generation_prompts(prompts)
     raw = raw_generate(w, texts, new_tokens)
+    many = 8 if 8 in concurrency else max(concurrency)
     with tempfile.TemporaryDirectory() as folder, \
             quiet_stores(folder, ("none", "edits")) as stores, \
             running_service(w.device, threads, f"unix://{stores[0].socket_file}") as base, \
@@ -175,14 +177,18 @@ def serving(w: Workload, *, threads: int, prompts: int, new_tokens: int,
         http_generate(base, texts[:2], 4, 1)  # warm up the HTTP path
         single = http_generate(base, texts, new_tokens, 1)
         concurrent = [http_generate(base, texts, new_tokens, c) for c in concurrency]
-        requests = edit_requests(post_edits_n + active, seed=2)
-        edits = post_edits(edited, requests[:post_edits_n])
+        requests = edit_requests(2 * post_edits_n + active, seed=2)
+        edits_none = post_edits(edited, requests[:post_edits_n])
         add_edits_in_batches(edited, requests[post_edits_n:post_edits_n + active])
+        wait_until_idle(stores)
+        edits_many = post_edits(edited, requests[post_edits_n + active:])
         with httpx.Client(base_url=edited) as client:
             held = client.get("/info").json()["active_edits"]
         http_generate(edited, texts[:2], 4, 1)
         wait_until_idle(stores)  # a rewrite of the store's file is not the model's cost
-        paired = alternating({"none": base, "edits": edited}, texts, new_tokens, rounds)
+        bases = {"none": base, "edits": edited}
+        paired = alternating(bases, texts, new_tokens, rounds)
+        paired_many = alternating(bases, texts, new_tokens, max(rounds // 2, 1), many)
     raw_again = raw_generate(w, texts, new_tokens)  # the baseline, after: for drift
     raw_tps = (raw["tokens_per_s"] + raw_again["tokens_per_s"]) / 2
     return {
@@ -191,7 +197,12 @@ def serving(w: Workload, *, threads: int, prompts: int, new_tokens: int,
         "http_single_over_raw": single["tokens_per_s"] / raw_tps,
         "concurrent": [{**c, "over_raw_sequential": c["tokens_per_s"] / raw_tps}
                        for c in concurrent],
-        "post_edits": edits, "active_edits": held, "rounds": rounds,
+        "post_edits": edits_none, "post_edits_with_edits": edits_many,
+        "post_edits_p50_added_ms": edits_many["p50"] - edits_none["p50"],
+        "active_edits": held, "rounds": rounds,
         "none_tokens_per_s": paired["none"], "with_edits_tokens_per_s": paired["edits"],
         "with_edits_over_none": paired["edits"] / paired["none"],
+        "clients_many": many, "none_many_tokens_per_s": paired_many["none"],
+        "with_edits_many_tokens_per_s": paired_many["edits"],
+        "with_edits_many_over_none": paired_many["edits"] / paired_many["none"],
     }

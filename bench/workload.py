@@ -1,5 +1,5 @@
-"""What the benchmarks run on: the demo LM and editor as the service loads them, and edit
-requests about the demo world's people."""
+"""What the benchmarks run on: the demo LM and editor as the service loads them (the routed
+edit memory, edits computed on the pristine weights), and edit requests about people."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from editor_core.checkpoint import load_editor
+from editor_core.checkpoint import load_editor, load_routing
 from editor_core.combination import CombinationConfig
 from editor_core.delta import EditDelta
 from editor_core.editor import EditRequest, Editor
+from editor_core.ledger import WeightLedger
+from editor_core.memory import RoutingConfig
 from editor_core.world import WorldConfig, build_world
+from editor_core.world.stream import new_person_names
 from editor_core.world.templates import RELATIONS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,22 +26,26 @@ DEMO_EDITOR = REPO / "checkpoints" / "demo-editor"
 
 
 def edit_requests(n: int, seed: int = 0) -> list[EditRequest]:
-    """``n`` CounterFact-style edits of known people's facts (citizenship, then birthplace,
-    employer, profession), each to another object: distinct facts up to 1,200, then
-    repeating."""
+    """``n`` edits, no fact twice: known people's facts (citizenship, then birthplace,
+    employer, profession) changed to another object, then the same relations set for new
+    people named from the world's name parts."""
     world = build_world(WorldConfig())
     rng = random.Random(seed)
-    people = world.of_kind("person", seen=True)
+    people = [p.name for p in world.of_kind("person", seen=True)]
     rng.shuffle(people)
     relations = [r for r in RELATIONS if r.subject_kind == "person"]
-    facts = [(p, r) for r in relations for p in people]
+    if n > len(people) * len(relations):
+        names = new_person_names(world, -(-(n - len(people) * len(relations))
+                                          // len(relations)), rng)
+        people += [" ".join(name) for name in names]
+    facts = [(p, r) for r in relations for p in people[:300]] + [
+        (p, r) for p in people[300:] for r in relations]
     out = []
-    for i in range(n):
-        person, relation = facts[i % len(facts)]
+    for person, relation in facts[:n]:
         objects = [world.entities[o].name if o in world.entities else o
                    for o in world.objects_of_kind(relation.object_kind)]
-        out.append(EditRequest("counterfact", relation.templates[0].prompt(person.name),
-                               rng.choice(objects), subject=person.name))
+        out.append(EditRequest("counterfact", relation.templates[0].prompt(person),
+                               rng.choice(objects), subject=person))
     return out
 
 
@@ -54,19 +61,26 @@ def generation_prompts(n: int) -> list[str]:
 
 @dataclass
 class Workload:
-    """The demo LM with the demo editor, combining edits as the service does (ridge, edits
-    computed on the pristine weights), on ``device``."""
+    """The demo LM with the demo editor, combining edits as the service does by default
+    (the routed edit memory, edits computed on the pristine weights), on ``device``."""
 
     device: str = "cpu"
     model: PreTrainedModel = field(init=False)
     tokenizer: object = field(init=False)
     editor: Editor = field(init=False)
+    routing: RoutingConfig = field(init=False)
 
     def __post_init__(self) -> None:
         self.model = AutoModelForCausalLM.from_pretrained(DEMO_LM).eval().to(self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(DEMO_LM)
         self.editor = load_editor(DEMO_EDITOR, self.model, self.tokenizer, basis="pristine")
-        self.editor.combination = CombinationConfig("ridge", 3.0)
+        self.editor.combination = CombinationConfig("memory")
+        self.routing = load_routing(DEMO_EDITOR)
+
+    def ledger(self) -> WeightLedger:
+        """A fresh ledger over an empty edit memory, as a service starts with."""
+        return WeightLedger.for_editor(self.editor, self.editor.combination.combiner(
+            self.editor.editable, routing=self.routing))
 
     def deltas(self, n: int) -> list[EditDelta]:
         """``n`` stored edits (distinct computations up to 64, then reused under new ids:

@@ -61,10 +61,14 @@ class DeltaCombiner(Protocol):
     A change is any number of ``add``/``remove`` calls followed by ``settle(version)``,
     which the ledger calls once per change before it reads ``total``; ``publish`` runs
     under the ledger's write lock, as the new weights and version are swapped in.
+    ``snapshots`` says whether ``exact_state`` is worth saving for replicas that start
+    later (running sums that are costly to rebuild from every edit).
     """
 
-    requires_keys: bool
+    snapshots: bool
 
+    def validate(self, delta: EditDelta) -> None:
+        """Refuse (ValueError) a delta this combination cannot take, before any change."""
     def add(self, edit: ActiveEdit) -> None: ...
     def remove(self, edit: ActiveEdit) -> None: ...
     def settle(self, version: int) -> None: ...
@@ -181,7 +185,7 @@ def _export_sums(count: int, sums: Mapping[str, ExactSum | GridProducts | None]
 class SumCombiner:
     """ΔW = Σ ΔW_i, kept as an exact sum per weight."""
 
-    requires_keys = False
+    snapshots = True
     SCALE_BITS = 40  # grid 9e-13; |ΔW| entries up to 2**21 before overflow
 
     def __init__(self, editable: list[EditableWeight]) -> None:
@@ -189,6 +193,9 @@ class SumCombiner:
         self._sum: dict[str, ExactSum | None] = {w.name: None for w in editable}
         self._total: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
         self._count = 0
+
+    def validate(self, delta: EditDelta) -> None:
+        """Any delta whose factors fit the weights (the ledger checks that) can be summed."""
 
     def _stored(self, name: str, delta: EditDelta) -> torch.Tensor:
         return self._editable[name].to_stored(delta.factors[name].dense(torch.float64))
@@ -266,7 +273,7 @@ class RidgeCombiner:
     at every change, with no rank updates).
     """
 
-    requires_keys = True
+    snapshots = True
     # Keys are rounded to 2.4e-4 (layer inputs: rms ≈ 1, at most ≈ 30 in the demo LM),
     # values to 3.8e-6 (output shifts: rms ≈ 0.3, at most ≈ 30). Exactness then holds for
     # about a million keys (≈ 100,000 edits) — the bound is checked, overflow refused.
@@ -290,6 +297,17 @@ class RidgeCombiner:
         self._delta: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
         self._total: dict[str, torch.Tensor | None] = {w.name: None for w in editable}
         self._count = 0
+
+    def validate(self, delta: EditDelta) -> None:
+        """The delta must carry finite keys of each weight's input width."""
+        for name, w in self._editable.items():
+            if delta.keys is None or name not in delta.keys:
+                raise ValueError(f"the ridge combination combines edits by their keys; the "
+                                 f"delta has none for {name}")
+            keys = delta.key_matrix(name)
+            if keys.dim() != 2 or keys.shape[1] != w.d_in or not torch.isfinite(keys).all():
+                raise ValueError(f"keys of {name} are {tuple(keys.shape)}; expected finite "
+                                 f"(tokens, {w.d_in})")
 
     def _clear_sums(self) -> None:
         for name, w in self._editable.items():

@@ -95,7 +95,7 @@ _LOCAL = threading.local()
 class EditMemory:
     """The active edits as routed entries (a ``DeltaCombiner`` that never rewrites weights)."""
 
-    requires_keys = False
+    snapshots = False  # rebuilt from the stored edits alone, nothing to save
 
     def __init__(self, editable: list[EditableWeight], config: RoutingConfig) -> None:
         self.editable = list(editable)

@@ -368,6 +368,13 @@ def calibrate_routing_cmd(
 def eval_stream_cmd(
     counts: Annotated[str, typer.Option(help="active edits to measure at")] = "10,100,1000",
     sample: Annotated[int, typer.Option(help="edits asked at each count")] = 200,
+    stream_kind: Annotated[str, typer.Option(
+        "--stream", help="'held-out' (test/validation CounterFact, then new people named "
+        "from the world's name parts) or 'unfamiliar' (new people named with syllables the "
+        "world never uses)")] = "held-out",
+    combinations: Annotated[str, typer.Option(
+        help="side by side: memory (routed), ridge, sum (merged)")] = "memory",
+    ridge_lambda: Annotated[float, typer.Option(help="λ of the ridge combination")] = 3.0,
     editor: Annotated[Path, typer.Option(help="editor folder (with its routing)")
                       ] = DEMO_EDITOR_PATH,
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
@@ -375,35 +382,49 @@ def eval_stream_cmd(
     seed: Annotated[int, typer.Option(help="stream order and samples")] = 1,
     store_tolerance: Annotated[Optional[float], typer.Option(
         help="relative error each stored edit is truncated to (default: the store's)")] = None,
+    alone_tolerances: Annotated[str, typer.Option(
+        help="also measure each edit alone stored at these tolerances (comma-separated)")
+    ] = "",
+    removal_at: Annotated[Optional[int], typer.Option(
+        help="at this count, roll back 10%% of the memory's edits and check the answers "
+             "against a memory rebuilt from the rest, then all against the pristine model")
+    ] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
     threads: Threads = None,
 ) -> None:
-    """Lifelong editing as the service answers: a held-out stream into the edit memory,
-    greedy reliability, paraphrase and locality at each count (JSON + table)."""
+    """Lifelong editing as the service answers: a held-out stream into the edit memory
+    (and the merged combinations beside it), greedy reliability, paraphrase and locality at
+    each count (JSON + table)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from editor_core.checkpoint import load_editor, load_routing
-    from editor_core.combination import CombinationConfig
-    from editor_core.evaluation.service_view import evaluate_stream, stream_table
+    from editor_core.evaluation.service_view import (StreamSettings, evaluate_stream,
+                                                     stream_table)
     from editor_core.world import WorldConfig, build_world
-    from editor_core.world.stream import lifelong_stream
+    from editor_core.world.stream import asks_edited_fact, lifelong_stream, unfamiliar_stream
 
     _setup(threads)
+    checkpoints = tuple(sorted(int(n) for n in counts.split(",")))
+    settings = StreamSettings(
+        checkpoints, sample, seed, tuple(c.strip() for c in combinations.split(",")),
+        ridge_lambda, store_tolerance,
+        tuple(float(t) for t in alone_tolerances.split(",") if t.strip()), removal_at)
+    world = build_world(WorldConfig())
+    if stream_kind == "held-out":
+        stream = lifelong_stream(world, data_dir, checkpoints[-1], seed)
+    elif stream_kind == "unfamiliar":
+        stream = unfamiliar_stream(world, checkpoints[-1], seed)
+    else:
+        raise typer.BadParameter(f"unknown stream {stream_kind!r}; use held-out or unfamiliar")
     lm = AutoModelForCausalLM.from_pretrained(model).eval()
     tokenizer = AutoTokenizer.from_pretrained(model)
     ed = load_editor(editor, lm, tokenizer, basis="pristine")
-    ed.combination = CombinationConfig("memory")
-    checkpoints = sorted(int(n) for n in counts.split(","))
-    stream = lifelong_stream(build_world(WorldConfig()), data_dir, checkpoints[-1], seed)
-    result = evaluate_stream(ed, load_routing(editor), stream, checkpoints, sample, seed,
-                             store_tolerance)
+    result = evaluate_stream(ed, load_routing(editor), stream, settings, asks_edited_fact)
+    result.settings["stream"] = stream_kind
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({"figures": result.figures, "alone": result.alone,
-                                         "settings": {"counts": checkpoints, "sample": sample,
-                                                      "seed": seed,
-                                                      "store_tolerance": store_tolerance}},
-                                        indent=2))
+        json_path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        json_path.with_suffix(".md").write_text(stream_table(result) + "\n")
     typer.echo(stream_table(result))
 
 

@@ -3,9 +3,10 @@
 The Redis stream ``{p}:log`` is the single source of truth. A replica starts from a
 snapshot — the active edits right after a version at which the combined weights depend on
 the active set alone (``DeltaCombiner.exact_version``) — and then applies every later
-event in log order, its own edits included. At such versions (every ``snapshot_every``)
-one replica also saves the combination's exact sums, so a replica that starts there solves
-from them instead of rebuilding them from every active edit. Every replica therefore
+event in log order, its own edits included. A merged combination's exact sums are costly
+to rebuild from every edit, so at such versions (every ``snapshot_every``) one replica saves
+them, and a replica that starts there solves from them; the edit memory is built from its
+stored edits alone and saves nothing. Every replica therefore
 performs the same weight changes in the same order and holds the same weights bit for bit,
 whichever replica an edit was posted to, and however late it joined.
 
@@ -82,7 +83,8 @@ class LogFollower:
         blobs = await self.store.deltas([i for i, _ in active])
         edits = [ActiveEdit(i, v, EditDelta.from_bytes(b)) for (i, v), b in zip(active, blobs)]
         position = await self.store.log_position(at)
-        saved = await self.store.snapshot(at) if at else None
+        combiner = self.ledger.combiner
+        saved = await self.store.snapshot(at) if at and combiner.snapshots else None
         state = None if saved is None else st_load(saved)
         await asyncio.to_thread(self.ledger.load, edits, at, state)
         self.position = position
@@ -130,7 +132,7 @@ class LogFollower:
         else:
             await asyncio.to_thread(self.ledger.remove_many, change.removed, change.version)
         self.metrics.log_events.labels("rollback").inc(len(change.removed))
-        if (change.version % self.snapshot_every == 0
+        if (self.ledger.combiner.snapshots and change.version % self.snapshot_every == 0
                 and self.ledger.combiner.exact_version(change.version) == change.version
                 and await self.store.claim_snapshot(change.version)):
             state = await asyncio.to_thread(lambda: st_save(self.ledger.combiner.exact_state()))

@@ -1,30 +1,39 @@
 """Lifelong editing as a user of the service sees it: greedy answers with many edits active.
 
-Edits of a held-out stream are made one at a time on the pristine model and added to an
-edit memory; at each checkpoint a seeded sample of the active edits is asked, greedily,
-through the same generation path the service uses:
+Edits of a held-out stream are computed one at a time on the pristine model, in their
+stored form, and added to one ledger per combination — the routed edit memory, and the
+merged ``ridge`` and ``sum`` it replaced — each on its own copy of the model. At each count
+a seeded sample of the active edits is asked, greedily, through the service's generation
+path:
 
 - reliability: the answer to the plain prompt, up to the end of its line, starts with the
   target; paraphrase: the same on a reserved rephrase no edit was given;
 - locality: the greedy answers of namesake ("neighbour"), same-subject and random prompts
-  are those of the pristine model. A probe about a subject that another active edit of the
-  stream is about may legitimately change: it is excluded, and counted.
-- routing: how often the sampled edit's own prompt fired exactly that edit.
+  are those of the pristine model. A probe that asks a fact another active edit of the
+  stream changes may legitimately change: it is excluded, and counted;
+- routing (memory only): how often the sampled edit's own prompt fired exactly that edit.
 
-Teacher-forced reliability (token accuracy of the target) goes beside. The same sampled
-edits are also measured alone — a memory holding only that edit — which is what routing is
-compared against.
+Teacher-forced reliability (token accuracy of the target) goes beside. The sampled edits of
+the largest count are also measured alone — a memory holding only that edit — which is what
+routing is compared against, optionally at other store tolerances too. At the removal count
+a random share of the memory's edits is rolled back and its answers compared with a memory
+rebuilt from the rest in another order, then everything is rolled back and compared with
+the pristine model bit for bit.
 """
 
 from __future__ import annotations
 
+import copy
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from tqdm import tqdm
+from transformers import PreTrainedModel
 
-from ..data.records import EditRecord
+from ..combination import ActiveEdit, CombinationConfig
+from ..data.records import EditRecord, Probe
+from ..delta import EditDelta
 from ..editor import EditRequest, Editor
 from ..generation import SamplingParams, TokenStream
 from ..ledger import WeightLedger
@@ -34,133 +43,320 @@ from ..probing import score_targets
 ANSWER = SamplingParams(max_new_tokens=16, stop=("\n",))
 LOCALITY_KINDS = {"neighbour": "Neighborhood", "same_subject": "Relation_Specificity",
                   "random": "Unrelated"}
+COMBINATIONS = ("memory", "ridge", "sum")
 
 
-def answer(editor: Editor, prompt: str) -> str:
-    return TokenStream(editor.model, editor.tokenizer, prompt, ANSWER).run().strip()
+def answer(model: PreTrainedModel, tokenizer, prompt: str) -> TokenStream:
+    """The greedy answer the service gives (run; ``.text`` and ``.edits_fired`` are set)."""
+    stream = TokenStream(model, tokenizer, prompt, ANSWER)
+    stream.run()
+    return stream
 
 
 def holds(text: str, target: str) -> bool:
-    return text.startswith(target.strip())
+    return text.strip().startswith(target.strip())
+
+
+def _subject_named(prompt: str, record: EditRecord) -> bool:
+    return record.subject in prompt
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """What one service-view run measures."""
+
+    checkpoints: tuple[int, ...]
+    sample: int = 300
+    seed: int = 0
+    combinations: tuple[str, ...] = ("memory",)
+    ridge_lambda: float = 3.0
+    store_tolerance: float | None = None  # the store's default when None
+    alone_tolerances: tuple[float, ...] = ()  # each edit alone, also stored at these
+    removal_at: int | None = None  # roll back a share of the memory's edits at this count
+    removal_share: float = 0.1
+
+    def __post_init__(self) -> None:
+        unknown = set(self.combinations) - set(COMBINATIONS)
+        if unknown or not self.combinations:
+            raise ValueError(f"combinations must be among {COMBINATIONS}, got "
+                             f"{self.combinations}")
+        if self.removal_at is not None and self.removal_at not in self.checkpoints:
+            raise ValueError(f"the removal count {self.removal_at} must be a checkpoint")
+        if self.removal_at is not None and "memory" not in self.combinations:
+            raise ValueError("the removal check runs on the edit memory")
 
 
 @dataclass
 class StreamResult:
-    figures: dict[str, dict]  # checkpoint → figures
-    alone: dict[str, float]
+    figures: dict[str, dict[str, dict]]  # combination → count → figures
+    alone: dict[str, dict]  # store tolerance ("default" or a number) → figures
+    removal: dict | None = None
+    settings: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"figures": self.figures, "alone": self.alone, "removal": self.removal,
+                "settings": self.settings}
 
 
-def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[EditRecord],
-                    checkpoints: Sequence[int], sample: int = 300, seed: int = 0,
-                    store_tolerance: float | None = None) -> StreamResult:
-    """Run the stream through an edit memory on ``editor``'s model (pristine basis), each
-    edit in its stored form (truncated to ``store_tolerance``, the stored default if None)."""
-    memory = EditMemory(editor.editable, routing)
-    ledger = WeightLedger(editor.model, editor.editable, memory)
-    memory.attach(editor.model)
-    requests = [EditRequest(r.task, r.prompt, r.target_new, subject=r.subject)
-                for r in stream]
-    edits_by_subject = {}  # subject → indices of the stream's edits about it
-    for i, r in enumerate(stream):
-        edits_by_subject.setdefault(r.subject, []).append(i)
-    rng = random.Random(seed)
-    pristine: dict[str, str] = {}
+@dataclass
+class _Arm:
+    """One combination: its model copy and its ledger."""
 
-    def pristine_answer(prompt: str) -> str:
-        if prompt not in pristine:  # asked before any edit for every sampled edit's probes
-            if len(ledger):
-                raise RuntimeError("a pristine answer asked for with edits active")
-            pristine[prompt] = answer(editor, prompt)
-        return pristine[prompt]
-
-    order = sorted(checkpoints)
-    samples = {n: rng.sample(range(n), min(sample, n)) for n in order}
-    alone_sample = samples[order[-1]]  # paired: the edits the largest count asks
-    for i in set().union(*samples.values()):  # pristine answers before any edit
-        for p in _probes(stream[i]).values():
-            if p is not None:
-                pristine_answer(p.prompt)
-    cached = {}
-    rel = para = 0
-    for i in tqdm(alone_sample, desc="each edit alone", unit="edit"):
-        cached[i] = editor.compute(requests[i]).compressed(store_tolerance)
-        ledger.apply("alone", cached[i])
-        with ledger.reading():
-            rel += holds(answer(editor, stream[i].prompt), stream[i].target_new)
-            para += holds(answer(editor, stream[i].rephrases[-1]), stream[i].target_new)
-        ledger.remove("alone")
-    alone = {"sampled": len(alone_sample), "reliability": rel / len(alone_sample),
-             "paraphrase": para / len(alone_sample)}
-    figures: dict[str, dict] = {}
-    made = 0
-    bar = tqdm(total=order[-1], desc="edits", unit="edit")
-    for n in order:
-        while made < n:
-            delta = cached.pop(made, None) or editor.compute(requests[made]).compressed(
-                store_tolerance)
-            ledger.apply(f"e{made:06d}", delta)
-            made += 1
-            bar.update(1)
-        figures[str(n)] = _measure(editor, ledger, stream, samples[n], n, edits_by_subject,
-                                   pristine_answer)
-    bar.close()
-    return StreamResult(figures, alone)
+    name: str
+    model: PreTrainedModel
+    ledger: WeightLedger
 
 
-def _probes(record: EditRecord):
+def _arms(editor: Editor, routing: RoutingConfig, settings: StreamSettings) -> list[_Arm]:
+    """Merged combinations on copies of the pristine model (taken before any hook is on
+    it); the memory's routing hooks on the editor's own model, whose weights stay."""
+    arms = []
+    for name in settings.combinations:
+        if name != "memory":
+            model = copy.deepcopy(editor.model)
+            config = CombinationConfig(name, settings.ridge_lambda if name == "ridge" else None)
+            arms.append(_Arm(name, model, WeightLedger(model, editor.editable,
+                                                       config.combiner(editor.editable))))
+    if "memory" in settings.combinations:
+        memory = EditMemory(editor.editable, routing)
+        arms.insert(0, _Arm("memory", editor.model,
+                            WeightLedger(editor.model, editor.editable, memory)))
+        memory.attach(editor.model)
+    return arms
+
+
+def _probes(record: EditRecord) -> dict[str, Probe | None]:
     """The first locality probe of each kind (None where the record has none)."""
     return {kind: next(iter(record.locality.get(block, ())), None)
             for kind, block in LOCALITY_KINDS.items()}
 
 
-def _measure(editor: Editor, ledger: WeightLedger, stream: Sequence[EditRecord],
-             picked: Sequence[int], n: int, edits_by_subject: dict[str, list[int]],
-             pristine_answer
+def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[EditRecord],
+                    settings: StreamSettings,
+                    asks_edited_fact: Callable[[str, EditRecord], bool] = _subject_named
+                    ) -> StreamResult:
+    """Run the stream into each combination of ``settings`` (edits computed on the
+    pristine basis). ``asks_edited_fact(prompt, record)`` tells whether a locality prompt
+    asks the fact ``record`` edits (then it is excluded while that edit is active); by
+    default any prompt naming the record's subject does."""
+    if editor.follows_live_weights:
+        raise ValueError("the service view computes edits on the pristine basis")
+    order = sorted(settings.checkpoints)
+    if order[-1] > len(stream):
+        raise ValueError(f"{order[-1]} edits asked for, the stream has {len(stream)}")
+    arms = _arms(editor, routing, settings)
+    editor.combination = CombinationConfig("memory")  # deltas carry their routing keys
+    with_keys = "ridge" in settings.combinations
+    requests = [EditRequest(r.task, r.prompt, r.target_new, subject=r.subject)
+                for r in stream]
+    rng = random.Random(settings.seed)
+    samples = {n: rng.sample(range(n), min(settings.sample, n)) for n in order}
+    probe_prompts = {p.prompt for i in set().union(*samples.values())
+                     for p in _probes(stream[i]).values() if p is not None}
+    tokenizer = editor.tokenizer
+    pristine = {p: answer(editor.model, tokenizer, p).text for p in sorted(probe_prompts)}
+
+    def compute(i: int) -> EditDelta:
+        """Edit ``i`` as computed (keys too where ridge needs them), not yet stored."""
+        delta = editor.compute(requests[i])
+        if with_keys:
+            delta = EditDelta(delta.factors, 1, editor.plain_keys([requests[i]]), delta.routes)
+        return delta
+
+    memory_arm = arms[0]  # the memory when it is measured
+    removal_prompts, removal_targets = _removal_probes(stream, samples[order[-1]])
+    pristine_scores = _snapshot(memory_arm, tokenizer, editor.max_length, removal_prompts,
+                                removal_targets) if settings.removal_at else None
+    cached, alone = _alone(memory_arm, tokenizer, stream, samples[order[-1]], compute,
+                           settings)
+    figures: dict[str, dict[str, dict]] = {a.name: {} for a in arms}
+    removal = None
+    made = 0
+    bar = tqdm(total=order[-1], desc="edits", unit="edit")
+    for n in order:
+        while made < n:
+            delta = cached.pop(made, None) or compute(made).compressed(settings.store_tolerance)
+            for arm in arms:
+                arm.ledger.apply(_edit_id(made), delta)
+            made += 1
+            bar.update(1)
+        excluded = _excluded(stream, samples[n], n, asks_edited_fact)
+        for arm in arms:
+            figures[arm.name][str(n)] = _measure(arm, tokenizer, editor.max_length, stream,
+                                                 samples[n], n, excluded, pristine)
+        if n == settings.removal_at:
+            removal = _removal_check(memory_arm, tokenizer, editor.max_length, settings,
+                                     removal_prompts, removal_targets, pristine_scores)
+    bar.close()
+    return StreamResult(figures, alone, removal, {
+        "checkpoints": order, "sample": settings.sample, "seed": settings.seed,
+        "combinations": list(settings.combinations), "ridge_lambda": settings.ridge_lambda,
+        "store_tolerance": settings.store_tolerance, "edits_basis": "pristine",
+        "removal_at": settings.removal_at, "removal_share": settings.removal_share})
+
+
+def _edit_id(i: int) -> str:
+    return f"e{i:06d}"
+
+
+def _alone(arm: _Arm, tokenizer, stream: Sequence[EditRecord], picked: Sequence[int],
+           compute: Callable[[int], EditDelta], settings: StreamSettings
+           ) -> tuple[dict[int, EditDelta], dict[str, dict]]:
+    """Each picked edit by itself (stored at the store tolerance, and at each extra one);
+    returns the stored deltas for reuse, and the figures per tolerance."""
+    tolerances: list[float | None] = [settings.store_tolerance, *settings.alone_tolerances]
+    hits = {t: [0, 0] for t in tolerances}
+    cached: dict[int, EditDelta] = {}
+    for i in tqdm(picked, desc="each edit alone", unit="edit"):
+        record, computed = stream[i], compute(i)
+        for t in tolerances:
+            delta = computed.compressed(t)
+            if t == settings.store_tolerance:
+                cached[i] = delta
+            arm.ledger.apply("alone", delta)
+            hits[t][0] += holds(answer(arm.model, tokenizer, record.prompt).text,
+                                record.target_new)
+            hits[t][1] += holds(answer(arm.model, tokenizer, record.rephrases[-1]).text,
+                                record.target_new)
+            arm.ledger.remove("alone")
+    m = max(len(picked), 1)
+    return cached, {("default" if t is None else str(t)): {
+        "sampled": len(picked), "reliability": rel / m, "paraphrase": para / m}
+        for t, (rel, para) in hits.items()}
+
+
+def _excluded(stream: Sequence[EditRecord], picked: Sequence[int], n: int,
+              asks_edited_fact: Callable[[str, EditRecord], bool]) -> set[str]:
+    """The locality prompts of the picked edits that ask a fact another of the first ``n``
+    edits changes."""
+    by_subject: dict[str, list[int]] = {}
+    for j in range(n):
+        by_subject.setdefault(stream[j].subject, []).append(j)
+    out = set()
+    for i in picked:
+        for probe in _probes(stream[i]).values():
+            if probe is None:
+                continue
+            for subject, edits in by_subject.items():
+                if subject in probe.prompt and any(
+                        j != i and asks_edited_fact(probe.prompt, stream[j]) for j in edits):
+                    out.add(probe.prompt)
+                    break
+    return out
+
+
+def _measure(arm: _Arm, tokenizer, max_length: int, stream: Sequence[EditRecord],
+             picked: Sequence[int], n: int, excluded: set[str], pristine: dict[str, str]
              ) -> dict:
     rel = para = own = 0
     loc = {k: [0, 0] for k in LOCALITY_KINDS}
-    excluded = 0
+    skipped = 0
     records = [stream[i] for i in picked]
-    subjects = [s for s, edits in edits_by_subject.items() if edits[0] < n]
-    with ledger.reading():
-        tf = score_targets(editor.model, editor.tokenizer, [r.prompt for r in records],
-                           [r.target_new for r in records], editor.max_length)
+    with arm.ledger.reading():
+        tf = score_targets(arm.model, tokenizer, [r.prompt for r in records],
+                           [r.target_new for r in records], max_length)
         for i, r in zip(picked, records):
-            stream_answer = TokenStream(editor.model, editor.tokenizer, r.prompt, ANSWER)
-            rel += holds(stream_answer.run().strip(), r.target_new)
-            own += stream_answer.edits_fired == (f"e{i:06d}",)
-            para += holds(answer(editor, r.rephrases[-1]), r.target_new)
+            plain = answer(arm.model, tokenizer, r.prompt)
+            rel += holds(plain.text, r.target_new)
+            own += plain.edits_fired == (_edit_id(i),)
+            para += holds(answer(arm.model, tokenizer, r.rephrases[-1]).text, r.target_new)
             for kind, p in _probes(r).items():
-                if p is not None:
-                    if any(s in p.prompt and any(j != i and j < n for j in edits_by_subject[s])
-                           for s in subjects):
-                        excluded += 1  # another active edit is about this probe's subject
-                        continue
-                    loc[kind][0] += answer(editor, p.prompt) == pristine_answer(p.prompt)
-                    loc[kind][1] += 1
+                if p is None:
+                    continue
+                if p.prompt in excluded:
+                    skipped += 1
+                    continue
+                loc[kind][0] += answer(arm.model, tokenizer, p.prompt).text == pristine[p.prompt]
+                loc[kind][1] += 1
     m = len(picked)
     return {"edits": n, "sampled": m, "reliability": rel / m, "paraphrase": para / m,
             "teacher_forced_reliability": sum(s.token_accuracy for s in tf) / m,
-            "routed_to_own_edit": own / m,
+            "routed_to_own_edit": own / m if arm.name == "memory" else None,
             **{f"{k}_locality": (a / b if b else None) for k, (a, b) in loc.items()},
-            "locality_probes_excluded": excluded}
+            **{f"{k}_probes": b for k, (_, b) in loc.items()},
+            "locality_probes_excluded": skipped}
+
+
+def _snapshot(arm: _Arm, tokenizer, max_length: int, prompts: list[str], targets: list[str]
+              ) -> tuple[list[str], list[float]]:
+    """Greedy answers and teacher-forced log-probs of the targets: what must match."""
+    with arm.ledger.reading():
+        texts = [answer(arm.model, tokenizer, p).text for p in prompts]
+        scores = score_targets(arm.model, tokenizer, prompts, targets, max_length)
+    return texts, [s.logprob for s in scores]
+
+
+def _removal_probes(stream: Sequence[EditRecord], picked: Sequence[int]
+                    ) -> tuple[list[str], list[str]]:
+    """Every prompt of the picked edits (plain, paraphrase, locality), each scored on the
+    edit's target: what a rollback must give back exactly."""
+    prompts, targets = [], []
+    for i in picked:
+        r = stream[i]
+        for p in (r.prompt, r.rephrases[-1],
+                  *(q.prompt for q in _probes(r).values() if q is not None)):
+            prompts.append(p)
+            targets.append(r.target_new)
+    return prompts, targets
+
+
+def _removal_check(arm: _Arm, tokenizer, max_length: int, settings: StreamSettings,
+                   prompts: list[str], targets: list[str],
+                   pristine: tuple[list[str], list[float]]) -> dict:
+    """Roll back a random share; compare with a memory rebuilt from the rest in reverse
+    order; roll back all and compare with the model before any edit; restore the set."""
+    ledger = arm.ledger
+    active = ledger.active
+    digest_before = ledger.live_digest()
+    rng = random.Random(settings.seed + 1)
+    removed = rng.sample([e.edit_id for e in active],
+                         round(len(active) * settings.removal_share))
+    ledger.remove_many(removed)
+    after_rollback = _snapshot(arm, tokenizer, max_length, prompts, targets)
+    gone = set(removed)
+    rest = [e for e in reversed(active) if e.edit_id not in gone]
+    ledger.load([ActiveEdit(e.edit_id, k, e.delta) for k, e in enumerate(rest, 1)],
+                ledger.version + 1)  # the rest, applied newest first
+    rebuilt = _snapshot(arm, tokenizer, max_length, prompts, targets)
+    ledger.load([], ledger.version + 1)
+    empty = _snapshot(arm, tokenizer, max_length, prompts, targets)
+    ledger.load(active, ledger.version + 1)
+    return {
+        "active": len(active), "rolled_back": len(removed), "prompts": len(prompts),
+        "answers_equal_rebuilt": after_rollback[0] == rebuilt[0],
+        "logprobs_equal_rebuilt": after_rollback[1] == rebuilt[1],
+        "all_rolled_back_answers_equal_pristine": empty[0] == pristine[0],
+        "all_rolled_back_logprobs_equal_pristine": empty[1] == pristine[1],
+        "restored_digest_equal": ledger.live_digest() == digest_before,
+    }
 
 
 def stream_table(result: StreamResult) -> str:
-    head = ("| active edits | reliability | paraphrase | teacher-forced rel. | own edit fired "
-            "| neighbour loc. | same-subject loc. | random loc. | probes excluded |\n"
-            "|---|---|---|---|---|---|---|---|---|")
+    head = ("| combination | active edits | reliability | paraphrase | teacher-forced rel. "
+            "| own edit fired | neighbour loc. | same-subject loc. | random loc. "
+            "| probes excluded |\n|---|---|---|---|---|---|---|---|---|---|")
     rows = [head]
-    for n, f in result.figures.items():
-        rows.append(f"| {n} | {f['reliability']:.3f} | {f['paraphrase']:.3f} | "
-                    f"{f['teacher_forced_reliability']:.3f} | {f['routed_to_own_edit']:.3f} | "
-                    f"{_fmt(f['neighbour_locality'])} | {_fmt(f['same_subject_locality'])} | "
-                    f"{_fmt(f['random_locality'])} | "
-                    f"{f['locality_probes_excluded']} |")
-    a = result.alone
-    rows.append(f"| each alone ({a['sampled']} sampled) | {a['reliability']:.3f} | "
-                f"{a['paraphrase']:.3f} | | | | | | |")
-    return "\n".join(rows)
+    for name, by_count in result.figures.items():
+        for n, f in by_count.items():
+            rows.append(
+                f"| {name} | {n} | {f['reliability']:.3f} | {f['paraphrase']:.3f} | "
+                f"{f['teacher_forced_reliability']:.3f} | {_fmt(f['routed_to_own_edit'])} | "
+                f"{_fmt(f['neighbour_locality'])} | {_fmt(f['same_subject_locality'])} | "
+                f"{_fmt(f['random_locality'])} | {f['locality_probes_excluded']} |")
+    for tolerance, a in result.alone.items():
+        stored = "" if tolerance == "default" else f", stored at {tolerance}"
+        rows.append(f"| each alone{stored} | ({a['sampled']} sampled) | {a['reliability']:.3f} "
+                    f"| {a['paraphrase']:.3f} | | | | | | |")
+    table = "\n".join(rows)
+    if result.removal is not None:
+        r = result.removal
+        table += (f"\n\nRollback at {r['active']} edits: {r['rolled_back']} rolled back; "
+                  f"answers equal a memory rebuilt from the rest: {r['answers_equal_rebuilt']}"
+                  f" (log-probs {r['logprobs_equal_rebuilt']}); all rolled back equals the "
+                  f"pristine model: answers {r['all_rolled_back_answers_equal_pristine']}, "
+                  f"log-probs {r['all_rolled_back_logprobs_equal_pristine']} "
+                  f"({r['prompts']} prompts).")
+    return table
 
 
 def _fmt(value: float | None) -> str:

@@ -151,3 +151,72 @@ def save_stream(records: list[EditRecord], path: Path) -> None:
 def load_stream(path: Path) -> list[EditRecord]:
     """Read a stream written by ``save_stream``; a record that cannot be read raises."""
     return load_edit_records(path, strict=True)
+
+
+# Syllable parts the world's names never use (see ``names.py``): names built only from them
+# share no syllable with anything the demo LM has read.
+_UNFAMILIAR_ONSETS = ("q", "j", "w", "h", "c", "ch", "wh", "qu", "sk", "sn", "sw", "cl", "gl",
+                      "fl", "sp")
+_UNFAMILIAR_VOWELS = ("oo", "ui", "aa", "ie", "au", "oa", "eu")
+_UNFAMILIAR_CODAS = ("", "ck", "ff", "pp", "gg", "w", "ct", "sh")
+
+
+def unfamiliar_name(rng: random.Random, syllables: int) -> str:
+    """A capitalised word of ``syllables`` syllables no name of the world shares one with."""
+    return "".join(rng.choice(_UNFAMILIAR_ONSETS) + rng.choice(_UNFAMILIAR_VOWELS)
+                   + rng.choice(_UNFAMILIAR_CODAS) for _ in range(syllables)).capitalize()
+
+
+def unfamiliar_stream(world: World, n: int, seed: int = 0) -> list[EditRecord]:
+    """``n`` Recent-style insertions about new people whose names use only syllables the
+    world never uses, each given the Recent relations in turn (no (subject, relation) twice).
+
+    Such a person has no namesakes, so the "neighbour" probe is the same relation of a
+    random known person; the random probes are the world's unrelated questions.
+    """
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    rng = random.Random(seed)
+    relations = TASK_RELATIONS["recent"]
+    people = world.of_kind("person", seen=True)
+    taken: set[str] = set()
+    names: list[str] = []
+    while len(names) < math.ceil(n / len(relations)):
+        name = f"{unfamiliar_name(rng, rng.choice((2, 3)))} {unfamiliar_name(rng, 2)}"
+        if name not in taken:
+            taken.add(name)
+            names.append(name)
+    stream = []
+    for subject, relation in [(s, r) for s in names for r in relations][:n]:
+        rel = RELATIONS_BY_NAME[relation]
+        statements = rel.of_form("statement", reserved=False)
+        target = rng.choice(world.objects_of_kind(rel.object_kind))
+        neighbours = []
+        for person in rng.sample(people, 3):
+            fact = world.fact(person.id, relation)
+            if fact is not None:
+                neighbours.append(Probe(rng.choice(statements).prompt(person.name),
+                                        world.object_name(fact)))
+        unrelated = [Probe(qa.question, qa.answer) for qa in rng.sample(world.unrelated, 2)]
+        reserved = rel.of_form("statement", reserved=True) + rel.of_form("question",
+                                                                           reserved=True)
+        stream.append(EditRecord(
+            task="recent", subject=subject, prompt=rng.choice(statements).prompt(subject),
+            target_new=world.entities[target].name if target in world.entities else target,
+            rephrases=tuple(t.prompt(subject) for t in reserved),
+            locality={"Neighborhood": tuple(neighbours), "Unrelated": tuple(unrelated)},
+            meta={"relation": relation}))
+    rng.shuffle(stream)
+    return stream
+
+
+def asks_edited_fact(prompt: str, record: EditRecord) -> bool:
+    """Whether ``prompt`` asks the (subject, relation) that ``record`` edits: one of the
+    relation's phrasings filled with the record's subject. A record without a known relation
+    counts for any prompt naming its subject (the cautious answer)."""
+    if record.subject not in prompt:
+        return False
+    relation = RELATIONS_BY_NAME.get(record.meta.get("relation", ""))
+    if relation is None:
+        return True
+    return any(t.prompt(record.subject) == prompt for t in relation.templates)
