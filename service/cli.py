@@ -389,6 +389,9 @@ def eval_stream_cmd(
         help="at this count, roll back 10%% of the memory's edits and check the answers "
              "against a memory rebuilt from the rest, then all against the pristine model")
     ] = None,
+    without_subjects: Annotated[bool, typer.Option(
+        help="send the edits without their subject (the memory gates on activations alone)")
+    ] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
     threads: Threads = None,
 ) -> None:
@@ -408,7 +411,8 @@ def eval_stream_cmd(
     settings = StreamSettings(
         checkpoints, sample, seed, tuple(c.strip() for c in combinations.split(",")),
         ridge_lambda, store_tolerance,
-        tuple(float(t) for t in alone_tolerances.split(",") if t.strip()), removal_at)
+        tuple(float(t) for t in alone_tolerances.split(",") if t.strip()), removal_at,
+        without_subjects=without_subjects)
     world = build_world(WorldConfig())
     if stream_kind == "held-out":
         stream = lifelong_stream(world, data_dir, checkpoints[-1], seed)

@@ -9,7 +9,8 @@ import pytest
 from editor_core.data import EditRecord, load_edit_records
 from editor_core.world import World
 from editor_core.world.export import TASK_RELATIONS
-from editor_core.world.stream import lifelong_stream, load_stream, save_stream
+from editor_core.world.stream import (asks_edited_fact, lifelong_stream, load_stream,
+                                      save_stream, unfamiliar_stream)
 from editor_core.world.templates import RELATIONS_BY_NAME
 
 
@@ -116,3 +117,34 @@ def test_save_and_load_round_trip(tmp_path: Path, long_stream: list[EditRecord])
     save_stream(long_stream, path)
     assert load_stream(path) == long_stream
     assert load_edit_records(path, strict=True) == long_stream  # the multi-task layout
+
+
+def test_unfamiliar_people_share_no_syllable_with_the_world(world: World) -> None:
+    stream = unfamiliar_stream(world, 400, seed=0)
+    assert len(stream) == 400
+    assert len({(r.subject, r.meta["relation"]) for r in stream}) == 400
+    words = {w.lower() for e in world.entities.values() for n in (e.name, *e.aliases)
+             for w in n.split()}
+    for r in stream:
+        assert not set(r.subject.lower().split()) & words
+        rel = RELATIONS_BY_NAME[r.meta["relation"]]
+        assert r.prompt in {t.prompt(r.subject) for t in rel.of_form("statement", reserved=False)}
+        assert set(r.rephrases) == {t.prompt(r.subject) for t in rel.templates if t.reserved}
+        assert r.subject not in " ".join(p.prompt for ps in r.locality.values() for p in ps)
+    assert unfamiliar_stream(world, 400, seed=0) == stream
+    assert unfamiliar_stream(world, 400, seed=1) != stream
+
+
+def test_a_probe_is_excluded_only_for_the_fact_another_edit_changes(
+        long_stream: list[EditRecord]) -> None:
+    record = next(r for r in long_stream if r.task == "counterfact")
+    relation = RELATIONS_BY_NAME[record.meta["relation"]]
+    for t in relation.templates:
+        assert asks_edited_fact(t.prompt(record.subject), record)
+    others = [rel for rel in TASK_RELATIONS["recent"] if rel != record.meta["relation"]]
+    for name in others:
+        for t in RELATIONS_BY_NAME[name].templates:
+            assert not asks_edited_fact(t.prompt(record.subject), record)
+    assert not asks_edited_fact(relation.templates[0].prompt("Somebody Else"), record)
+    unknown = EditRecord("recent", record.subject, record.prompt, record.target_new)
+    assert asks_edited_fact(f"Tell me about {record.subject}.", unknown)  # cautious

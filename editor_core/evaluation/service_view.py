@@ -74,6 +74,7 @@ class StreamSettings:
     alone_tolerances: tuple[float, ...] = ()  # each edit alone, also stored at these
     removal_at: int | None = None  # roll back a share of the memory's edits at this count
     removal_share: float = 0.1
+    without_subjects: bool = False  # edits sent without their subject: activation-only gate
 
     def __post_init__(self) -> None:
         unknown = set(self.combinations) - set(COMBINATIONS)
@@ -147,7 +148,8 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
     arms = _arms(editor, routing, settings)
     editor.combination = CombinationConfig("memory")  # deltas carry their routing keys
     with_keys = "ridge" in settings.combinations
-    requests = [EditRequest(r.task, r.prompt, r.target_new, subject=r.subject)
+    requests = [EditRequest(r.task, r.prompt, r.target_new,
+                            subject=None if settings.without_subjects else r.subject)
                 for r in stream]
     rng = random.Random(settings.seed)
     samples = {n: rng.sample(range(n), min(settings.sample, n)) for n in order}
@@ -192,7 +194,8 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
         "checkpoints": order, "sample": settings.sample, "seed": settings.seed,
         "combinations": list(settings.combinations), "ridge_lambda": settings.ridge_lambda,
         "store_tolerance": settings.store_tolerance, "edits_basis": "pristine",
-        "removal_at": settings.removal_at, "removal_share": settings.removal_share})
+        "removal_at": settings.removal_at, "removal_share": settings.removal_share,
+        "without_subjects": settings.without_subjects})
 
 
 def _edit_id(i: int) -> str:
