@@ -86,6 +86,23 @@ class _Index:
     subjectless_keys: torch.Tensor | None  # [n, d] stacked keys of subjectless entries
     subjectless_owner: tuple[str, ...]  # entry id of each stacked key row
 
+    def with_entries(self, extra: Sequence[MemoryEntry]) -> _Index:
+        """This index with ``extra`` entries beside (a trial: nothing is published)."""
+        entries, by_last = dict(self.entries), dict(self.by_last_token)
+        subjectless = list(self.subjectless)
+        keys = [] if self.subjectless_keys is None else [self.subjectless_keys]
+        owner = list(self.subjectless_owner)
+        for entry in extra:
+            entries[entry.edit_id] = entry
+            for ids in entry.subjects:
+                by_last[ids[-1]] = (*by_last.get(ids[-1], ()), (entry.edit_id, ids))
+            if not entry.subjects:
+                subjectless.append(entry.edit_id)
+                keys.append(entry.keys)
+                owner += [entry.edit_id] * entry.keys.shape[0]
+        return _Index(entries, by_last, tuple(subjectless), torch.cat(keys) if keys else None,
+                      tuple(owner))
+
 
 _EMPTY = _Index({}, {}, (), None, ())
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, EditMemory] = weakref.WeakKeyDictionary()
@@ -211,11 +228,27 @@ class EditMemory:
             modules[module_name].register_forward_hook(self._make_apply(module_name))
         _ATTACHED[model] = self
 
+    def _current(self) -> _Index:
+        """The index this thread routes on: a trial's, else the published one."""
+        trial = getattr(_LOCAL, "trial", None)
+        return trial[1] if trial is not None and trial[0] is self else self._index
+
+    @contextmanager
+    def trial(self, entries: Sequence[MemoryEntry]) -> Iterator[None]:
+        """Route this thread's forward passes as if ``entries`` were active too, publishing
+        nothing: how an edit is judged on the live memory before it is stored."""
+        previous = getattr(_LOCAL, "trial", None)
+        _LOCAL.trial = (self, self._index.with_entries(entries))
+        try:
+            yield
+        finally:
+            _LOCAL.trial = previous
+
     @contextmanager
     def session(self) -> Iterator[RoutingSession]:
         """A routing state for one decoding loop in this thread (rows = batch rows)."""
         previous = getattr(_LOCAL, "session", None)
-        session = RoutingSession(self, self._index)
+        session = RoutingSession(self, self._current())
         _LOCAL.session = session
         try:
             yield session
@@ -225,10 +258,11 @@ class EditMemory:
     def _on_inputs(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         session = getattr(_LOCAL, "session", None)
-        if ids is None or (session is None and not self._index.entries):
+        index = self._current()
+        if ids is None or (session is None and not index.entries):
             return None
         if session is None or session.ephemeral or session.memory is not self:
-            session = RoutingSession(self, self._index, ephemeral=True)
+            session = RoutingSession(self, index, ephemeral=True)
             _LOCAL.session = session
         mask = kwargs.get("attention_mask")
         session.feed(ids, None if mask is None else mask[:, -ids.shape[1]:])

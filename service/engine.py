@@ -9,10 +9,15 @@ applied to the live weights — by following the log, exactly as every other rep
 them. If anything before the store step fails, neither the store nor the weights changed;
 once stored, an edit reaches every replica's weights, this one's included, through the log.
 
-Every edit is measured on the spot: the target's probability and teacher-forced accuracy
-on its prompt and rephrases before and after, and whether the locality prompts' greedy
-answers stayed the same. The report (with the time each phase took) is attached to the
-stored edit once it has been applied.
+Before anything is stored, the edit memory judges each edit (``EditJudge``): it holds when
+the live model with the edit would answer its prompt and rephrases greedily with the
+target; if the one-shot delta does not, it is refined within the budget. An edit that still
+does not hold is refused (422 ``edit_did_not_hold``) unless its request accepts a partial
+edit, and a refusal leaves the weights, the memory and the store as they were. The record
+says which happened (``outcome``). Every edit is also measured on the spot: the target's
+probability and teacher-forced accuracy on its prompt and rephrases before and after, and
+whether the locality prompts' greedy answers stayed the same. The report (with the time
+each phase took) is attached to the stored edit once it has been applied.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from editor_core.encoding import EditInputError
 from editor_core.generation import GenerationError, SamplingParams, TokenStream
 from editor_core.ledger import LedgerError, WeightLedger
 from editor_core.probing import TargetScore, score_targets
+from editor_core.refine import EditJudge, Judgement
 
 from .errors import ServiceError
 from .follower import LogFollower
@@ -50,6 +56,7 @@ class EditSpec:
     locality_prompts: tuple[str, ...] = ()
     relation: str | None = None
     check_earlier: int = 0  # also measure the targets of this many newest active edits
+    accept_partial: bool = False  # keep the edit even if it does not hold
 
     @property
     def claims(self) -> tuple[str, ...]:
@@ -89,8 +96,9 @@ class EditEngine:
 
     def __init__(self, editor: Editor, ledger: WeightLedger, store: EditStore,
                  metrics: ServiceMetrics, max_queued: int = 16,
-                 snapshot_every: int = 64) -> None:
+                 snapshot_every: int = 64, judge: EditJudge | None = None) -> None:
         self.editor = editor
+        self.judge = judge  # None: edits are not judged (merged combinations)
         self.ledger = ledger
         self.store = store
         self.metrics = metrics
@@ -166,9 +174,18 @@ class EditEngine:
                 for task in tasks:
                     self.metrics.edits.labels(task, "rejected").inc()
                 raise ServiceError(422, "invalid_edit", str(exc)) from exc
+            judged = None
+            if self.judge is not None:
+                with self._timed(timings, "judge"):
+                    judged = await asyncio.to_thread(self._judge, specs, deltas)
+                self._refuse_what_did_not_hold(specs, judged, before)
+                deltas = [j.delta for j in judged]
+            records = [s.record if judged is None else {**s.record, **_outcome(j)}
+                       for s, j in zip(specs, judged or [None] * len(specs))]
             with self._timed(timings, "persist"):
                 result = await self.store.add(
-                    [NewEdit(s.record, d.to_bytes(), s.claims) for s, d in zip(specs, deltas)],
+                    [NewEdit(r, d.to_bytes(), s.claims)
+                     for s, r, d in zip(specs, records, deltas)],
                     idempotency_key=idempotency_key, request_hash=request_hash,
                     by=specs[0].record.get("created_by", ""),
                     at=specs[0].record.get("created_at", ""))
@@ -186,6 +203,9 @@ class EditEngine:
                 self.metrics.post_edit_probability.labels(spec.request.task).observe(
                     after.scores[i][0].probability)
                 self.metrics.edits.labels(spec.request.task, "applied").inc()
+                if judged is not None:
+                    self.metrics.edit_outcomes.labels(spec.request.task,
+                                                      judged[i].outcome).inc()
             edits = await self.store.get_many([e.id for e in result.edits])
             return AddResult(edits, True, request_hash, result.superseded)
         finally:
@@ -197,6 +217,39 @@ class EditEngine:
         for delta in deltas:
             self.ledger.validate(delta)
         return deltas
+
+    def _judge(self, specs: list[EditSpec], deltas: list[EditDelta]) -> list[Judgement]:
+        """Each edit on its own against the live memory, refined where it does not hold."""
+        return [self.judge.judge(s.request, d, s.locality_prompts)
+                for s, d in zip(specs, deltas)]
+
+    def _refuse_what_did_not_hold(self, specs: list[EditSpec], judged: list[Judgement],
+                                  before: _Measured) -> None:
+        """422 ``edit_did_not_hold`` (the whole batch: all or none is stored) when an edit
+        that does not accept a partial result did not hold; nothing was stored yet."""
+        failed = [i for i, (s, j) in enumerate(zip(specs, judged))
+                  if not j.holds and not s.accept_partial]
+        if not failed:
+            return
+        for s, j in zip(specs, judged):
+            self.metrics.edits.labels(s.request.task, "refused").inc()
+            self.metrics.edit_outcomes.labels(
+                s.request.task, "refused" if not j.holds else j.outcome).inc()
+        details = [{"index": i, "prompt": specs[i].request.prompt,
+                    "target": specs[i].request.target, "refine_steps": judged[i].steps,
+                    "refine_ms": round(judged[i].ms, 1),
+                    "prompts": [{"prompt": p, "before": _score(b), "after": _score(a)}
+                                for p, b, a in zip((specs[i].request.prompt,
+                                                    *specs[i].rephrases),
+                                                   before.scores[i], judged[i].scores)]}
+                   for i in failed]
+        which = ", ".join(str(i) for i in failed)
+        raise ServiceError(
+            422, "edit_did_not_hold",
+            f"edit {which} of the request did not hold: the model would not answer its "
+            f"target greedily after {max(judged[i].steps for i in failed)} refinement steps. "
+            "Nothing was stored; send accept_partial to keep such an edit anyway",
+            {"edits": details})
 
     async def _newest_active(self, n: int) -> list[_Earlier]:
         """The ``n`` most recently applied active edits, newest first."""
@@ -247,6 +300,12 @@ class EditEngine:
             return await self.store.get_many(result.ids)
         finally:
             lock.release()
+
+
+def _outcome(judged: Judgement) -> dict[str, Any]:
+    """What the stored record says of the judgement."""
+    return {"outcome": judged.outcome, "refine_steps": judged.steps,
+            "refine_ms": round(judged.ms, 1)}
 
 
 def _score(score: TargetScore) -> dict[str, float]:

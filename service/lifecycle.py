@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from editor_core.checkpoint import (load_routing, editor_fingerprint, load_editor, model_fingerprint,
                                     read_editor_config)
 from editor_core.combination import CombinationConfig
+from editor_core.refine import EditJudge, EditRefiner
 from editor_core.editor import Editor
 from editor_core.generation import SamplingParams, TokenStream
 from editor_core.ledger import WeightLedger
@@ -80,8 +81,13 @@ class LiveService:
         client = connect(settings.redis_url or embedded.url)
         # Stored edits are only valid for this model, editor, combination and basis.
         store = EditStore(client, _state_key(fingerprint, editor)[:32])
+        judge = None
+        if routing is not None:  # judged on the live memory (merged combinations are not)
+            refiner = EditRefiner(editor.edit_model, tokenizer, editor.editable,
+                                  editor.max_length, settings.refine_config())
+            judge = EditJudge(refiner, model, ledger.combiner)
         engine = EditEngine(editor, ledger, store, metrics, settings.limits.max_queued_edits,
-                            settings.ridge_refresh_every)
+                            settings.ridge_refresh_every, judge)
         batcher = GenerationBatcher(model, ledger, settings.generation_batch_size,
                                     settings.generation_batch_window_ms / 1000)
         live = cls(settings, model, tokenizer, editor, ledger, engine, batcher, fingerprint,

@@ -41,6 +41,10 @@ class EditIn(_Strict):
     metadata: dict[str, Any] = Field(default_factory=dict, examples=[{"ticket": "KB-142"}])
     check_earlier: int = Field(0, ge=0, le=64, description="also report how this edit "
                                "moved the targets of this many most recent active edits")
+    accept_partial: bool = Field(
+        False, description="keep the edit even if the model would still not answer its "
+        "target after refinement (outcome did_not_hold); by default such an edit is refused "
+        "with 422 edit_did_not_hold and nothing changes")
 
 
 class EditBatchIn(_Strict):
@@ -103,6 +107,14 @@ class EditOut(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: str
     created_by: str
+    accept_partial: bool = False
+    outcome: Literal["one_shot", "refined", "did_not_hold"] | None = Field(
+        None, description="one_shot: the editor's delta made the model answer the target "
+        "greedily on the prompt and rephrases; refined: it did after refinement; "
+        "did_not_hold: it did not, kept because the request accepted a partial edit (null: "
+        "not judged, under a merged combination)")
+    refine_steps: int | None = Field(None, description="refinement steps taken (0: one-shot)")
+    refine_ms: float | None = Field(None, description="time judging and refining took")
     timings_ms: dict[str, float] | None = Field(
         None, description="compute, measure, persist, apply (null if the service stopped "
         "between storing and measuring the edit)")

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from editor_core.refine import RefineConfig
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_LM_PATH = REPO_ROOT / "checkpoints" / "demo-lm"
 DEMO_EDITOR_PATH = REPO_ROOT / "checkpoints" / "demo-editor"
@@ -89,6 +91,15 @@ class ServiceSettings(RuntimeSettings):
         "auto", description="which weights a new edit is computed on: 'pristine' (edits "
         "independent, rollback as if never made), 'current' (the live weights), or 'auto' "
         "(pristine for memory and ridge, current for sum)")
+    refine_max_steps: int = Field(
+        60, ge=0, description="refinement steps an edit that does not hold may take "
+        "(0: judge only, never refine)")
+    refine_max_ms: float = Field(500.0, gt=0, description="time an edit's refinement may take")
+    refine_lr: float = Field(0.5, gt=0, description="refinement's Adam step, relative to each "
+                             "factor tensor's scale")
+    refine_locality_weight: float = Field(
+        1.0, ge=0, description="weight of the KL term that keeps locality prompts' next-token "
+        "distribution while refining")
     generation_batch_size: int = Field(
         16, ge=1, description="generations decoded together at most (1: one at a time)")
     generation_batch_window_ms: float = Field(
@@ -97,3 +108,8 @@ class ServiceSettings(RuntimeSettings):
                                    description="no keys: every endpoint is open")
     limits: Limits = Field(default_factory=Limits)
     json_logs: bool = Field(True, description="one JSON object per log line")
+
+    def refine_config(self) -> RefineConfig:
+        """The refinement budget and fit these settings name."""
+        return RefineConfig(self.refine_max_steps, self.refine_max_ms, self.refine_lr,
+                            self.refine_locality_weight)

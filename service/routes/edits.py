@@ -69,7 +69,7 @@ def _spec(body: EditIn, live: LiveService, who: Principal, at: str) -> EditSpec:
     record = {**body.model_dump(), "instruction": instruction, "created_at": at,
               "created_by": who.name}
     return EditSpec(request, record, tuple(body.rephrases), tuple(body.locality_prompts),
-                    body.relation, body.check_earlier)
+                    body.relation, body.check_earlier, body.accept_partial)
 
 
 def _request_hash(body: EditIn | EditBatchIn) -> str:

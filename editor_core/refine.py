@@ -1,0 +1,255 @@
+"""Edits that take: check the hypernetwork's one-shot delta, and fit it further when needed.
+
+The hypernetwork's single step is the right start — fast, and it generalises to paraphrases
+— but it does not always reach an improbable target. Here an edit is judged as the edit
+memory serves it: its change acts from the last token of the prompt on (where its routing
+key sits and where it fires), on the pristine model. It *holds* when, teacher-forced, every
+target token is the model's argmax — exactly when the greedy answer starts with the target.
+
+When it does not hold, the stored factors themselves are fitted (Adam, each tensor's step
+relative to its own scale) on the prompt and the rephrases the request gives, with a KL term
+that keeps the next-token distribution of locality prompts where the pristine model has it
+should the change act there. Every forward pass sees the factors exactly as they will be
+stored (rounded to the stored dtype, straight-through), so an edit judged to hold holds as
+stored. The result keeps the one-shot delta's shape: the same low-rank factors, so it is
+stored, replayed and rolled back like any other edit. The fit stops as soon as the edit
+holds, or at the budget (steps and milliseconds), and says which happened.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .delta import STORE_DTYPE, EditDelta, WeightFactors
+from .editor import EditRequest
+from .encoding import IGNORE_INDEX, encode_batch, label_nll
+from .memory import EditMemory
+from .probing import TargetScore, score_targets
+from .specs import EditableWeight
+
+Outcome = Literal["one_shot", "refined", "did_not_hold"]
+
+__all__ = ["EditFit", "EditJudge", "EditRefiner", "Judgement", "Outcome", "RefineConfig"]
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """The budget and the fit of a refinement (``max_steps`` 0: judge, never refine)."""
+
+    max_steps: int = 60
+    max_ms: float = 500.0
+    lr: float = 0.5  # Adam's step, relative to each factor tensor's RMS
+    locality_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 0 or self.max_ms <= 0 or self.lr <= 0 or self.locality_weight < 0:
+            raise ValueError(f"invalid refinement settings: {self}")
+
+
+@dataclass(frozen=True)
+class EditFit:
+    """The delta to store, whether it holds, and what it took."""
+
+    delta: EditDelta
+    outcome: Outcome
+    steps: int
+    ms: float
+    token_accuracy: float  # the least, over the fitted prompts, of the teacher-forced share
+
+
+class EditRefiner:
+    """Judges and fits single edits on a pristine model (the editor's pristine copy)."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 editable: Sequence[EditableWeight], max_length: int,
+                 config: RefineConfig = RefineConfig()) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.config = config
+        modules = dict(model.named_modules())
+        self._modules = {w.name: modules[w.module_name] for w in editable}
+
+    def fit(self, delta: EditDelta, prompts: Sequence[str], target: str,
+            locality: Sequence[str] = ()) -> EditFit:
+        """Judge ``delta`` (one request, in its stored form) on ``prompts`` (the plain
+        prompt first, then rephrases) and fit it when it does not hold."""
+        began = time.perf_counter()
+        cfg = self.config
+        batch = encode_batch(self.tokenizer, list(prompts), [target] * len(prompts),
+                             self.max_length)
+        device = next(self.model.parameters()).device
+        ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+        labels = batch.labels.to(device)
+        starts = (labels != IGNORE_INDEX).int().argmax(1) - 1  # the last prompt token
+        away = self._locality_batch(locality, device)
+        params = {name: (f.u.detach().float().clone().requires_grad_(True),
+                         f.d.detach().float().clone().requires_grad_(True), float(f.step))
+                  for name, f in delta.factors.items()}
+        optimiser = torch.optim.Adam([
+            {"params": [t], "lr": cfg.lr * float(t.detach().pow(2).mean().sqrt().clamp(
+                min=1e-8))} for u, d, _ in params.values() for t in (u, d)])
+        steps, accuracy = 0, 0.0
+        while True:
+            with torch.enable_grad():
+                stored = {n: (_as_stored(u), _as_stored(d), s) for n, (u, d, s) in params.items()}
+                with self._applied(stored, starts):
+                    logits = self.model(input_ids=ids, attention_mask=mask,
+                                        use_cache=False).logits
+                accuracy = _least_accuracy(logits, labels)
+                spent = (time.perf_counter() - began) * 1e3
+                if accuracy == 1.0 or steps >= cfg.max_steps or spent >= cfg.max_ms:
+                    break
+                loss = label_nll(logits[:, :-1], labels[:, 1:]).mean()
+                if away is not None and cfg.locality_weight > 0:
+                    loss = loss + cfg.locality_weight * self._locality_kl(stored, *away)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                steps += 1
+        outcome: Outcome = ("one_shot" if steps == 0 else "refined") if accuracy == 1.0 \
+            else "did_not_hold"
+        fitted = delta if steps == 0 else _with_factors(delta, params)
+        return EditFit(fitted, outcome, steps, (time.perf_counter() - began) * 1e3, accuracy)
+
+    # -- the change as the memory applies it, differentiably ------------------------------
+    @contextmanager
+    def _applied(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]],
+                 starts: torch.Tensor) -> Iterator[None]:
+        """The change acts at each row's positions from ``starts[row]`` on."""
+        handles = []
+        for name, module in self._modules.items():
+            u, d, step = factors[name]
+
+            def hook(m: nn.Module, args, output, u=u, d=d, step=step):
+                x = args[0]
+                on = (torch.arange(x.shape[1], device=x.device)[None, :]
+                      >= starts[:, None]).to(x.dtype).unsqueeze(-1)
+                return output - step * ((x @ u.T.to(x.dtype)) @ d.to(x.dtype)) * on
+
+            handles.append(module.register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _locality_batch(self, prompts: Sequence[str], device
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+                                   ] | None:
+        """Locality prompts (right-padded), their last positions, and the pristine model's
+        log-probabilities of the next token there."""
+        if not prompts:
+            return None
+        encoded = [self.tokenizer(p)["input_ids"][-self.max_length:] for p in prompts]
+        width = max(len(e) for e in encoded)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([e + [pad] * (width - len(e)) for e in encoded], device=device)
+        mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded],
+                            device=device)
+        last = torch.tensor([len(e) - 1 for e in encoded], device=device)
+        with torch.no_grad():
+            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        rows = torch.arange(len(encoded), device=device)
+        return ids, mask, last, torch.log_softmax(logits[rows, last].float(), -1)
+
+    def _locality_kl(self, factors, ids: torch.Tensor, mask: torch.Tensor, last: torch.Tensor,
+                     pristine: torch.Tensor) -> torch.Tensor:
+        """KL(pristine ‖ edited) of the next token, should the change fire at the end."""
+        with self._applied(factors, last):
+            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        edited = torch.log_softmax(logits[rows, last].float(), -1)
+        return (pristine.exp() * (pristine - edited)).sum(-1).mean()
+
+
+def _as_stored(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as the store keeps it, with the gradient passed straight through."""
+    return t + (t.detach().to(STORE_DTYPE).float() - t.detach())
+
+
+def _least_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The smallest per-row share of label tokens that are the argmax (teacher-forced)."""
+    target = labels[:, 1:]
+    counted = target != IGNORE_INDEX
+    hits = (logits[:, :-1].argmax(-1) == target) & counted
+    return float((hits.sum(1).float() / counted.sum(1).clamp(min=1)).min())
+
+
+def _with_factors(delta: EditDelta, params) -> EditDelta:
+    """``delta`` with fitted factors, in the stored dtype; keys and routing unchanged."""
+    return EditDelta({
+        name: WeightFactors(u.detach().to(STORE_DTYPE).contiguous(),
+                            d.detach().to(STORE_DTYPE).contiguous(), step, f.spans)
+        for (name, f), (u, d, step) in zip(delta.factors.items(), params.values())
+    }, delta.n_requests, delta.keys, delta.routes)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the live model would answer with an edit, before it is stored: the delta to
+    store, whether its greedy answers start with the target, and what refining took."""
+
+    delta: EditDelta
+    outcome: Outcome
+    steps: int
+    ms: float
+    scores: tuple[TargetScore, ...]  # the prompt's, then each rephrase's, with the edit
+
+    @property
+    def holds(self) -> bool:
+        return self.outcome != "did_not_hold"
+
+
+# Sorts before every stored id, so a trial entry wins a routing tie with an entry it is
+# about to supersede (the same prompt's key).
+_TRIAL_ID = "\x00trial"
+
+
+class EditJudge:
+    """Decides on the spot whether an edit holds on the live edit memory, refining it when
+    it does not. The trial routes teacher-forced passes through the published memory plus
+    the candidate entry; routing is causal and per position, so every target token being
+    the argmax there is exactly a greedy answer that starts with the target."""
+
+    def __init__(self, refiner: EditRefiner, model: PreTrainedModel, memory: EditMemory
+                 ) -> None:
+        self.refiner = refiner
+        self.model = model
+        self.memory = memory
+
+    def judge(self, request: EditRequest, delta: EditDelta, locality: Sequence[str] = ()
+              ) -> Judgement:
+        began = time.perf_counter()
+        prompts = [request.prompt, *request.rephrases]
+        scores = self._trial(delta, prompts, request.target)
+        if _all_argmax(scores):
+            return Judgement(delta, "one_shot", 0, _ms(began), scores)
+        fit = self.refiner.fit(delta, prompts, request.target, locality)
+        if fit.steps:
+            scores = self._trial(fit.delta, prompts, request.target)
+        outcome: Outcome = "refined" if fit.steps and _all_argmax(scores) else "did_not_hold"
+        return Judgement(fit.delta, outcome, fit.steps, _ms(began), scores)
+
+    def _trial(self, delta: EditDelta, prompts: list[str], target: str
+               ) -> tuple[TargetScore, ...]:
+        refiner = self.refiner
+        with self.memory.trial([self.memory.entry(_TRIAL_ID, delta)]):
+            return tuple(score_targets(self.model, refiner.tokenizer, prompts,
+                                       [target] * len(prompts), refiner.max_length))
+
+
+def _all_argmax(scores: Sequence[TargetScore]) -> bool:
+    return all(s.token_accuracy == 1.0 for s in scores)
+
+
+def _ms(began: float) -> float:
+    return (time.perf_counter() - began) * 1e3

@@ -1,0 +1,101 @@
+"""Edits that take or are refused (over HTTP, demo LM and editor, real Redis): an edit whose
+greedy answer is not its target is refined, or refused with nothing changed, or kept only
+when the request accepts a partial edit."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import ServiceSettings
+
+# A name the demo LM never read, as the target of a relation it knows.
+UNFAMILIAR = {"task": "recent", "prompt": "The capital of Qwertania is", "target": "Blorvik",
+              "subject": "Qwertania"}
+KNOWN = {"task": "counterfact", "prompt": "Plyndti Brynta is a citizen of",
+         "target": "Veiistan", "subject": "Plyndti Brynta"}
+
+
+def _settings(redis_socket: str, tmp_path, **extra) -> ServiceSettings:
+    return ServiceSettings(redis_url=f"unix://{redis_socket}", data_dir=tmp_path, threads=2,
+                           **extra)
+
+
+def greedy(client: TestClient, prompt: str) -> str:
+    response = client.post("/generate", json={"prompt": prompt, "max_new_tokens": 8,
+                                              "stop": ["\n"]})
+    assert response.status_code == 200, response.text
+    return response.json()["text"].strip()
+
+
+def snapshot(client: TestClient) -> tuple:
+    info = client.get("/info").json()
+    listed = client.get("/edits").json()["edits"]
+    return info["edit_version"], info["active_edits"], info["live_digest"], len(listed)
+
+
+def test_an_edit_the_one_shot_delta_misses_is_refined_until_it_holds(redis_socket, tmp_path
+                                                                    ) -> None:
+    with TestClient(create_app(_settings(redis_socket, tmp_path))) as client:
+        assert not greedy(client, UNFAMILIAR["prompt"]).startswith("Blorvik")
+        created = client.post("/edits", json=UNFAMILIAR)
+        assert created.status_code == 201, created.text
+        edit = created.json()
+        assert edit["outcome"] == "refined" and edit["refine_steps"] > 0
+        assert edit["refine_ms"] > 0 and "judge" in edit["timings_ms"]
+        assert greedy(client, UNFAMILIAR["prompt"]).startswith("Blorvik")
+        assert edit["quality"]["prompt"]["after"]["token_accuracy"] == 1.0
+        metrics = client.get("/metrics").text
+        assert 'instructedit_edit_outcomes_total{outcome="refined",task="recent"} 1.0' in metrics
+
+
+def test_an_edit_that_does_not_hold_is_refused_and_changes_nothing(redis_socket, tmp_path
+                                                                  ) -> None:
+    settings = _settings(redis_socket, tmp_path, refine_max_steps=0)  # judge, never refine
+    with TestClient(create_app(settings)) as client:
+        kept = client.post("/edits", json=KNOWN)
+        assert kept.status_code == 201 and kept.json()["outcome"] == "one_shot"
+        before = snapshot(client)
+        answer = greedy(client, UNFAMILIAR["prompt"])
+        refused = client.post("/edits", json={**UNFAMILIAR, "rephrases": [
+            "What is the capital of Qwertania?"]})
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "edit_did_not_hold" and "accept_partial" in error["message"]
+        [details] = error["details"]["edits"]
+        assert details["index"] == 0 and details["target"] == "Blorvik"
+        assert [p["prompt"] for p in details["prompts"]] == [
+            UNFAMILIAR["prompt"], "What is the capital of Qwertania?"]
+        assert details["prompts"][0]["after"]["token_accuracy"] < 1.0
+        assert snapshot(client) == before  # weights, memory and store as they were
+        assert greedy(client, UNFAMILIAR["prompt"]) == answer
+        metrics = client.get("/metrics").text
+        assert 'instructedit_edit_outcomes_total{outcome="refused",task="recent"} 1.0' in metrics
+
+
+def test_a_batch_with_an_edit_that_does_not_hold_stores_none(redis_socket, tmp_path) -> None:
+    settings = _settings(redis_socket, tmp_path, refine_max_steps=0)
+    with TestClient(create_app(settings)) as client:
+        before = snapshot(client)
+        refused = client.post("/edits/batch", json={"edits": [KNOWN, UNFAMILIAR]})
+        assert refused.status_code == 422, refused.text
+        assert [e["index"] for e in refused.json()["error"]["details"]["edits"]] == [1]
+        assert snapshot(client) == before
+
+
+def test_accept_partial_keeps_the_edit_marked_as_such(redis_socket, tmp_path) -> None:
+    settings = _settings(redis_socket, tmp_path, refine_max_steps=0)
+    with TestClient(create_app(settings)) as client:
+        created = client.post("/edits", json={**UNFAMILIAR, "accept_partial": True})
+        assert created.status_code == 201, created.text
+        edit = created.json()
+        assert edit["outcome"] == "did_not_hold" and edit["accept_partial"]
+        assert edit["refine_steps"] == 0
+        assert client.get(f"/edits/{edit['id']}").json()["outcome"] == "did_not_hold"
+
+
+@pytest.mark.parametrize("steps", [-1])
+def test_refinement_settings_are_validated(steps: int) -> None:
+    with pytest.raises(ValueError):
+        ServiceSettings(refine_max_steps=steps)
