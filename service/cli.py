@@ -392,6 +392,9 @@ def eval_stream_cmd(
     without_subjects: Annotated[bool, typer.Option(
         help="send the edits without their subject (the memory gates on activations alone)")
     ] = False,
+    refine: Annotated[bool, typer.Option(
+        help="judge each edit as the service does: refined where the one-shot delta does "
+             "not hold (the service's default budget)")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
     threads: Threads = None,
 ) -> None:
@@ -403,6 +406,7 @@ def eval_stream_cmd(
     from editor_core.checkpoint import load_editor, load_routing
     from editor_core.evaluation.service_view import (StreamSettings, evaluate_stream,
                                                      stream_table)
+    from editor_core.refine import RefineConfig
     from editor_core.world import WorldConfig, build_world
     from editor_core.world.stream import asks_edited_fact, lifelong_stream, unfamiliar_stream
 
@@ -412,7 +416,7 @@ def eval_stream_cmd(
         checkpoints, sample, seed, tuple(c.strip() for c in combinations.split(",")),
         ridge_lambda, store_tolerance,
         tuple(float(t) for t in alone_tolerances.split(",") if t.strip()), removal_at,
-        without_subjects=without_subjects)
+        without_subjects=without_subjects, refine=RefineConfig() if refine else None)
     world = build_world(WorldConfig())
     if stream_kind == "held-out":
         stream = lifelong_stream(world, data_dir, checkpoints[-1], seed)
@@ -430,6 +434,69 @@ def eval_stream_cmd(
         json_path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
         json_path.with_suffix(".md").write_text(stream_table(result) + "\n")
     typer.echo(stream_table(result))
+
+
+@app.command("eval-single")
+def eval_single_cmd(
+    sets: Annotated[str, typer.Option(
+        help="what to edit: tasks of the split, 'unfamiliar' (new people named with "
+             "syllables the world never uses) and 'zsre-real' (--real-zsre's records)")
+    ] = "counterfact,recent,convsent,zsre,unfamiliar,zsre-real",
+    split: Annotated[str, typer.Option(help="which split of the tasks")] = "test",
+    limit: Annotated[Optional[int], typer.Option(
+        help="a deterministic sample of this many edits per set")] = None,
+    real_zsre: Annotated[Path, typer.Option(help="real zsRE records (MEND's eval format)")
+                         ] = Path("../shared/data/zsre_real_sample.json"),
+    refine_max_steps: Annotated[int, typer.Option(help="refinement budget: steps")] = 60,
+    refine_max_ms: Annotated[float, typer.Option(help="refinement budget: ms")] = 500.0,
+    refine_lr: Annotated[float, typer.Option(help="refinement's relative Adam step")] = 0.5,
+    editor: Annotated[Path, typer.Option(help="editor folder (with its routing)")
+                      ] = DEMO_EDITOR_PATH,
+    model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
+    data_dir: DataDir = Path("data/world"),
+    seed: Annotated[int, typer.Option(help="samples and the unfamiliar set")] = 1,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
+    threads: Threads = None,
+) -> None:
+    """Single edits as the service makes them: one-shot against judged (refined where it
+    did not hold) against FT-L, greedy and teacher-forced (JSON + table)."""
+    import random
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from editor_core.checkpoint import load_editor, load_routing
+    from editor_core.data.knowedit import load_edit_records
+    from editor_core.evaluation.single_view import evaluate_single, single_table
+    from editor_core.refine import RefineConfig
+    from editor_core.training.examples import load_task_records
+    from editor_core.world import WorldConfig, build_world
+    from editor_core.world.stream import unfamiliar_stream
+
+    _setup(threads)
+    names = [n.strip() for n in sets.split(",")]
+    tasks = [n for n in names if n not in ("unfamiliar", "zsre-real")]
+    records = dict(load_task_records(data_dir, tasks, split)) if tasks else {}
+    if "unfamiliar" in names:
+        records["unfamiliar"] = unfamiliar_stream(build_world(WorldConfig()), limit or 100,
+                                                  seed)
+    if "zsre-real" in names:
+        records["zsre-real"] = load_edit_records(real_zsre, "zsre")  # warns of what it skips
+    if limit is not None:
+        records = {k: random.Random(seed).sample(list(r), min(limit, len(r)))
+                   for k, r in records.items()}
+    lm = AutoModelForCausalLM.from_pretrained(model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    ed = load_editor(editor, lm, tokenizer, basis="pristine")
+    refine = RefineConfig(refine_max_steps, refine_max_ms, refine_lr)
+    results = evaluate_single(ed, load_routing(editor), records, refine)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({"results": results, "settings": {
+            "sets": names, "split": split, "limit": limit, "seed": seed,
+            "refine": {"max_steps": refine_max_steps, "max_ms": refine_max_ms,
+                       "lr": refine_lr}}}, indent=2) + "\n")
+        json_path.with_suffix(".md").write_text(single_table(results) + "\n")
+    typer.echo(single_table(results))
 
 
 @app.command("analyze")

@@ -75,3 +75,25 @@ def test_settings_refuse_what_cannot_be_measured() -> None:
         StreamSettings((10,), removal_at=20)
     with pytest.raises(ValueError, match="memory"):
         StreamSettings((10,), combinations=("ridge",), removal_at=10)
+
+
+def test_single_edits_one_shot_judged_and_ftl_side_by_side(world: World) -> None:
+    from editor_core.evaluation.single_view import evaluate_single, single_table
+    from editor_core.refine import RefineConfig
+    from editor_core.world.stream import unfamiliar_stream
+
+    model = AutoModelForCausalLM.from_pretrained(DEMO_LM_PATH).eval()
+    tokenizer = AutoTokenizer.from_pretrained(DEMO_LM_PATH)
+    editor = load_editor(DEMO_EDITOR_PATH, model, tokenizer, basis="pristine")
+    records = unfamiliar_stream(world, 4, seed=7)
+    results = evaluate_single(editor, load_routing(DEMO_EDITOR_PATH), {"unfamiliar": records},
+                              RefineConfig(), ftl_steps=2)
+    arms = results["unfamiliar"]
+    assert set(arms) == {"one-shot", "judged", "FT-L"}
+    judged, one_shot = arms["judged"], arms["one-shot"]
+    assert sum(judged["outcomes"].values()) == 4 == judged["edits"]
+    assert judged["reliability"] >= one_shot["reliability"]
+    assert judged["reliability"] == (judged["outcomes"].get("one_shot", 0)
+                                     + judged["outcomes"].get("refined", 0)) / 4
+    assert judged["random_locality"] == 1.0
+    assert "| unfamiliar | judged | 4 |" in single_table(results)

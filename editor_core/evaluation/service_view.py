@@ -39,6 +39,7 @@ from ..generation import SamplingParams, TokenStream
 from ..ledger import WeightLedger
 from ..memory import EditMemory, RoutingConfig
 from ..probing import score_targets
+from ..refine import EditJudge, EditRefiner, RefineConfig
 
 ANSWER = SamplingParams(max_new_tokens=16, stop=("\n",))
 LOCALITY_KINDS = {"neighbour": "Neighborhood", "same_subject": "Relation_Specificity",
@@ -75,6 +76,7 @@ class StreamSettings:
     removal_at: int | None = None  # roll back a share of the memory's edits at this count
     removal_share: float = 0.1
     without_subjects: bool = False  # edits sent without their subject: activation-only gate
+    refine: RefineConfig | None = None  # judge each edit as the service does (memory only)
 
     def __post_init__(self) -> None:
         unknown = set(self.combinations) - set(COMBINATIONS)
@@ -83,8 +85,9 @@ class StreamSettings:
                              f"{self.combinations}")
         if self.removal_at is not None and self.removal_at not in self.checkpoints:
             raise ValueError(f"the removal count {self.removal_at} must be a checkpoint")
-        if self.removal_at is not None and "memory" not in self.combinations:
-            raise ValueError("the removal check runs on the edit memory")
+        if "memory" not in self.combinations and (self.removal_at is not None
+                                                  or self.refine is not None):
+            raise ValueError("the removal check and judged edits need the edit memory")
 
 
 @dataclass
@@ -166,18 +169,32 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
         return delta
 
     memory_arm = arms[0]  # the memory when it is measured
+    judge = None if settings.refine is None else EditJudge(
+        EditRefiner(editor.edit_model, tokenizer, editor.editable, editor.max_length,
+                    settings.refine), editor.model, memory_arm.ledger.combiner)
+    outcomes: dict[str, int] = {}
+
+    def judged(i: int, delta: EditDelta) -> EditDelta:
+        """What the service keeps of edit ``i`` against the memory as it stands."""
+        if judge is None:
+            return delta
+        verdict = judge.judge(requests[i], delta)
+        outcomes[verdict.outcome] = outcomes.get(verdict.outcome, 0) + 1
+        return verdict.delta
     removal_prompts, removal_targets = _removal_probes(stream, samples[order[-1]])
     pristine_scores = _snapshot(memory_arm, tokenizer, editor.max_length, removal_prompts,
                                 removal_targets) if settings.removal_at else None
     cached, alone = _alone(memory_arm, tokenizer, stream, samples[order[-1]], compute,
-                           settings)
+                           settings, judged)
+    outcomes.clear()  # counted again as the stream goes in
     figures: dict[str, dict[str, dict]] = {a.name: {} for a in arms}
     removal = None
     made = 0
     bar = tqdm(total=order[-1], desc="edits", unit="edit")
     for n in order:
         while made < n:
-            delta = cached.pop(made, None) or compute(made).compressed(settings.store_tolerance)
+            delta = judged(made, cached.pop(made, None)
+                           or compute(made).compressed(settings.store_tolerance))
             for arm in arms:
                 arm.ledger.apply(_edit_id(made), delta)
             made += 1
@@ -186,6 +203,8 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
         for arm in arms:
             figures[arm.name][str(n)] = _measure(arm, tokenizer, editor.max_length, stream,
                                                  samples[n], n, excluded, pristine)
+        if judge is not None:
+            figures["memory"][str(n)]["outcomes"] = dict(outcomes)
         if n == settings.removal_at:
             removal = _removal_check(memory_arm, tokenizer, editor.max_length, settings,
                                      removal_prompts, removal_targets, pristine_scores)
@@ -195,7 +214,8 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
         "combinations": list(settings.combinations), "ridge_lambda": settings.ridge_lambda,
         "store_tolerance": settings.store_tolerance, "edits_basis": "pristine",
         "removal_at": settings.removal_at, "removal_share": settings.removal_share,
-        "without_subjects": settings.without_subjects})
+        "without_subjects": settings.without_subjects,
+        "refine": None if settings.refine is None else vars(settings.refine)})
 
 
 def _edit_id(i: int) -> str:
@@ -203,7 +223,8 @@ def _edit_id(i: int) -> str:
 
 
 def _alone(arm: _Arm, tokenizer, stream: Sequence[EditRecord], picked: Sequence[int],
-           compute: Callable[[int], EditDelta], settings: StreamSettings
+           compute: Callable[[int], EditDelta], settings: StreamSettings,
+           judged: Callable[[int, EditDelta], EditDelta]
            ) -> tuple[dict[int, EditDelta], dict[str, dict]]:
     """Each picked edit by itself (stored at the store tolerance, and at each extra one);
     returns the stored deltas for reuse, and the figures per tolerance."""
@@ -213,7 +234,7 @@ def _alone(arm: _Arm, tokenizer, stream: Sequence[EditRecord], picked: Sequence[
     for i in tqdm(picked, desc="each edit alone", unit="edit"):
         record, computed = stream[i], compute(i)
         for t in tolerances:
-            delta = computed.compressed(t)
+            delta = judged(i, computed.compressed(t))
             if t == settings.store_tolerance:
                 cached[i] = delta
             arm.ledger.apply("alone", delta)
@@ -351,6 +372,13 @@ def stream_table(result: StreamResult) -> str:
         rows.append(f"| each alone{stored} | ({a['sampled']} sampled) | {a['reliability']:.3f} "
                     f"| {a['paraphrase']:.3f} | | | | | | |")
     table = "\n".join(rows)
+    judged = {n: f["outcomes"] for n, f in result.figures.get("memory", {}).items()
+              if "outcomes" in f}
+    if judged:
+        table += "\n\nJudged as the service does, edits made so far (one-shot / refined / did " \
+                 "not hold): " + "; ".join(
+                     f"{n}: {o.get('one_shot', 0)} / {o.get('refined', 0)} / "
+                     f"{o.get('did_not_hold', 0)}" for n, o in judged.items()) + "."
     if result.removal is not None:
         r = result.removal
         table += (f"\n\nRollback at {r['active']} edits: {r['rolled_back']} rolled back; "

@@ -1,0 +1,133 @@
+"""Single edits as the service makes them: the one-shot delta, the judged (refined where
+needed) one, and FT-L, side by side on the same records.
+
+Each record's edit is made alone on the pristine model and measured greedily through the
+service's generation path, teacher-forced beside:
+
+- reliability: the answer to the plain prompt, up to the end of its line, starts with the
+  target (ConvSent: with one of the record's labelled answers of the new sentiment, first
+  clause); paraphrase: the same on the record's last rephrase, never fitted;
+- locality: the greedy answers of the first neighbour, same-subject and random probe are
+  those of the unedited model;
+- edit score: the mean of reliability, paraphrase and the locality kinds measured.
+
+"one-shot" is the hypernetwork's stored delta in the edit memory; "judged" is what the
+service keeps — one-shot when it holds, else refined within the budget (fitted on the plain
+prompt only); FT-L takes Adam steps on the editable weights themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from ..combination import CombinationConfig
+from ..data.records import EditRecord
+from ..editor import EditRequest, Editor
+from ..ledger import WeightLedger
+from ..memory import EditMemory, RoutingConfig
+from ..probing import score_targets
+from ..refine import EditJudge, EditRefiner, RefineConfig
+from .methods import FineTuneMethod
+from .service_view import _probes, answer, holds
+
+ARMS = ("one-shot", "judged", "FT-L")
+
+
+def carries_target(text: str, record: EditRecord) -> bool:
+    """The greedy answer gives the edit's target (ConvSent: its new sentiment, judged by
+    the record's own labelled answers)."""
+    if record.task == "convsent" and record.answers:
+        return any(text.strip().startswith(a.split(".")[0].strip()) for a in record.answers)
+    return holds(text, record.target_new)
+
+
+def evaluate_single(editor: Editor, routing: RoutingConfig,
+                    sets: dict[str, Sequence[EditRecord]], refine: RefineConfig,
+                    ftl_steps: int = 10) -> dict[str, dict[str, dict]]:
+    """{set: {arm: figures}} over every record of every set."""
+    editor.combination = CombinationConfig("memory")  # deltas carry their routing keys
+    memory = EditMemory(editor.editable, routing)
+    ledger = WeightLedger(editor.model, editor.editable, memory)
+    memory.attach(editor.model)
+    judge = EditJudge(EditRefiner(editor.edit_model, editor.tokenizer, editor.editable,
+                                  editor.max_length, refine), editor.model, memory)
+    ftl = FineTuneMethod(editor.model, editor.tokenizer, editor.editable, steps=ftl_steps,
+                         max_length=editor.max_length)
+    out: dict[str, dict[str, dict]] = {}
+    for name, records in sets.items():
+        rows: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+        outcomes: dict[str, int] = {}
+        for record in tqdm(records, desc=name, unit="edit"):
+            probes = {k: p for k, p in _probes(record).items() if p is not None}
+            pristine = {k: answer(editor.model, editor.tokenizer, p.prompt).text
+                        for k, p in probes.items()}
+            request = EditRequest(record.task, record.prompt, record.target_new,
+                                  subject=record.subject, sentiment=record.sentiment)
+            delta = editor.compute(request).compressed()
+            judged = judge.judge(request, delta)
+            outcomes[judged.outcome] = outcomes.get(judged.outcome, 0) + 1
+            for arm, chosen in (("one-shot", delta), ("judged", judged.delta)):
+                ledger.apply("e", chosen)
+                rows[arm].append(_measure(editor, record, probes, pristine))
+                rows[arm][-1]["ms"] = judged.ms if arm == "judged" else 0.0
+                ledger.remove("e")
+            ftl.apply(record)
+            try:
+                rows["FT-L"].append(_measure(editor, record, probes, pristine))
+            finally:
+                ftl.restore()
+        out[name] = {arm: _summary(r) for arm, r in rows.items()}
+        out[name]["judged"]["outcomes"] = outcomes
+    return out
+
+
+def _measure(editor: Editor, record: EditRecord, probes, pristine: dict[str, str]) -> dict:
+    model, tokenizer = editor.model, editor.tokenizer
+    [tf] = score_targets(model, tokenizer, [record.prompt], [record.target_new],
+                         editor.max_length)
+    row = {"reliability": carries_target(answer(model, tokenizer, record.prompt).text, record),
+           "teacher_forced_reliability": tf.token_accuracy}
+    if record.rephrases:
+        row["paraphrase"] = carries_target(
+            answer(model, tokenizer, record.rephrases[-1]).text, record)
+    for kind, probe in probes.items():
+        row[f"{kind}_locality"] = answer(model, tokenizer, probe.prompt).text == pristine[kind]
+    return row
+
+
+def _summary(rows: list[dict]) -> dict:
+    keys = sorted({k for r in rows for k in r})
+    means = {k: sum(float(r[k]) for r in rows if k in r) / max(sum(k in r for r in rows), 1)
+             for k in keys}
+    locality = [v for k, v in means.items() if k.endswith("_locality")]
+    parts = [means["reliability"], means.get("paraphrase"),
+             sum(locality) / len(locality) if locality else None]
+    parts = [p for p in parts if p is not None]
+    means["edit_score"] = sum(parts) / len(parts)
+    means["edits"] = len(rows)
+    if "ms" in means:
+        timed = sorted(r["ms"] for r in rows)
+        means["ms_p50"] = timed[len(timed) // 2]
+        means["ms_p95"] = timed[min(len(timed) - 1, int(len(timed) * 0.95))]
+        del means["ms"]
+    return means
+
+
+def single_table(results: dict[str, dict[str, dict]]) -> str:
+    cols = ("reliability", "paraphrase", "teacher_forced_reliability", "neighbour_locality",
+            "same_subject_locality", "random_locality", "edit_score")
+    lines = ["| set | method | edits | " + " | ".join(c.replace("_", " ") for c in cols)
+             + " | outcomes (one-shot / refined / did not hold) | judge ms p50 / p95 |",
+             "|---|---|---|" + "---|" * (len(cols) + 2)]
+    for name, arms in results.items():
+        for arm, f in arms.items():
+            cells = [f"{f[c]:.3f}" if c in f else "—" for c in cols]
+            o = f.get("outcomes")
+            outcome = "" if o is None else (f"{o.get('one_shot', 0)} / {o.get('refined', 0)} "
+                                            f"/ {o.get('did_not_hold', 0)}")
+            timing = f"{f['ms_p50']:.0f} / {f['ms_p95']:.0f}" if arm == "judged" else ""
+            lines.append(f"| {name} | {arm} | {f['edits']} | " + " | ".join(cells)
+                         + f" | {outcome} | {timing} |")
+    return "\n".join(lines)
