@@ -193,7 +193,11 @@ class EditEngine:
                 await self.follower.sync({e.id: d for e, d in zip(result.edits, deltas)})
             self.metrics.rollbacks.inc(sum(len(v) for v in result.superseded.values()))
             with self._timed(timings, "measure"):
-                after = await asyncio.to_thread(self._measure, specs, earlier)
+                # One edit that replaced nothing: its trial routed exactly as the memory now
+                # does, so its prompt and rephrase scores are already known.
+                known = ([list(judged[0].scores)] if judged is not None and len(specs) == 1
+                         and not any(result.superseded.values()) else None)
+                after = await asyncio.to_thread(self._measure, specs, earlier, known)
             await self.store.annotate({
                 edit.id: {"timings_ms": dict(timings), "batch_size": len(specs),
                           "quality": _quality(spec, before, after, i, earlier),
@@ -259,15 +263,21 @@ class EditEngine:
         records = [e.record for e in await self.store.get_many(newest)]
         return [_Earlier(i, r["prompt"], r["target"]) for i, r in zip(newest, records)]
 
-    def _measure(self, specs: list[EditSpec], earlier: list[_Earlier]) -> _Measured:
-        """Score each spec's target on its prompt and rephrases, and the earlier edits'
-        targets; each spec's locality answers."""
+    def _measure(self, specs: list[EditSpec], earlier: list[_Earlier],
+                 known: list[list[TargetScore]] | None = None) -> _Measured:
+        """Score each spec's target on its prompt and rephrases (unless ``known``), and the
+        earlier edits' targets; each spec's locality answers."""
         model, tokenizer = self.editor.model, self.editor.tokenizer
-        prompts = [p for s in specs for p in (s.request.prompt, *s.rephrases)]
-        targets = [s.request.target for s in specs for _ in range(1 + len(s.rephrases))]
-        flat = score_targets(model, tokenizer, prompts + [e.prompt for e in earlier],
-                             targets + [e.target for e in earlier], self.editor.max_length)
+        prompts, targets = [], []
+        if known is None:
+            prompts = [p for s in specs for p in (s.request.prompt, *s.rephrases)]
+            targets = [s.request.target for s in specs for _ in range(1 + len(s.rephrases))]
+        asked = prompts + [e.prompt for e in earlier]
+        flat = score_targets(model, tokenizer, asked, targets + [e.target for e in earlier],
+                             self.editor.max_length) if asked else []
         flat, earlier_scores = flat[:len(prompts)], flat[len(prompts):]
+        if known is not None:
+            flat = [score for scores in known for score in scores]
         answers = [TokenStream(model, tokenizer, p, _LOCALITY_ANSWER).run().strip()
                    for s in specs for p in s.locality_prompts]
         scores, found = [], []

@@ -45,7 +45,11 @@ def test_an_edit_the_one_shot_delta_misses_is_refined_until_it_holds(redis_socke
         assert edit["outcome"] == "refined" and edit["refine_steps"] > 0
         assert edit["refine_ms"] > 0 and "judge" in edit["timings_ms"]
         assert greedy(client, UNFAMILIAR["prompt"]).startswith("Blorvik")
-        assert edit["quality"]["prompt"]["after"]["token_accuracy"] == 1.0
+        after = edit["quality"]["prompt"]["after"]
+        assert after["token_accuracy"] == 1.0
+        scored = client.post("/score", json={"prompt": UNFAMILIAR["prompt"],
+                                             "targets": ["Blorvik"]}).json()["scores"][0]
+        assert scored["logprob"] == pytest.approx(after["logprob"], rel=1e-4, abs=1e-4)
         metrics = client.get("/metrics").text
         assert 'instructedit_edit_outcomes_total{outcome="refined",task="recent"} 1.0' in metrics
 
