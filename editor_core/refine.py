@@ -14,6 +14,10 @@ stored (rounded to the stored dtype, straight-through), so an edit judged to hol
 stored. The result keeps the one-shot delta's shape: the same low-rank factors, so it is
 stored, replayed and rolled back like any other edit. The fit stops as soon as the edit
 holds, or at the budget (steps and milliseconds), and says which happened.
+
+``EditJudge`` is what the service runs before storing an edit: a trial on the live edit
+memory (the published entries plus the candidate, visible to the judging thread only), then
+the fit when the trial fails, then a second trial.
 """
 
 from __future__ import annotations

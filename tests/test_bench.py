@@ -29,6 +29,9 @@ def test_quick_benchmarks_write_their_report(tmp_path: Path) -> None:
         assert 0 < posted["p50"] <= posted["p99"]
     assert headline["post_edits_p50_added_by_edits_ms"] == pytest.approx(
         serving["post_edits_with_edits"]["p50"] - serving["post_edits"]["p50"], abs=1e-3)
+    unfamiliar = serving["post_unfamiliar_edits"]
+    assert sum(unfamiliar["outcomes"].values()) == unfamiliar["edits"] == 4
+    assert unfamiliar["outcomes"].get("refined") and unfamiliar["refined"]["p50"] > 0
     stored = results["storage"]["stored"]
     assert stored["stored_bytes"] <= stored["stored_bytes_max"] < stored["dense_bytes"]
     stores = results["storage"]["stores"]
