@@ -46,16 +46,25 @@ __all__ = ["EditFit", "EditJudge", "EditRefiner", "Judgement", "Outcome", "Refin
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """The budget and the fit of a refinement (``max_steps`` 0: judge, never refine)."""
+    """The budget and the fit of a refinement (``max_steps`` 0: judge, never refine).
+
+    ``strategy``: ``adam`` fits the factors; ``scale`` only tries the one-shot change
+    scaled by each of ``scales`` in turn (a forward pass each), the cheaper candidate it
+    was measured against.
+    """
 
     max_steps: int = 60
     max_ms: float = 500.0
     lr: float = 0.5  # Adam's step, relative to each factor tensor's RMS
     locality_weight: float = 1.0
+    strategy: Literal["adam", "scale"] = "adam"
+    scales: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0, 6.0)
 
     def __post_init__(self) -> None:
         if self.max_steps < 0 or self.max_ms <= 0 or self.lr <= 0 or self.locality_weight < 0:
             raise ValueError(f"invalid refinement settings: {self}")
+        if self.strategy not in ("adam", "scale") or any(m <= 0 for m in self.scales):
+            raise ValueError(f"invalid refinement strategy: {self}")
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,8 @@ class EditRefiner:
         optimiser = torch.optim.Adam([
             {"params": [t], "lr": cfg.lr * float(t.detach().pow(2).mean().sqrt().clamp(
                 min=1e-8))} for u, d, _ in params.values() for t in (u, d)])
+        if cfg.strategy == "scale":
+            return self._scaled(delta, ids, mask, labels, starts, began)
         steps, accuracy = 0, 0.0
         while True:
             with torch.enable_grad():
@@ -123,6 +134,29 @@ class EditRefiner:
             else "did_not_hold"
         fitted = delta if steps == 0 else _with_factors(delta, params)
         return EditFit(fitted, outcome, steps, (time.perf_counter() - began) * 1e3, accuracy)
+
+    @torch.no_grad()
+    def _scaled(self, delta: EditDelta, ids: torch.Tensor, mask: torch.Tensor,
+                labels: torch.Tensor, starts: torch.Tensor, began: float) -> EditFit:
+        """The first of ``scales`` (the one-shot change times it) that holds, if any."""
+        accuracy, steps, tried = 0.0, 0, delta
+        for scale in (1.0, *self.config.scales):
+            if steps > self.config.max_steps or _ms(began) >= self.config.max_ms:
+                break
+            tried = delta if scale == 1.0 else EditDelta(
+                {n: WeightFactors(f.u, f.d, f.step * scale, f.spans)
+                 for n, f in delta.factors.items()}, delta.n_requests, delta.keys,
+                delta.routes)
+            factors = {n: (f.u.float(), f.d.float(), f.step) for n, f in tried.factors.items()}
+            with self._applied(factors, starts):
+                logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            accuracy = _least_accuracy(logits, labels)
+            if accuracy == 1.0:
+                break
+            steps += scale != 1.0
+        outcome: Outcome = ("one_shot" if tried is delta else "refined") if accuracy == 1.0 \
+            else "did_not_hold"
+        return EditFit(tried, outcome, steps, _ms(began), accuracy)
 
     # -- the change as the memory applies it, differentiably ------------------------------
     @contextmanager

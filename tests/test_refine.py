@@ -124,3 +124,13 @@ def test_a_trial_is_seen_by_its_own_thread_only(setup) -> None:
         thread.join()
     assert mine == ("\x00t",) and other == [()]
     assert len(memory) == 0 and fired() == ()
+
+
+def test_the_scale_candidate_only_scales_the_one_shot_change(setup) -> None:
+    editor, memory, _ = setup
+    delta = editor.compute(UNFAMILIAR).compressed()
+    verdict = judge_for(editor, memory, strategy="scale").judge(UNFAMILIAR, delta)
+    assert verdict.outcome in ("refined", "did_not_hold")
+    ratios = {f.step / delta.factors[n].step for n, f in verdict.delta.factors.items()}
+    assert len(ratios) == 1 and ratios.pop() in (1.0, *RefineConfig().scales)
+    assert all(f.u is delta.factors[n].u for n, f in verdict.delta.factors.items())
