@@ -9,8 +9,10 @@ path:
 - reliability: the answer to the plain prompt, up to the end of its line, starts with the
   target; paraphrase: the same on a reserved rephrase no edit was given;
 - locality: the greedy answers of namesake ("neighbour"), same-subject and random prompts
-  are those of the pristine model. A probe that asks a fact another active edit of the
-  stream changes may legitimately change: it is excluded, and counted;
+  are those of the pristine model — the first neighbour and random probe of each sampled
+  edit, and every same-subject probe of a second sample among the edits that have them. A
+  probe that asks a fact another active edit of the stream changes may legitimately
+  change: it is excluded, and counted;
 - routing (memory only): how often the sampled edit's own prompt fired exactly that edit.
 
 Teacher-forced reliability (token accuracy of the target) goes beside. The sampled edits of
@@ -135,6 +137,18 @@ def _probes(record: EditRecord) -> dict[str, Probe | None]:
             for kind, block in LOCALITY_KINDS.items()}
 
 
+def _locality_probes(stream: Sequence[EditRecord], picked: Sequence[int],
+                     subject_picked: Sequence[int]) -> list[tuple[int, str, Probe]]:
+    """(owner edit, kind, probe): the first neighbour and random probe of each picked edit,
+    and every same-subject probe of the edits picked for it (a subject's other facts are
+    often edited too, so one probe each would leave too few to count)."""
+    out = [(i, kind, p) for i in picked for kind, p in _probes(stream[i]).items()
+           if p is not None and kind != "same_subject"]
+    block = LOCALITY_KINDS["same_subject"]
+    return out + [(i, "same_subject", p) for i in subject_picked
+                  for p in stream[i].locality.get(block, ())]
+
+
 def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[EditRecord],
                     settings: StreamSettings,
                     asks_edited_fact: Callable[[str, EditRecord], bool] = _subject_named
@@ -156,10 +170,16 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
                 for r in stream]
     rng = random.Random(settings.seed)
     samples = {n: rng.sample(range(n), min(settings.sample, n)) for n in order}
-    probe_prompts = {p.prompt for i in set().union(*samples.values())
-                     for p in _probes(stream[i]).values() if p is not None}
+    with_subject_probes = [i for i, r in enumerate(stream)
+                           if r.locality.get(LOCALITY_KINDS["same_subject"])]
+    probes = {}
+    for n in order:
+        among = [i for i in with_subject_probes if i < n]
+        probes[n] = _locality_probes(stream, samples[n],
+                                     rng.sample(among, min(settings.sample, len(among))))
     tokenizer = editor.tokenizer
-    pristine = {p: answer(editor.model, tokenizer, p).text for p in sorted(probe_prompts)}
+    pristine = {p: answer(editor.model, tokenizer, p).text
+                for p in sorted({p.prompt for ps in probes.values() for _, _, p in ps})}
 
     def compute(i: int) -> EditDelta:
         """Edit ``i`` as computed (keys too where ridge needs them), not yet stored."""
@@ -199,10 +219,11 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
                 arm.ledger.apply(_edit_id(made), delta)
             made += 1
             bar.update(1)
-        excluded = _excluded(stream, samples[n], n, asks_edited_fact)
+        kept, excluded = _kept(stream, probes[n], n, asks_edited_fact)
         for arm in arms:
             figures[arm.name][str(n)] = _measure(arm, tokenizer, editor.max_length, stream,
-                                                 samples[n], n, excluded, pristine)
+                                                 samples[n], n, kept, pristine)
+            figures[arm.name][str(n)]["locality_probes_excluded"] = excluded
         if judge is not None:
             figures["memory"][str(n)]["outcomes"] = dict(outcomes)
         if n == settings.removal_at:
@@ -249,32 +270,28 @@ def _alone(arm: _Arm, tokenizer, stream: Sequence[EditRecord], picked: Sequence[
         for t, (rel, para) in hits.items()}
 
 
-def _excluded(stream: Sequence[EditRecord], picked: Sequence[int], n: int,
-              asks_edited_fact: Callable[[str, EditRecord], bool]) -> set[str]:
-    """The locality prompts of the picked edits that ask a fact another of the first ``n``
-    edits changes."""
+def _kept(stream: Sequence[EditRecord], probes: list[tuple[int, str, Probe]], n: int,
+          asks_edited_fact: Callable[[str, EditRecord], bool]
+          ) -> tuple[list[tuple[str, Probe]], int]:
+    """The probes no other of the first ``n`` edits legitimately changes (an edit of the
+    fact the probe asks), and how many were left out."""
     by_subject: dict[str, list[int]] = {}
     for j in range(n):
         by_subject.setdefault(stream[j].subject, []).append(j)
-    out = set()
-    for i in picked:
-        for probe in _probes(stream[i]).values():
-            if probe is None:
-                continue
-            for subject, edits in by_subject.items():
-                if subject in probe.prompt and any(
-                        j != i and asks_edited_fact(probe.prompt, stream[j]) for j in edits):
-                    out.add(probe.prompt)
-                    break
-    return out
+    kept = []
+    for owner, kind, probe in probes:
+        if not any(subject in probe.prompt and any(
+                j != owner and asks_edited_fact(probe.prompt, stream[j]) for j in edits)
+                   for subject, edits in by_subject.items()):
+            kept.append((kind, probe))
+    return kept, len(probes) - len(kept)
 
 
 def _measure(arm: _Arm, tokenizer, max_length: int, stream: Sequence[EditRecord],
-             picked: Sequence[int], n: int, excluded: set[str], pristine: dict[str, str]
-             ) -> dict:
+             picked: Sequence[int], n: int, probes: list[tuple[str, Probe]],
+             pristine: dict[str, str]) -> dict:
     rel = para = own = 0
     loc = {k: [0, 0] for k in LOCALITY_KINDS}
-    skipped = 0
     records = [stream[i] for i in picked]
     with arm.ledger.reading():
         tf = score_targets(arm.model, tokenizer, [r.prompt for r in records],
@@ -284,21 +301,15 @@ def _measure(arm: _Arm, tokenizer, max_length: int, stream: Sequence[EditRecord]
             rel += holds(plain.text, r.target_new)
             own += plain.edits_fired == (_edit_id(i),)
             para += holds(answer(arm.model, tokenizer, r.rephrases[-1]).text, r.target_new)
-            for kind, p in _probes(r).items():
-                if p is None:
-                    continue
-                if p.prompt in excluded:
-                    skipped += 1
-                    continue
-                loc[kind][0] += answer(arm.model, tokenizer, p.prompt).text == pristine[p.prompt]
-                loc[kind][1] += 1
+        for kind, p in probes:
+            loc[kind][0] += answer(arm.model, tokenizer, p.prompt).text == pristine[p.prompt]
+            loc[kind][1] += 1
     m = len(picked)
     return {"edits": n, "sampled": m, "reliability": rel / m, "paraphrase": para / m,
             "teacher_forced_reliability": sum(s.token_accuracy for s in tf) / m,
             "routed_to_own_edit": own / m if arm.name == "memory" else None,
             **{f"{k}_locality": (a / b if b else None) for k, (a, b) in loc.items()},
-            **{f"{k}_probes": b for k, (_, b) in loc.items()},
-            "locality_probes_excluded": skipped}
+            **{f"{k}_probes": b for k, (_, b) in loc.items()}}
 
 
 def _snapshot(arm: _Arm, tokenizer, max_length: int, prompts: list[str], targets: list[str]
@@ -358,7 +369,8 @@ def _removal_check(arm: _Arm, tokenizer, max_length: int, settings: StreamSettin
 def stream_table(result: StreamResult) -> str:
     head = ("| combination | active edits | reliability | paraphrase | teacher-forced rel. "
             "| own edit fired | neighbour loc. | same-subject loc. | random loc. "
-            "| probes excluded |\n|---|---|---|---|---|---|---|---|---|---|")
+            "| probes counted (neighbour / same-subject / random) | probes excluded |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [head]
     for name, by_count in result.figures.items():
         for n, f in by_count.items():
@@ -366,11 +378,13 @@ def stream_table(result: StreamResult) -> str:
                 f"| {name} | {n} | {f['reliability']:.3f} | {f['paraphrase']:.3f} | "
                 f"{f['teacher_forced_reliability']:.3f} | {_fmt(f['routed_to_own_edit'])} | "
                 f"{_fmt(f['neighbour_locality'])} | {_fmt(f['same_subject_locality'])} | "
-                f"{_fmt(f['random_locality'])} | {f['locality_probes_excluded']} |")
+                f"{_fmt(f['random_locality'])} | {f['neighbour_probes']} / "
+                f"{f['same_subject_probes']} / {f['random_probes']} | "
+                f"{f['locality_probes_excluded']} |")
     for tolerance, a in result.alone.items():
         stored = "" if tolerance == "default" else f", stored at {tolerance}"
         rows.append(f"| each alone{stored} | ({a['sampled']} sampled) | {a['reliability']:.3f} "
-                    f"| {a['paraphrase']:.3f} | | | | | | |")
+                    f"| {a['paraphrase']:.3f} | | | | | | | |")
     table = "\n".join(rows)
     judged = {n: f["outcomes"] for n, f in result.figures.get("memory", {}).items()
               if "outcomes" in f}
