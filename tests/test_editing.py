@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from editor_core.delta import EditDelta, merge
+from editor_core.delta import STORE_REL_TOL, EditDelta, merge
 from editor_core.editor import EditRequest, Editor
 from editor_core.encoding import (
     IGNORE_INDEX,
@@ -312,7 +312,8 @@ def test_stored_form_is_bf16_and_close(tok) -> None:
     for name, f in delta.factors.items():
         g = stored.factors[name]
         assert g.u.dtype == g.d.dtype == torch.bfloat16
-        assert (f.dense() - g.dense()).norm() <= 0.02 * f.dense().norm()
+        # truncated to the store's tolerance, plus bf16 rounding
+        assert (f.dense() - g.dense()).norm() <= (STORE_REL_TOL + 0.01) * f.dense().norm()
     again = EditDelta.from_bytes(stored.to_bytes())
     assert all(torch.equal(again.factors[n].d, stored.factors[n].d) for n in stored.factors)
 
