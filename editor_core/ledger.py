@@ -20,6 +20,7 @@ changes nothing.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -34,6 +35,14 @@ from .delta import EditDelta
 from .specs import EditableWeight
 
 __all__ = ["ActiveEdit", "DeltaCombiner", "LedgerError", "SumCombiner", "WeightLedger"]
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """One check over many tensors (a replica validates thousands of stored edits)."""
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t.reshape(-1))
+    return all(bool(torch.isfinite(torch.cat(ts)).all()) for ts in by_dtype.values())
 
 
 class LedgerError(Exception):
@@ -147,9 +156,11 @@ class WeightLedger:
                 raise LedgerError(f"factors of {name} are {tuple(f.u.shape)} and "
                                   f"{tuple(f.d.shape)}; expected (rows, {d_in}) and "
                                   f"(rows, {d_out})")
-            if not (torch.isfinite(f.u).all() and torch.isfinite(f.d).all()
-                    and torch.isfinite(torch.tensor(float(f.step)))):
-                raise LedgerError(f"factors of {name} are not finite")
+            if not math.isfinite(float(f.step)):
+                raise LedgerError(f"the step size of {name} is not finite")
+        if not _all_finite([t for f in delta.factors.values() for t in (f.u, f.d)]):
+            bad = [n for n, f in delta.factors.items() if not _all_finite([f.u, f.d])]
+            raise LedgerError(f"factors of {', '.join(bad)} are not finite")
         try:
             self.combiner.validate(delta)
         except ValueError as exc:
