@@ -59,10 +59,15 @@ class RefineConfig:
     locality_weight: float = 1.0
     strategy: Literal["adam", "scale"] = "adam"
     scales: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0, 6.0)
+    # An edit is fitted until each prompt's target is also this likely (teacher-forced):
+    # one that barely holds on its prompt tends to miss its paraphrases.
+    confidence: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_steps < 0 or self.max_ms <= 0 or self.lr <= 0 or self.locality_weight < 0:
             raise ValueError(f"invalid refinement settings: {self}")
+        if not 0.0 <= self.confidence < 1.0:
+            raise ValueError(f"confidence must be in [0, 1), got {self.confidence}")
         if self.strategy not in ("adam", "scale") or any(m <= 0 for m in self.scales):
             raise ValueError(f"invalid refinement strategy: {self}")
 
@@ -120,10 +125,12 @@ class EditRefiner:
                     logits = self.model(input_ids=ids, attention_mask=mask,
                                         use_cache=False).logits
                 accuracy = _least_accuracy(logits, labels)
+                nll = label_nll(logits[:, :-1], labels[:, 1:])
+                sure = bool((-nll * _counted(labels)).exp().min() >= cfg.confidence)
                 spent = (time.perf_counter() - began) * 1e3
-                if accuracy == 1.0 or steps >= cfg.max_steps or spent >= cfg.max_ms:
+                if (accuracy == 1.0 and sure) or steps >= cfg.max_steps or spent >= cfg.max_ms:
                     break
-                loss = label_nll(logits[:, :-1], labels[:, 1:]).mean()
+                loss = nll.mean()
                 if away is not None and cfg.locality_weight > 0:
                     loss = loss + cfg.locality_weight * self._locality_kl(stored, *away)
                 optimiser.zero_grad(set_to_none=True)
@@ -214,6 +221,11 @@ def _as_stored(t: torch.Tensor) -> torch.Tensor:
     return t + (t.detach().to(STORE_DTYPE).float() - t.detach())
 
 
+def _counted(labels: torch.Tensor) -> torch.Tensor:
+    """Target tokens per row."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum(1).float()
+
+
 def _least_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The smallest per-row share of label tokens that are the argmax (teacher-forced)."""
     target = labels[:, 1:]
@@ -269,12 +281,15 @@ class EditJudge:
         began = time.perf_counter()
         prompts = [request.prompt, *request.rephrases]
         scores = self._trial(delta, prompts, request.target)
-        if _all_argmax(scores):
+        held = _all_argmax(scores)
+        if held and min(s.probability for s in scores) >= self.refiner.config.confidence:
             return Judgement(delta, "one_shot", 0, _ms(began), scores)
         fit = self.refiner.fit(delta, prompts, request.target, locality)
-        if fit.steps:
-            scores = self._trial(fit.delta, prompts, request.target)
-        outcome: Outcome = "refined" if fit.steps and _all_argmax(scores) else "did_not_hold"
+        if not fit.steps:  # no budget to refine: the one-shot delta as it is
+            return Judgement(delta, "one_shot" if held else "did_not_hold", 0, _ms(began),
+                             scores)
+        scores = self._trial(fit.delta, prompts, request.target)
+        outcome: Outcome = "refined" if _all_argmax(scores) else "did_not_hold"
         return Judgement(fit.delta, outcome, fit.steps, _ms(began), scores)
 
     def _trial(self, delta: EditDelta, prompts: list[str], target: str

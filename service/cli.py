@@ -452,6 +452,8 @@ def eval_single_cmd(
     refine_lr: Annotated[float, typer.Option(help="refinement's relative Adam step")] = 0.5,
     refine_strategy: Annotated[str, typer.Option(
         help="adam (fit the factors) or scale (try the one-shot change scaled up)")] = "adam",
+    refine_confidence: Annotated[float, typer.Option(
+        help="fit until each target is also this likely (0: until the argmax holds)")] = 0.0,
     editor: Annotated[Path, typer.Option(help="editor folder (with its routing)")
                       ] = DEMO_EDITOR_PATH,
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
@@ -489,14 +491,16 @@ def eval_single_cmd(
     lm = AutoModelForCausalLM.from_pretrained(model).eval()
     tokenizer = AutoTokenizer.from_pretrained(model)
     ed = load_editor(editor, lm, tokenizer, basis="pristine")
-    refine = RefineConfig(refine_max_steps, refine_max_ms, refine_lr, strategy=refine_strategy)
+    refine = RefineConfig(refine_max_steps, refine_max_ms, refine_lr, strategy=refine_strategy,
+                          confidence=refine_confidence)
     results = evaluate_single(ed, load_routing(editor), records, refine)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({"results": results, "settings": {
             "sets": names, "split": split, "limit": limit, "seed": seed,
             "refine": {"max_steps": refine_max_steps, "max_ms": refine_max_ms,
-                       "lr": refine_lr, "strategy": refine_strategy}}}, indent=2) + "\n")
+                       "lr": refine_lr, "strategy": refine_strategy,
+                       "confidence": refine_confidence}}}, indent=2) + "\n")
         json_path.with_suffix(".md").write_text(single_table(results) + "\n")
     typer.echo(single_table(results))
 
