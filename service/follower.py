@@ -77,9 +77,10 @@ class LogFollower:
     async def start(self) -> int:
         """Load the snapshot at the newest exact version, then apply the rest of the log;
         returns how many edits are active."""
-        version = await self.store.version()
+        version, active = await self.store.newest()
         at = self.ledger.combiner.exact_version(version)
-        active = await self.store.active_at(at)
+        if at != version:  # a merged combination starts from its last exact version
+            active = await self.store.active_at(at)
         blobs = await self.store.deltas([i for i, _ in active])
         edits = [ActiveEdit(i, v, EditDelta.from_bytes(b)) for (i, v), b in zip(active, blobs)]
         position = await self.store.log_position(at)

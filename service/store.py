@@ -293,6 +293,15 @@ class EditStore:
         rows = await self.client.zrange(self.key("active"), 0, -1, withscores=True)
         return [(_decode(i), int(v)) for i, v in rows]
 
+    async def newest(self) -> tuple[int, list[tuple[str, int]]]:
+        """The newest version and the edits active right after it, read atomically (one
+        transaction): a replica's starting point without asking every edit's history."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.get(self.key("version"))
+            pipe.zrange(self.key("active"), 0, -1, withscores=True)
+            version, rows = await pipe.execute()
+        return int(version or 0), [(_decode(i), int(v)) for i, v in rows]
+
     async def list(self, *, before: int | None = None, limit: int = 50,
                    status: str | None = None, task: str | None = None,
                    subject: str | None = None) -> EditPage:

@@ -222,3 +222,15 @@ def test_get_many_reads_several_edits_in_the_order_asked(redis_socket: str) -> N
     assert [e.record["subject"] for e in got] == ["C", "A", "B"]
     assert [e.report for e in got] == [{"n": 2}, {"n": 0}, None]
     assert missing.code == "not_found" and "no-such-edit" in str(missing)
+
+
+def test_the_newest_version_and_its_active_set_come_together(redis_socket: str) -> None:
+    async def body(store: EditStore):
+        empty = await store.newest()
+        edits = (await store.add([NewEdit(record(subject=s), b"d") for s in "abc"])).edits
+        await store.rollback(edits[1].id, by="t", at="now")
+        return empty, edits, await store.newest(), await store.active_at(4)
+
+    empty, edits, newest, history = run(redis_socket, body)
+    assert empty == (0, [])
+    assert newest == (4, [(edits[0].id, 1), (edits[2].id, 3)]) and newest[1] == history
