@@ -61,7 +61,7 @@ class RefineConfig:
     scales: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0, 6.0)
     # An edit is fitted until each prompt's target is also this likely (teacher-forced):
     # one that barely holds on its prompt tends to miss its paraphrases.
-    confidence: float = 0.0
+    confidence: float = 0.8
 
     def __post_init__(self) -> None:
         if self.max_steps < 0 or self.max_ms <= 0 or self.lr <= 0 or self.locality_weight < 0:

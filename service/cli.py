@@ -453,7 +453,7 @@ def eval_single_cmd(
     refine_strategy: Annotated[str, typer.Option(
         help="adam (fit the factors) or scale (try the one-shot change scaled up)")] = "adam",
     refine_confidence: Annotated[float, typer.Option(
-        help="fit until each target is also this likely (0: until the argmax holds)")] = 0.0,
+        help="fit until each target is also this likely (0: until the argmax holds)")] = 0.8,
     editor: Annotated[Path, typer.Option(help="editor folder (with its routing)")
                       ] = DEMO_EDITOR_PATH,
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,

@@ -100,6 +100,10 @@ class ServiceSettings(RuntimeSettings):
     refine_locality_weight: float = Field(
         1.0, ge=0, description="weight of the KL term that keeps locality prompts' next-token "
         "distribution while refining")
+    refine_confidence: float = Field(
+        0.8, ge=0, lt=1, description="an edit whose targets are the argmax but less likely "
+        "than this (teacher-forced) is refined up to it, within the budget: it then holds on "
+        "more paraphrases")
     generation_batch_size: int = Field(
         16, ge=1, description="generations decoded together at most (1: one at a time)")
     generation_batch_window_ms: float = Field(
@@ -112,4 +116,4 @@ class ServiceSettings(RuntimeSettings):
     def refine_config(self) -> RefineConfig:
         """The refinement budget and fit these settings name."""
         return RefineConfig(self.refine_max_steps, self.refine_max_ms, self.refine_lr,
-                            self.refine_locality_weight)
+                            self.refine_locality_weight, confidence=self.refine_confidence)
