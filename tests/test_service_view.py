@@ -46,10 +46,12 @@ def test_the_memory_routes_each_prompt_to_its_own_edit_and_keeps_locality(result
     assert all(f["random_locality"] == 1.0 for f in memory.values())
 
 
-def test_each_edit_alone_at_each_tolerance(result) -> None:
+def test_each_edit_alone_at_each_tolerance_paired_with_each_count(result) -> None:
     alone = result[0].alone
-    assert set(alone) == {"default", "0.01"}
-    assert all(a["sampled"] == 4 for a in alone.values())
+    assert list(alone) == ["4", "12"]
+    for by_tolerance in alone.values():
+        assert set(by_tolerance) == {"default", "0.01"}
+        assert all(a["sampled"] == 4 for a in by_tolerance.values())
 
 
 def test_rollback_matches_a_rebuilt_memory_and_all_rolled_back_is_pristine(result) -> None:
@@ -63,8 +65,8 @@ def test_rollback_matches_a_rebuilt_memory_and_all_rolled_back_is_pristine(resul
 
 def test_the_table_names_every_row(result) -> None:
     table = stream_table(result[0])
-    for row in ("| memory | 4 |", "| ridge | 12 |", "| sum | 12 |", "each alone, stored at 0.01",
-                "Rollback at 12 edits"):
+    for row in ("| memory | 4 |", "| ridge | 12 |", "| sum | 12 |",
+                "| each alone, stored at 0.01 | 12 (4 sampled) |", "Rollback at 12 edits"):
         assert row in table
 
 

@@ -15,9 +15,9 @@ path:
   change: it is excluded, and counted;
 - routing (memory only): how often the sampled edit's own prompt fired exactly that edit.
 
-Teacher-forced reliability (token accuracy of the target) goes beside. The sampled edits of
-the largest count are also measured alone — a memory holding only that edit — which is what
-routing is compared against, optionally at other store tolerances too. At the removal count
+Teacher-forced reliability (token accuracy of the target) goes beside. Each count's sampled
+edits are also measured alone — a memory holding only that edit — which is what routing is
+compared against, optionally at other store tolerances too. At the removal count
 a random share of the memory's edits is rolled back and its answers compared with a memory
 rebuilt from the rest in another order, then everything is rolled back and compared with
 the pristine model bit for bit.
@@ -95,7 +95,7 @@ class StreamSettings:
 @dataclass
 class StreamResult:
     figures: dict[str, dict[str, dict]]  # combination → count → figures
-    alone: dict[str, dict]  # store tolerance ("default" or a number) → figures
+    alone: dict[str, dict[str, dict]]  # count → store tolerance ("default", or one) → figures
     removal: dict | None = None
     settings: dict = field(default_factory=dict)
 
@@ -201,11 +201,11 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
         verdict = judge.judge(requests[i], delta)
         outcomes[verdict.outcome] = outcomes.get(verdict.outcome, 0) + 1
         return verdict.delta
-    removal_prompts, removal_targets = _removal_probes(stream, samples[order[-1]])
+    removal_prompts, removal_targets = _removal_probes(
+        stream, samples[settings.removal_at or order[-1]])
     pristine_scores = _snapshot(memory_arm, tokenizer, editor.max_length, removal_prompts,
                                 removal_targets) if settings.removal_at else None
-    cached, alone = _alone(memory_arm, tokenizer, stream, samples[order[-1]], compute,
-                           settings, judged)
+    cached, alone = _alone(memory_arm, tokenizer, stream, samples, compute, settings, judged)
     outcomes.clear()  # counted again as the stream goes in
     figures: dict[str, dict[str, dict]] = {a.name: {} for a in arms}
     removal = None
@@ -243,31 +243,35 @@ def _edit_id(i: int) -> str:
     return f"e{i:06d}"
 
 
-def _alone(arm: _Arm, tokenizer, stream: Sequence[EditRecord], picked: Sequence[int],
+def _alone(arm: _Arm, tokenizer, stream: Sequence[EditRecord], samples: dict[int, list[int]],
            compute: Callable[[int], EditDelta], settings: StreamSettings,
            judged: Callable[[int, EditDelta], EditDelta]
-           ) -> tuple[dict[int, EditDelta], dict[str, dict]]:
-    """Each picked edit by itself (stored at the store tolerance, and at each extra one);
-    returns the stored deltas for reuse, and the figures per tolerance."""
+           ) -> tuple[dict[int, EditDelta], dict[str, dict[str, dict]]]:
+    """Each sampled edit by itself (stored at the store tolerance, and at each extra one);
+    returns the stored deltas for reuse, and per count (its sample, paired with the routed
+    figures) the figures per tolerance."""
     tolerances: list[float | None] = [settings.store_tolerance, *settings.alone_tolerances]
-    hits = {t: [0, 0] for t in tolerances}
+    hits: dict[int, dict[float | None, tuple[bool, bool]]] = {}
     cached: dict[int, EditDelta] = {}
-    for i in tqdm(picked, desc="each edit alone", unit="edit"):
+    for i in tqdm(sorted(set().union(*samples.values())), desc="each edit alone",
+                  unit="edit"):
         record, computed = stream[i], compute(i)
+        hits[i] = {}
         for t in tolerances:
             delta = judged(i, computed.compressed(t))
             if t == settings.store_tolerance:
                 cached[i] = delta
             arm.ledger.apply("alone", delta)
-            hits[t][0] += holds(answer(arm.model, tokenizer, record.prompt).text,
-                                record.target_new)
-            hits[t][1] += holds(answer(arm.model, tokenizer, record.rephrases[-1]).text,
-                                record.target_new)
+            hits[i][t] = (holds(answer(arm.model, tokenizer, record.prompt).text,
+                                record.target_new),
+                          holds(answer(arm.model, tokenizer, record.rephrases[-1]).text,
+                                record.target_new))
             arm.ledger.remove("alone")
-    m = max(len(picked), 1)
-    return cached, {("default" if t is None else str(t)): {
-        "sampled": len(picked), "reliability": rel / m, "paraphrase": para / m}
-        for t, (rel, para) in hits.items()}
+    return cached, {str(n): {("default" if t is None else str(t)): {
+        "sampled": len(picked),
+        "reliability": sum(hits[i][t][0] for i in picked) / max(len(picked), 1),
+        "paraphrase": sum(hits[i][t][1] for i in picked) / max(len(picked), 1)}
+        for t in tolerances} for n, picked in samples.items()}
 
 
 def _kept(stream: Sequence[EditRecord], probes: list[tuple[int, str, Probe]], n: int,
@@ -381,10 +385,11 @@ def stream_table(result: StreamResult) -> str:
                 f"{_fmt(f['random_locality'])} | {f['neighbour_probes']} / "
                 f"{f['same_subject_probes']} / {f['random_probes']} | "
                 f"{f['locality_probes_excluded']} |")
-    for tolerance, a in result.alone.items():
-        stored = "" if tolerance == "default" else f", stored at {tolerance}"
-        rows.append(f"| each alone{stored} | ({a['sampled']} sampled) | {a['reliability']:.3f} "
-                    f"| {a['paraphrase']:.3f} | | | | | | | |")
+    for n, by_tolerance in result.alone.items():
+        for tolerance, a in by_tolerance.items():
+            stored = "" if tolerance == "default" else f", stored at {tolerance}"
+            rows.append(f"| each alone{stored} | {n} ({a['sampled']} sampled) | "
+                        f"{a['reliability']:.3f} | {a['paraphrase']:.3f} | | | | | | | |")
     table = "\n".join(rows)
     judged = {n: f["outcomes"] for n, f in result.figures.get("memory", {}).items()
               if "outcomes" in f}
