@@ -180,3 +180,37 @@ def test_a_delta_without_routing_key_is_refused_and_changes_nothing(empty) -> No
         ledger.apply("bare", bare)
     assert (ledger.version, ledger.live_digest(), len(ledger)) == (version, digest, 1)
     assert ask(editor, stream[0].prompt)[1] == ("e0",)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gptj", "gpt_neox", "llama", "qwen2"])
+def test_the_memory_routes_on_every_model_family(family: str) -> None:
+    """Gate at the first edited module of each family: an edit fires on its prompt and
+    changes the answer there only; removed, the logits are the pristine ones bit for bit."""
+    from editor_core.hypernetwork import Hypernetwork, HypernetworkConfig
+    from editor_core.editor import Editor
+    from editor_core.memory import RoutingConfig
+    from editor_core.specs import resolve_editable
+
+    from .tiny_models import small_tokenizer, tiny_model
+
+    tok = small_tokenizer()
+    model = tiny_model(family, len(tok)).eval()
+    hyper = Hypernetwork(resolve_editable(model), HypernetworkConfig(rank=8,
+                                                                     init_step_size=5.0))
+    editor = Editor(model, tok, hyper, basis="pristine",
+                    combination=CombinationConfig("memory"))
+    memory = EditMemory(editor.editable, RoutingConfig(editor.gate, threshold=0.99))
+    ledger = WeightLedger(model, editor.editable, memory)
+    memory.attach(model)
+    request = EditRequest("counterfact", "The capital of Foxland is", "Mandan City",
+                          subject="Foxland")
+    other = "Which country is Brasreth in?"
+    before = [logprobs(editor, [p])[0] for p in (request.prompt, other)]
+    ledger.apply("e", editor.compute(request).compressed())
+    fired = TokenStream(model, tok, request.prompt, SamplingParams(max_new_tokens=2))
+    fired.run()
+    assert fired.edits_fired == ("e",)
+    assert logprobs(editor, [request.prompt])[0] != before[0]
+    assert logprobs(editor, [other])[0] == before[1]  # no subject, nothing fires
+    ledger.remove("e")
+    assert [logprobs(editor, [p])[0] for p in (request.prompt, other)] == before
