@@ -13,10 +13,12 @@ Per sequence, routing follows three rules:
   sequence (an entry without a subject is eligible everywhere, behind a stricter threshold);
 - at each position, the gate input (centred on the base model's background mean) is
   compared by cosine with the keys of the eligible entries; the first position where one
-  reaches the threshold *fires* the best-matching entry there (top-1: at most one entry per
-  sequence);
-- the fired entry's ΔW acts at that position and every later one, in prefill and decode,
-  through low-rank products ``out −= step · (x uᵀ) d`` — never a dense matrix.
+  reaches the threshold *fires* the best-matching entry there, and a later position whose
+  best match beats every cosine the acting entry reached hands over to that entry (one
+  entry acts at each position: an early, loose match of another edit of the same subject
+  gives way to the prompt's own key);
+- the acting entry's ΔW acts at its positions, in prefill and decode, through low-rank
+  products ``out −= step · (x uᵀ) d`` — never a dense matrix.
 
 The gate module's input is computed before any edited weight acts, so routing never
 depends on the edits themselves. The memory is a function of the active set alone: ties
@@ -287,11 +289,11 @@ class EditMemory:
                 return None
             x = args[0]
             out = output.clone()
-            for row, entry, start in session.applying:
+            for row, entry, start, stop in session.applying:
                 u, d, step = entry.factors[module_name]
-                xs = x[row, start:]
+                xs = x[row, start:stop]
                 change = (xs @ u.to(xs.dtype).T) @ d.to(xs.dtype)
-                out[row, start:] -= (step * change).to(out.dtype)
+                out[row, start:stop] -= (step * change).to(out.dtype)
             return out
         return hook
 
@@ -300,8 +302,9 @@ class EditMemory:
 class _Row:
     ids: list[int] = field(default_factory=list)
     eligible: dict[str, int] = field(default_factory=dict)  # entry → first position
-    fired: MemoryEntry | None = None
-    fired_at: int = 0  # the position it fired at
+    fired: MemoryEntry | None = None  # the entry acting now
+    score: float = -2.0  # its best cosine so far
+    acted: list[str] = field(default_factory=list)  # every entry that acted, in order
 
 
 class RoutingSession:
@@ -312,13 +315,12 @@ class RoutingSession:
         self.index = index
         self.ephemeral = ephemeral
         self.rows: list[_Row] = []
-        self.applying: list[tuple[int, MemoryEntry, int]] = []
+        self.applying: list[tuple[int, MemoryEntry, int, int]] = []  # row, entry, span
         self._chunk: list[list[int]] = []  # per row: real positions of the chunk's tokens
 
     def fired(self, row: int) -> tuple[str, ...]:
-        """The ids of the edits that fired for ``row`` (at most one)."""
-        entry = self.rows[row].fired if row < len(self.rows) else None
-        return () if entry is None else (entry.edit_id,)
+        """The ids of the edits that acted on ``row``, in order (one at each position)."""
+        return tuple(self.rows[row].acted) if row < len(self.rows) else ()
 
     def select(self, rows: Sequence[int]) -> None:
         """Keep only these rows (a batch whose finished sequences left)."""
@@ -348,7 +350,8 @@ class RoutingSession:
             self._chunk.append(positions)
 
     def route(self, x: torch.Tensor) -> None:
-        """Fire entries at the chunk's gate inputs ``x`` ([B, T, d]); set what applies."""
+        """Fire entries at the chunk's gate inputs ``x`` ([B, T, d]); set what applies
+        where: the entry acting before the chunk, then each one that takes over in it."""
         config, index = self.memory.config, self.index
         self.applying = []
         if not index.entries:
@@ -356,16 +359,25 @@ class RoutingSession:
         for r, positions in enumerate(self._chunk):
             row = self.rows[r]
             real = [j for j, p in enumerate(positions) if p >= 0]
-            if row.fired is None and real and (row.eligible or index.subjectless):
-                self._try_fire(row, x[r], real, positions, config, index)
-            if row.fired is not None:
-                start = next((j for j in real if positions[j] >= row.fired_at), None)
-                if start is not None:
-                    self.applying.append((r, row.fired, start))
+            if not real:
+                continue
+            acting, start = row.fired, real[0]
+            takeovers = (self._contest(row, x[r], real, positions, config, index)
+                         if row.eligible or index.subjectless else [])
+            for j, entry in takeovers:
+                if acting is not None and j > start:
+                    self.applying.append((r, acting, start, j))
+                acting, start = entry, j
+            if acting is not None:
+                self.applying.append((r, acting, start, len(positions)))
 
     @staticmethod
-    def _try_fire(row: _Row, x: torch.Tensor, real: list[int], positions: list[int],
-                  config: RoutingConfig, index: _Index) -> None:
+    def _contest(row: _Row, x: torch.Tensor, real: list[int], positions: list[int],
+                 config: RoutingConfig, index: _Index) -> list[tuple[int, MemoryEntry]]:
+        """Walk the chunk's positions in order: the best eligible entry at or above its
+        threshold fires where none acts yet, and takes over from the acting one when its
+        cosine beats every cosine the acting one reached. Returns the takeovers (chunk
+        index, entry). Causal: a position's choice depends on positions up to it only."""
         h = x[real].float()
         if config.mean is not None:
             h = h - config.mean
@@ -388,14 +400,18 @@ class RoutingSession:
         sims = h @ torch.cat(blocks).T  # [T', keys]
         pos = torch.tensor([positions[j] for j in real]).unsqueeze(1)
         ok = (sims >= torch.tensor(limits)) & (pos >= torch.tensor(starts))
-        hit = ok.any(1).nonzero()
-        if len(hit) == 0:
-            return
-        t = int(hit[0])
-        scores = torch.where(ok[t], sims[t], torch.tensor(-2.0))
-        best = max(range(len(owners)), key=lambda k: (float(scores[k]), _neg(owners[k])))
-        row.fired = index.entries[owners[best]]
-        row.fired_at = positions[real[t]]
+        scores = torch.where(ok, sims, torch.tensor(-2.0)).tolist()
+        takeovers = []
+        for t in ok.any(1).nonzero().flatten().tolist():
+            best = max(range(len(owners)), key=lambda k: (scores[t][k], _neg(owners[k])))
+            score, owner = scores[t][best], owners[best]
+            if row.fired is not None and owner == row.fired.edit_id:
+                row.score = max(row.score, score)
+            elif row.fired is None or score > row.score:
+                row.fired, row.score = index.entries[owner], score
+                row.acted.append(owner)
+                takeovers.append((real[t], row.fired))
+        return takeovers
 
 
 def _neg(edit_id: str) -> tuple[int, ...]:

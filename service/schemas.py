@@ -172,7 +172,8 @@ class GenerateOut(BaseModel):
     version: int = Field(description="the version of the live weights that generated it")
     edits_fired: list[str] = Field(
         default_factory=list, description="ids of the edits the edit memory applied to this "
-        "generation (at most one): why an answer differs from the pristine model's")
+        "generation, in order (one at each position; a better match takes over from an "
+        "earlier one): why an answer differs from the pristine model's")
 
 
 class ScoreIn(_Strict):

@@ -214,3 +214,35 @@ def test_the_memory_routes_on_every_model_family(family: str) -> None:
     assert logprobs(editor, [other])[0] == before[1]  # no subject, nothing fires
     ledger.remove("e")
     assert [logprobs(editor, [p])[0] for p in (request.prompt, other)] == before
+
+
+def test_a_better_match_takes_over_from_an_earlier_fire(world) -> None:
+    """Several edits of one person: an early position may reach the threshold with another
+    relation's key; the prompt's own key, matched better at its last token, takes over, so
+    the answer is generated under the prompt's own edit. Causal, so teacher-forced scores
+    and decoding route alike, and removing both is the pristine model."""
+    import dataclasses
+
+    from editor_core.world.stream import unfamiliar_stream
+
+    model = AutoModelForCausalLM.from_pretrained(DEMO_LM_PATH).eval()
+    tokenizer = AutoTokenizer.from_pretrained(DEMO_LM_PATH)
+    editor = load_editor(DEMO_EDITOR_PATH, model, tokenizer, basis="pristine")
+    editor.combination = CombinationConfig("memory")
+    permissive = dataclasses.replace(load_routing(DEMO_EDITOR_PATH), threshold=0.3)
+    memory = EditMemory(editor.editable, permissive)
+    ledger = WeightLedger.for_editor(editor, memory)
+    memory.attach(model)
+    person = [r for r in unfamiliar_stream(world, 8, seed=2)][:8]
+    person = [r for r in person if r.subject == person[0].subject]
+    assert len(person) >= 2
+    prompts = [r.prompt for r in person]
+    pristine = logprobs(editor, prompts)
+    for i, r in enumerate(person):
+        ledger.apply(f"p{i}", editor.compute(EditRequest(r.task, r.prompt, r.target_new,
+                                                         subject=r.subject)).compressed())
+    fired = [ask(editor, p)[1] for p in prompts]
+    assert [f[-1] for f in fired] == [f"p{i}" for i in range(len(person))]
+    assert any(len(f) > 1 for f in fired)  # a takeover happened
+    ledger.load([], ledger.version + 1)
+    assert logprobs(editor, prompts) == pristine
