@@ -26,6 +26,7 @@ the pristine model bit for bit.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,9 +50,15 @@ LOCALITY_KINDS = {"neighbour": "Neighborhood", "same_subject": "Relation_Specifi
 COMBINATIONS = ("memory", "ridge", "sum")
 
 
-def answer(model: PreTrainedModel, tokenizer, prompt: str) -> TokenStream:
-    """The greedy answer the service gives (run; ``.text`` and ``.edits_fired`` are set)."""
-    stream = TokenStream(model, tokenizer, prompt, ANSWER)
+def answer(model: PreTrainedModel, tokenizer, prompt: str, target: str | None = None
+           ) -> TokenStream:
+    """The greedy answer the service gives, up to the end of its line (run; ``.text`` and
+    ``.edits_fired`` are set); long enough to hold ``target`` whole."""
+    params = ANSWER
+    if target is not None:
+        needed = len(tokenizer(target, add_special_tokens=False)["input_ids"]) + 4
+        params = dataclasses.replace(ANSWER, max_new_tokens=max(ANSWER.max_new_tokens, needed))
+    stream = TokenStream(model, tokenizer, prompt, params)
     stream.run()
     return stream
 
@@ -262,10 +269,10 @@ def _alone(arm: _Arm, tokenizer, stream: Sequence[EditRecord], samples: dict[int
             if t == settings.store_tolerance:
                 cached[i] = delta
             arm.ledger.apply("alone", delta)
-            hits[i][t] = (holds(answer(arm.model, tokenizer, record.prompt).text,
-                                record.target_new),
-                          holds(answer(arm.model, tokenizer, record.rephrases[-1]).text,
-                                record.target_new))
+            hits[i][t] = (holds(answer(arm.model, tokenizer, record.prompt,
+                                       record.target_new).text, record.target_new),
+                          holds(answer(arm.model, tokenizer, record.rephrases[-1],
+                                       record.target_new).text, record.target_new))
             arm.ledger.remove("alone")
     return cached, {str(n): {("default" if t is None else str(t)): {
         "sampled": len(picked),
@@ -301,10 +308,11 @@ def _measure(arm: _Arm, tokenizer, max_length: int, stream: Sequence[EditRecord]
         tf = score_targets(arm.model, tokenizer, [r.prompt for r in records],
                            [r.target_new for r in records], max_length)
         for i, r in zip(picked, records):
-            plain = answer(arm.model, tokenizer, r.prompt)
+            plain = answer(arm.model, tokenizer, r.prompt, r.target_new)
             rel += holds(plain.text, r.target_new)
             own += plain.edits_fired == (_edit_id(i),)
-            para += holds(answer(arm.model, tokenizer, r.rephrases[-1]).text, r.target_new)
+            para += holds(answer(arm.model, tokenizer, r.rephrases[-1], r.target_new).text,
+                          r.target_new)
         for kind, p in probes:
             loc[kind][0] += answer(arm.model, tokenizer, p.prompt).text == pristine[p.prompt]
             loc[kind][1] += 1

@@ -87,11 +87,12 @@ def _measure(editor: Editor, record: EditRecord, probes, pristine: dict[str, str
     model, tokenizer = editor.model, editor.tokenizer
     [tf] = score_targets(model, tokenizer, [record.prompt], [record.target_new],
                          editor.max_length)
-    row = {"reliability": carries_target(answer(model, tokenizer, record.prompt).text, record),
+    row = {"reliability": carries_target(
+               answer(model, tokenizer, record.prompt, record.target_new).text, record),
            "teacher_forced_reliability": tf.token_accuracy}
     if record.rephrases:
         row["paraphrase"] = carries_target(
-            answer(model, tokenizer, record.rephrases[-1]).text, record)
+            answer(model, tokenizer, record.rephrases[-1], record.target_new).text, record)
     for kind, probe in probes.items():
         row[f"{kind}_locality"] = answer(model, tokenizer, probe.prompt).text == pristine[kind]
     return row
