@@ -199,21 +199,20 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
     judge = None if settings.refine is None else EditJudge(
         EditRefiner(editor.edit_model, tokenizer, editor.editable, editor.max_length,
                     settings.refine), editor.model, memory_arm.ledger.combiner)
-    outcomes: dict[str, int] = {}
+    outcome_of: dict[int, str] = {}  # each edit's first judgement (a cached one is re-judged)
 
     def judged(i: int, delta: EditDelta) -> EditDelta:
         """What the service keeps of edit ``i`` against the memory as it stands."""
         if judge is None:
             return delta
         verdict = judge.judge(requests[i], delta)
-        outcomes[verdict.outcome] = outcomes.get(verdict.outcome, 0) + 1
+        outcome_of.setdefault(i, verdict.outcome)
         return verdict.delta
     removal_prompts, removal_targets = _removal_probes(
         stream, samples[settings.removal_at or order[-1]])
     pristine_scores = _snapshot(memory_arm, tokenizer, editor.max_length, removal_prompts,
                                 removal_targets) if settings.removal_at else None
     cached, alone = _alone(memory_arm, tokenizer, stream, samples, compute, settings, judged)
-    outcomes.clear()  # counted again as the stream goes in
     figures: dict[str, dict[str, dict]] = {a.name: {} for a in arms}
     removal = None
     made = 0
@@ -232,7 +231,9 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
                                                  samples[n], n, kept, pristine)
             figures[arm.name][str(n)]["locality_probes_excluded"] = excluded
         if judge is not None:
-            figures["memory"][str(n)]["outcomes"] = dict(outcomes)
+            made_so_far = [outcome_of[j] for j in range(n)]
+            figures["memory"][str(n)]["outcomes"] = {
+                o: made_so_far.count(o) for o in ("one_shot", "refined", "did_not_hold")}
         if n == settings.removal_at:
             removal = _removal_check(memory_arm, tokenizer, editor.max_length, settings,
                                      removal_prompts, removal_targets, pristine_scores)
