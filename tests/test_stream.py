@@ -148,7 +148,11 @@ def test_unfamiliar_people_share_no_syllable_with_the_world(world: World) -> Non
         rel = RELATIONS_BY_NAME[r.meta["relation"]]
         assert r.prompt in {t.prompt(r.subject) for t in rel.of_form("statement", reserved=False)}
         assert set(r.rephrases) == {t.prompt(r.subject) for t in rel.templates if t.reserved}
-        assert r.subject not in " ".join(p.prompt for ps in r.locality.values() for p in ps)
+        others = [p.prompt for kind, ps in r.locality.items() for p in ps
+                  if kind != "Relation_Specificity"]
+        assert r.subject not in " ".join(others)  # only the same-subject probe names them
+        [same] = r.locality["Relation_Specificity"]
+        assert r.subject in same.prompt and not asks_edited_fact(same.prompt, r)
     assert unfamiliar_stream(world, 400, seed=0) == stream
     assert unfamiliar_stream(world, 400, seed=1) != stream
 

@@ -59,20 +59,18 @@ def new_person_names(world: World, count: int, rng: random.Random,
     return rng.sample(free, count)
 
 
-def _new_person_record(world: World, name: tuple[str, str], relation: str, kept: str,
-                       namesakes: dict[str, list[Entity]], rng: random.Random) -> EditRecord:
-    """A Recent-style edit teaching a fact about a person the world does not contain; its
+def _new_person_record(world: World, subject: str, relation: str, kept: str,
+                       neighbours_from: list[Entity], rng: random.Random) -> EditRecord:
+    """A Recent-style edit teaching a fact about a person the world does not contain. Its
+    neighbour probes ask the same relation of people drawn from ``neighbours_from``; its
     same-subject probe asks the person's ``kept`` relation, which no edit sets."""
-    subject = " ".join(name)
     rel = RELATIONS_BY_NAME[relation]
     statements = rel.of_form("statement", reserved=False)
     target = rng.choice(world.objects_of_kind(rel.object_kind))
     target_new = world.entities[target].name if target in world.entities else target
     reserved = rel.of_form("statement", reserved=True) + rel.of_form("question", reserved=True)
-    pool = sorted({p.id: p for part in name for p in namesakes[part]}.values(),
-                  key=lambda p: p.id)
     neighbours = []
-    for person in rng.sample(pool, min(3, len(pool))):
+    for person in rng.sample(neighbours_from, min(3, len(neighbours_from))):
         fact = world.fact(person.id, relation)
         if fact is not None:
             neighbours.append(Probe(rng.choice(statements).prompt(person.name),
@@ -95,6 +93,12 @@ def _new_person_record(world: World, name: tuple[str, str], relation: str, kept:
                   "Unrelated": tuple(unrelated)},
         meta={"relation": relation},
     )
+
+
+def _namesakes_of(name: tuple[str, str], namesakes: dict[str, list[Entity]]) -> list[Entity]:
+    """Known people who share a part of ``name``, in a fixed order."""
+    return sorted({p.id: p for part in name for p in namesakes[part]}.values(),
+                  key=lambda p: p.id)
 
 
 def lifelong_stream(world: World, exported_dir: Path, n: int, seed: int = 0
@@ -133,7 +137,8 @@ def lifelong_stream(world: World, exported_dir: Path, n: int, seed: int = 0
         edited = [(name, rng.sample(relations, len(relations))) for name in names]
         triples = [(name, rel, order[-1]) for name, order in edited
                    for rel in order[:per_person]][:missing]
-        stream = held + [_new_person_record(world, name, rel, kept, namesakes, rng)
+        stream = held + [_new_person_record(world, " ".join(name), rel, kept,
+                                            _namesakes_of(name, namesakes), rng)
                          for name, rel, kept in triples]
         rng.shuffle(stream)
     return stream
@@ -183,43 +188,25 @@ def unfamiliar_name(rng: random.Random, syllables: int) -> str:
 
 def unfamiliar_stream(world: World, n: int, seed: int = 0) -> list[EditRecord]:
     """``n`` Recent-style insertions about new people whose names use only syllables the
-    world never uses, each given the Recent relations in turn (no (subject, relation) twice).
+    world never uses, each given all but one of the Recent relations (no (subject,
+    relation) twice; the one kept unedited is the same-subject probe).
 
-    Such a person has no namesakes, so the "neighbour" probe is the same relation of a
-    random known person; the random probes are the world's unrelated questions.
+    Such a person has no namesakes, so the "neighbour" probes ask the same relation of
+    random known people; the random probes are the world's unrelated questions.
     """
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
     rng = random.Random(seed)
     relations = TASK_RELATIONS["recent"]
     people = world.of_kind("person", seen=True)
-    taken: set[str] = set()
     names: list[str] = []
-    while len(names) < math.ceil(n / len(relations)):
+    while len(names) < math.ceil(n / (len(relations) - 1)):
         name = f"{unfamiliar_name(rng, rng.choice((2, 3)))} {unfamiliar_name(rng, 2)}"
-        if name not in taken:
-            taken.add(name)
+        if name not in names:
             names.append(name)
-    stream = []
-    for subject, relation in [(s, r) for s in names for r in relations][:n]:
-        rel = RELATIONS_BY_NAME[relation]
-        statements = rel.of_form("statement", reserved=False)
-        target = rng.choice(world.objects_of_kind(rel.object_kind))
-        neighbours = []
-        for person in rng.sample(people, 3):
-            fact = world.fact(person.id, relation)
-            if fact is not None:
-                neighbours.append(Probe(rng.choice(statements).prompt(person.name),
-                                        world.object_name(fact)))
-        unrelated = [Probe(qa.question, qa.answer) for qa in rng.sample(world.unrelated, 2)]
-        reserved = rel.of_form("statement", reserved=True) + rel.of_form("question",
-                                                                           reserved=True)
-        stream.append(EditRecord(
-            task="recent", subject=subject, prompt=rng.choice(statements).prompt(subject),
-            target_new=world.entities[target].name if target in world.entities else target,
-            rephrases=tuple(t.prompt(subject) for t in reserved),
-            locality={"Neighborhood": tuple(neighbours), "Unrelated": tuple(unrelated)},
-            meta={"relation": relation}))
+    edited = [(name, rng.sample(relations, len(relations))) for name in names]
+    stream = [_new_person_record(world, name, rel, order[-1], people, rng)
+              for name, order in edited for rel in order[:-1]][:n]
     rng.shuffle(stream)
     return stream
 
