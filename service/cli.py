@@ -459,6 +459,9 @@ def eval_single_cmd(
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
     data_dir: DataDir = Path("data/world"),
     seed: Annotated[int, typer.Option(help="samples and the unfamiliar set")] = 1,
+    given_rephrases: Annotated[int, typer.Option(
+        help="rephrases each request carries (fitted by every arm); the last is never "
+             "given and measures paraphrase")] = 0,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
     threads: Threads = None,
 ) -> None:
@@ -493,11 +496,13 @@ def eval_single_cmd(
     ed = load_editor(editor, lm, tokenizer, basis="pristine")
     refine = RefineConfig(refine_max_steps, refine_max_ms, refine_lr, strategy=refine_strategy,
                           confidence=refine_confidence)
-    results = evaluate_single(ed, load_routing(editor), records, refine)
+    results = evaluate_single(ed, load_routing(editor), records, refine,
+                              given_rephrases=given_rephrases)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({"results": results, "settings": {
             "sets": names, "split": split, "limit": limit, "seed": seed,
+            "given_rephrases": given_rephrases,
             "refine": {"max_steps": refine_max_steps, "max_ms": refine_max_ms,
                        "lr": refine_lr, "strategy": refine_strategy,
                        "confidence": refine_confidence}}}, indent=2) + "\n")

@@ -6,6 +6,7 @@ so that each evaluated edit starts from the same model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
@@ -98,8 +99,10 @@ class FineTuneMethod(_AnyTask):
         self.lr = lr
         self.max_length = max_length
 
-    def apply(self, record: EditRecord) -> None:
-        batch = encode_batch(self.tokenizer, [record.prompt], [record.target_new],
+    def apply(self, record: EditRecord, rephrases: Sequence[str] = ()) -> None:
+        """Fit the target on the prompt (and on ``rephrases``, where the request gives some)."""
+        prompts = [record.prompt, *rephrases]
+        batch = encode_batch(self.tokenizer, prompts, [record.target_new] * len(prompts),
                              self.max_length)
         flags = [p.requires_grad for p in self._params]
         for p in self._params:

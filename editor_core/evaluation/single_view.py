@@ -45,8 +45,13 @@ def carries_target(text: str, record: EditRecord) -> bool:
 
 def evaluate_single(editor: Editor, routing: RoutingConfig,
                     sets: dict[str, Sequence[EditRecord]], refine: RefineConfig,
-                    ftl_steps: int = 10) -> dict[str, dict[str, dict]]:
-    """{set: {arm: figures}} over every record of every set."""
+                    ftl_steps: int = 10, given_rephrases: int = 0) -> dict[str, dict[str, dict]]:
+    """{set: {arm: figures}} over every record of every set.
+
+    ``given_rephrases``: how many of a record's rephrases the request carries (every arm
+    fits them); the last rephrase is never given, so paraphrase is always measured on text
+    no arm fitted.
+    """
     editor.combination = CombinationConfig("memory")  # deltas carry their routing keys
     memory = EditMemory(editor.editable, routing)
     ledger = WeightLedger(editor.model, editor.editable, memory)
@@ -63,8 +68,10 @@ def evaluate_single(editor: Editor, routing: RoutingConfig,
             probes = {k: p for k, p in _probes(record).items() if p is not None}
             pristine = {k: answer(editor.model, editor.tokenizer, p.prompt).text
                         for k, p in probes.items()}
+            given = record.rephrases[:-1][:given_rephrases]
             request = EditRequest(record.task, record.prompt, record.target_new,
-                                  subject=record.subject, sentiment=record.sentiment)
+                                  subject=record.subject, sentiment=record.sentiment,
+                                  rephrases=given)
             delta = editor.compute(request).compressed()
             judged = judge.judge(request, delta)
             outcomes[judged.outcome] = outcomes.get(judged.outcome, 0) + 1
@@ -73,7 +80,7 @@ def evaluate_single(editor: Editor, routing: RoutingConfig,
                 rows[arm].append(_measure(editor, record, probes, pristine))
                 rows[arm][-1]["ms"] = judged.ms if arm == "judged" else 0.0
                 ledger.remove("e")
-            ftl.apply(record)
+            ftl.apply(record, given)
             try:
                 rows["FT-L"].append(_measure(editor, record, probes, pristine))
             finally:
