@@ -12,12 +12,13 @@ import redis.asyncio as aioredis
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from editor_core.data.records import EditRecord
+from editor_core.data.records import EditCase
 from editor_core.editor import EditRequest, Editor
 from editor_core.encoding import EncodedBatch, target_nll
-from editor_core.evaluation.methods import FineTuneMethod
+from editor_lab.evaluation.methods import FineTuneMethod
 from editor_core.hypernetwork import Hypernetwork, HypernetworkConfig
 from editor_core.specs import resolve_editable
+from service.schemas import EditRecord
 from service.store import EditStore, NewEdit
 
 from .timing import interleaved, ms
@@ -82,7 +83,9 @@ def apply_and_persist(w: Workload, redis_url: str, active: int, repeats: int) ->
         times = []
         for i in range(repeats):
             start = asyncio.get_running_loop().time()
-            await store.add([NewEdit({"prompt": f"p{i}", "target": "t"}, blob, (f"p{i}",))])
+            record = EditRecord(task="counterfact", prompt=f"p{i}", target="t",
+                                instruction=f"p{i}", created_at="", created_by="bench")
+            await store.add([NewEdit(record, blob, (f"p{i}",))])
             times.append((asyncio.get_running_loop().time() - start) * 1e3)
         await client.flushdb()
         await client.aclose()
@@ -95,7 +98,7 @@ def fine_tuning_baseline(w: Workload, steps: int, repeats: int) -> dict:
     """FT-L (``steps`` Adam steps on the same editable weights) against one edit
     computation, on the same request."""
     request = edit_requests(1)[0]
-    record = EditRecord(request.task, request.subject or "", request.prompt, request.target)
+    record = EditCase(request.task, request.subject or "", request.prompt, request.target)
     ftl = FineTuneMethod(w.model, w.tokenizer, w.editor.editable, steps=steps)
 
     def fine_tune() -> None:

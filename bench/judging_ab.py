@@ -21,6 +21,7 @@ from editor_core.ledger import WeightLedger  # noqa: E402
 from editor_core.refine import EditJudge, EditRefiner, RefineConfig  # noqa: E402
 from service.engine import EditEngine, EditSpec  # noqa: E402
 from service.metrics import ServiceMetrics  # noqa: E402
+from service.schemas import EditRecord  # noqa: E402
 from service.store import EditStore  # noqa: E402
 
 from .workload import Workload, edit_requests  # noqa: E402
@@ -37,8 +38,9 @@ async def _alternate(w: Workload, ledger: WeightLedger, judge: EditJudge, socket
     times: dict[str, list] = {name: [] for name in engines}
     for i, r in enumerate(edit_requests(n + 1, seed=5)):
         name = ("judged", "unjudged")[i % 2]
-        spec = EditSpec(r, {"task": r.task, "prompt": r.prompt, "target": r.target,
-                            "subject": r.subject}, accept_partial=True)
+        spec = EditSpec(r, EditRecord(task=r.task, prompt=r.prompt, target=r.target,
+                                      subject=r.subject, accept_partial=True,
+                                      instruction=r.prompt, created_at="", created_by="bench"))
         start = time.perf_counter()
         result = await engines[name].create([spec])
         took = (time.perf_counter() - start) * 1e3
@@ -46,7 +48,7 @@ async def _alternate(w: Workload, ledger: WeightLedger, judge: EditJudge, socket
             continue  # warm-up
         times[name].append(took)
         if name == "judged":
-            times.setdefault(f"judged, {result.edits[0].record['outcome']}", []).append(took)
+            times.setdefault(f"judged, {result.edits[0].outcome}", []).append(took)
     await client.aclose()
     return times
 

@@ -36,7 +36,7 @@ def running_service(device: str, threads: int, redis_url: str | None = None
     with tempfile.TemporaryDirectory() as data_dir:
         log = open(Path(data_dir) / "service.log", "wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--data-dir",
+            [sys.executable, "-m", "instructedit_cli", "serve", "--port", str(port), "--data-dir",
              data_dir, "--device", device, "--threads", str(threads)],
             stdout=log, stderr=subprocess.STDOUT,
             env=None if redis_url is None else {**os.environ, "REDIS_URL": redis_url})

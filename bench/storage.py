@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from service.follower import LogFollower
 from service.metrics import ServiceMetrics
+from service.schemas import EditRecord
 from service.store import EditStore, NewEdit
 
 from .workload import Workload, edit_requests
@@ -54,8 +55,10 @@ def redis_memory_and_replay(w: Workload, redis_url: str, sizes: tuple[int, ...])
             store = EditStore(client, f"bench-{size}")
             for start in range(0, size, 64):  # a batch per script, as POST /edits/batch
                 stop = min(start + 64, size)
-                await store.add([NewEdit({"task": r.task, "prompt": r.prompt,
-                                          "target": r.target, "subject": r.subject},
+                await store.add([NewEdit(EditRecord(task=r.task, prompt=r.prompt,
+                                                    target=r.target, subject=r.subject,
+                                                    instruction=r.prompt, created_at="",
+                                                    created_by="bench"),
                                          d.to_bytes(), (f"prompt:{i}",))
                                  for i, (r, d) in enumerate(zip(requests[start:stop],
                                                                 deltas[start:stop]), start)])

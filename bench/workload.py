@@ -16,9 +16,9 @@ from editor_core.delta import EditDelta
 from editor_core.editor import EditRequest, Editor
 from editor_core.ledger import WeightLedger
 from editor_core.memory import RoutingConfig
-from editor_core.world import WorldConfig, build_world
-from editor_core.world.stream import new_person_names, unfamiliar_stream
-from editor_core.world.templates import RELATIONS
+from editor_lab.world import WorldConfig, build_world
+from editor_lab.world.stream import new_person_names, unfamiliar_stream
+from editor_lab.world.templates import RELATIONS
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_LM = REPO / "checkpoints" / "demo-lm"

@@ -71,11 +71,6 @@ def editor_fingerprint(hypernetwork: Hypernetwork) -> str:
     return weights_fingerprint(hypernetwork.state_dict())
 
 
-def state_fingerprint(base_fingerprint: str, editor_fp: str) -> str:
-    """Identity of (base model, editor): stored edits are only valid under the same one."""
-    return hashlib.sha256(f"{base_fingerprint}:{editor_fp}".encode()).hexdigest()
-
-
 def save_editor(out_dir: str | Path, editor: Editor, *, base_fingerprint: str,
                 training: dict[str, Any] | None = None) -> Path:
     """Write the editor's weights and config; returns the folder."""

@@ -33,7 +33,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .combination import CombinationConfig
-from .data.records import EditRecord
+from .data.records import EditCase
 from .delta import EditDelta, WeightFactors
 from .encoding import (EditInputError, EncodedBatch, encode_batch, label_nll,
                        predicting_positions)
@@ -69,7 +69,7 @@ class EditRequest:
     aliases: tuple[str, ...] = ()
 
     @classmethod
-    def from_record(cls, record: EditRecord, description: str | None = None) -> EditRequest:
+    def from_record(cls, record: EditCase, description: str | None = None) -> EditRequest:
         """The request a data set's edit record stands for (training and evaluation)."""
         return cls(record.task, record.prompt, record.target_new, subject=record.subject,
                    description=description, sentiment=record.sentiment)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .data.records import EditRecord
+from .data.records import EditCase
 from .editor import Editor
 from .memory import RoutingConfig, routing_keys
 
@@ -46,7 +46,7 @@ def _unit(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 
 
 def calibrate_routing(editor: Editor, background: Sequence[str],
-                      records: Sequence[EditRecord], *, false_fire_weight: float = 4.0,
+                      records: Sequence[EditCase], *, false_fire_weight: float = 4.0,
                       subjectless_false_rate: float = 0.001) -> tuple[RoutingConfig, dict]:
     """The routing for ``editor``'s model, and the figures it was chosen on."""
     mean = torch.cat(_gate_inputs(editor, background)).mean(0)

@@ -25,11 +25,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import KeyRing
 from .errors import ServiceError
+from .handlers import Handlers
 from .lifecycle import LiveService
 from .logs import valid_request_id
 from .metrics import ServiceMetrics
 from .routes import completions, edits, model, system
-from .routes.deps import QuerySlots
 from .schemas import ErrorOut
 from .settings import ServiceSettings
 from .store import StoreError
@@ -46,6 +46,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.live = await LiveService.start(settings, metrics)
+        app.state.handlers = Handlers.build(app.state.live)
         try:
             yield
         finally:
@@ -57,7 +58,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                   "every edit is measured, stored in Redis, versioned and exactly "
                   "reversible.")
     app.state.keys = KeyRing(settings.api_keys)
-    app.state.query_slots = QuerySlots(settings.limits.max_concurrent_generations)
     app.state.metrics = metrics
     app.include_router(edits.router)
     app.include_router(model.router)

@@ -37,10 +37,13 @@ from editor_core.ledger import LedgerError, WeightLedger
 from editor_core.probing import TargetScore, score_targets
 from editor_core.refine import EditJudge, Judgement
 
+from .claims import claims
 from .errors import ServiceError
 from .follower import LogFollower
 from .metrics import ServiceMetrics
-from .store import AddResult, EditStore, NewEdit, StoredEdit
+from .schemas import (BeforeAfter, EarlierEdit, Edit, EditQuality, EditRecord, EditReport,
+                      LocalityCheck, RephraseQuality, Score)
+from .store import AddResult, EditStore, NewEdit
 
 # A locality prompt's answer: its greedy continuation up to the end of the line.
 _LOCALITY_ANSWER = SamplingParams(max_new_tokens=16, stop=("\n",))
@@ -48,28 +51,19 @@ _LOCALITY_ANSWER = SamplingParams(max_new_tokens=16, stop=("\n",))
 
 @dataclass(frozen=True)
 class EditSpec:
-    """One edit to make: what the editor gets, what is stored, and what to measure."""
+    """One edit to make: what the editor gets (``request``) and what is stored (``record``,
+    which also says what to measure)."""
 
     request: EditRequest
-    record: dict[str, Any]
-    rephrases: tuple[str, ...] = ()
-    locality_prompts: tuple[str, ...] = ()
-    relation: str | None = None
-    check_earlier: int = 0  # also measure the targets of this many newest active edits
-    accept_partial: bool = False  # keep the edit even if it does not hold
+    record: EditRecord
 
     @property
-    def claims(self) -> tuple[str, ...]:
-        """The facts this edit sets: its prompt, and its subject's relation when both are
-        named. A newer edit claiming one of them supersedes this one."""
-        out = ["prompt:" + _normal(self.request.prompt)]
-        if self.relation and self.request.subject:
-            out.append(f"fact:{_normal(self.request.subject)}|{_normal(self.relation)}")
-        return tuple(out)
+    def rephrases(self) -> tuple[str, ...]:
+        return tuple(self.record.rephrases)
 
-
-def _normal(text: str) -> str:
-    return " ".join(text.lower().split())
+    @property
+    def locality_prompts(self) -> tuple[str, ...]:
+        return tuple(self.record.locality_prompts)
 
 
 @dataclass(frozen=True)
@@ -160,7 +154,7 @@ class EditEngine:
                     return seen
             timings: dict[str, float] = {}
             await self.follower.sync()  # compute on (and measure) the newest weights
-            earlier = await self._newest_active(max(s.check_earlier for s in specs))
+            earlier = await self._newest_active(max(s.record.check_earlier for s in specs))
             try:  # nothing is stored or applied yet: a refusal changes nothing
                 with self._timed(timings, "compute"):  # measuring "before" runs beside
                     deltas, before = await asyncio.gather(
@@ -180,15 +174,13 @@ class EditEngine:
                     judged = await asyncio.to_thread(self._judge, specs, deltas)
                 self._refuse_what_did_not_hold(specs, judged, before)
                 deltas = [j.delta for j in judged]
-            records = [s.record if judged is None else {**s.record, **_outcome(j)}
+            records = [s.record if j is None else s.record.model_copy(update=_outcome(j))
                        for s, j in zip(specs, judged or [None] * len(specs))]
             with self._timed(timings, "persist"):
                 result = await self.store.add(
-                    [NewEdit(r, d.to_bytes(), s.claims)
-                     for s, r, d in zip(specs, records, deltas)],
+                    [NewEdit(r, d.to_bytes(), claims(r)) for r, d in zip(records, deltas)],
                     idempotency_key=idempotency_key, request_hash=request_hash,
-                    by=specs[0].record.get("created_by", ""),
-                    at=specs[0].record.get("created_at", ""))
+                    by=records[0].created_by, at=records[0].created_at)
             with self._timed(timings, "apply"):
                 await self.follower.sync({e.id: d for e, d in zip(result.edits, deltas)})
             self.metrics.rollbacks.inc(sum(len(v) for v in result.superseded.values()))
@@ -199,9 +191,9 @@ class EditEngine:
                          and not any(result.superseded.values()) else None)
                 after = await asyncio.to_thread(self._measure, specs, earlier, known)
             await self.store.annotate({
-                edit.id: {"timings_ms": dict(timings), "batch_size": len(specs),
-                          "quality": _quality(spec, before, after, i, earlier),
-                          "superseded": result.superseded.get(edit.id, [])}
+                edit.id: EditReport(timings_ms=dict(timings), batch_size=len(specs),
+                                    quality=_quality(spec, before, after, i, earlier),
+                                    superseded=result.superseded.get(edit.id, []))
                 for i, (spec, edit) in enumerate(zip(specs, result.edits))})
             for i, spec in enumerate(specs):
                 self.metrics.post_edit_probability.labels(spec.request.task).observe(
@@ -232,7 +224,7 @@ class EditEngine:
         """422 ``edit_did_not_hold`` (the whole batch: all or none is stored) when an edit
         that does not accept a partial result did not hold; nothing was stored yet."""
         failed = [i for i, (s, j) in enumerate(zip(specs, judged))
-                  if not j.holds and not s.accept_partial]
+                  if not j.holds and not s.record.accept_partial]
         if not failed:
             return
         for s, j in zip(specs, judged):
@@ -242,7 +234,8 @@ class EditEngine:
         details = [{"index": i, "prompt": specs[i].request.prompt,
                     "target": specs[i].request.target, "refine_steps": judged[i].steps,
                     "refine_ms": round(judged[i].ms, 1),
-                    "prompts": [{"prompt": p, "before": _score(b), "after": _score(a)}
+                    "prompts": [{"prompt": p, "before": _score(b).model_dump(),
+                                 "after": _score(a).model_dump()}
                                 for p, b, a in zip((specs[i].request.prompt,
                                                     *specs[i].rephrases),
                                                    before.scores[i], judged[i].scores)]}
@@ -260,8 +253,8 @@ class EditEngine:
         if n <= 0:
             return []
         newest = [edit_id for edit_id, _ in reversed(await self.store.active())][:n]
-        records = [e.record for e in await self.store.get_many(newest)]
-        return [_Earlier(i, r["prompt"], r["target"]) for i, r in zip(newest, records)]
+        records = await self.store.get_many(newest)
+        return [_Earlier(i, r.prompt, r.target) for i, r in zip(newest, records)]
 
     def _measure(self, specs: list[EditSpec], earlier: list[_Earlier],
                  known: list[list[TargetScore]] | None = None) -> _Measured:
@@ -289,7 +282,7 @@ class EditEngine:
             answers = answers[len(s.locality_prompts):]
         return _Measured(scores, found, earlier_scores)
 
-    async def rollback(self, edit_id: str, *, by: str, at: str) -> StoredEdit:
+    async def rollback(self, edit_id: str, *, by: str, at: str) -> Edit:
         """Take one edit out of the store's active set and out of the live weights."""
         lock = await self._turn()
         try:
@@ -300,7 +293,7 @@ class EditEngine:
         finally:
             lock.release()
 
-    async def rollback_after(self, version: int, *, by: str, at: str) -> list[StoredEdit]:
+    async def rollback_after(self, version: int, *, by: str, at: str) -> list[Edit]:
         """Roll back every active edit newer than ``version``, newest first."""
         lock = await self._turn()
         try:
@@ -318,26 +311,25 @@ def _outcome(judged: Judgement) -> dict[str, Any]:
             "refine_ms": round(judged.ms, 1)}
 
 
-def _score(score: TargetScore) -> dict[str, float]:
-    return {"probability": score.probability, "logprob": score.logprob,
-            "token_accuracy": score.token_accuracy}
+def _score(score: TargetScore) -> Score:
+    return Score(probability=score.probability, logprob=score.logprob,
+                 token_accuracy=score.token_accuracy)
 
 
 def _quality(spec: EditSpec, before: _Measured, after: _Measured, i: int,
-             earlier: list[_Earlier]) -> dict[str, Any]:
+             earlier: list[_Earlier]) -> EditQuality:
     """The measured quality of spec ``i``: before/after on prompt, rephrases, locality, and
     on the targets of the earlier edits it asked about."""
     b, a = before.scores[i], after.scores[i]
-    locality = [{"prompt": p, "before": x, "after": y, "unchanged": x == y}
+    locality = [LocalityCheck(prompt=p, before=x, after=y, unchanged=x == y)
                 for p, x, y in zip(spec.locality_prompts, before.answers[i], after.answers[i])]
-    return {
-        "prompt": {"before": _score(b[0]), "after": _score(a[0])},
-        "rephrases": [{"prompt": p, "before": _score(x), "after": _score(y)}
-                      for p, x, y in zip(spec.rephrases, b[1:], a[1:])],
-        "locality": locality,
-        "locality_unchanged": all(x["unchanged"] for x in locality) if locality else None,
-        "earlier_edits": [{"id": e.id, "prompt": e.prompt, "target": e.target,
-                           "before": _score(x), "after": _score(y)}
-                          for e, x, y in list(zip(earlier, before.earlier,
-                                                  after.earlier))[:spec.check_earlier]],
-    }
+    return EditQuality(
+        prompt=BeforeAfter(before=_score(b[0]), after=_score(a[0])),
+        rephrases=[RephraseQuality(prompt=p, before=_score(x), after=_score(y))
+                   for p, x, y in zip(spec.rephrases, b[1:], a[1:])],
+        locality=locality,
+        locality_unchanged=all(x.unchanged for x in locality) if locality else None,
+        earlier_edits=[EarlierEdit(id=e.id, prompt=e.prompt, target=e.target,
+                                   before=_score(x), after=_score(y))
+                       for e, x, y in list(zip(earlier, before.earlier,
+                                               after.earlier))[:spec.record.check_earlier]])

@@ -90,24 +90,16 @@ class EditQuality(BaseModel):
         "this one (with check_earlier)")
 
 
-class EditOut(BaseModel):
-    id: str
-    version: int = Field(description="the version of the live weights this edit made")
-    status: Literal["active", "rolled_back"]
-    task: str
-    prompt: str
-    target: str
-    subject: str | None = None
-    relation: str | None = None
-    description: str | None = None
-    sentiment: str | None = None
+class EditRecord(EditIn):
+    """An edit as the service keeps it: the request, the instruction the editor read, who
+    sent it and when, and how judging went. Built once from the request; the engine stores
+    it and the store reads it back (older records lack the newer fields: they default)."""
+
+    model_config = ConfigDict(extra="ignore")
+
     instruction: str = Field(description="the editor's input: the prompt in its instruction")
-    rephrases: list[str] = Field(default_factory=list)
-    locality_prompts: list[str] = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: str
     created_by: str
-    accept_partial: bool = False
     outcome: Literal["one_shot", "refined", "did_not_hold"] | None = Field(
         None, description="one_shot: the editor's delta made the model answer the target "
         "greedily on the prompt and rephrases; refined: it did after refinement; "
@@ -115,13 +107,26 @@ class EditOut(BaseModel):
         "not judged, under a merged combination)")
     refine_steps: int | None = Field(None, description="refinement steps taken (0: one-shot)")
     refine_ms: float | None = Field(None, description="time judging and refining took")
+
+
+class EditReport(BaseModel):
+    """What was measured once an edit was applied (attached to the stored edit then)."""
+
     timings_ms: dict[str, float] | None = Field(
-        None, description="compute, measure, persist, apply (null if the service stopped "
-        "between storing and measuring the edit)")
+        None, description="compute, judge, persist, apply, measure (null if the service "
+        "stopped between storing and measuring the edit)")
     batch_size: int | None = None
     quality: EditQuality | None = None
     superseded: list[str] = Field(default_factory=list,
                                   description="active edits of the same fact this one replaced")
+
+
+class Edit(EditReport, EditRecord):
+    """One stored edit, as the API answers it: its record, its report, and its state."""
+
+    id: str
+    version: int = Field(description="the version of the live weights this edit made")
+    status: Literal["active", "rolled_back"]
     rolled_back_by: str | None = None
     rolled_back_at: str | None = None
     rolled_back_version: int | None = None
@@ -129,11 +134,11 @@ class EditOut(BaseModel):
 
 
 class EditBatchOut(BaseModel):
-    edits: list[EditOut]
+    edits: list[Edit]
 
 
 class EditPageOut(BaseModel):
-    edits: list[EditOut]
+    edits: list[Edit]
     next_cursor: int | None = Field(description="pass as ?before= for the next page")
 
 
@@ -143,7 +148,7 @@ class RollbackToIn(_Strict):
 
 
 class RollbackToOut(BaseModel):
-    rolled_back: list[EditOut]
+    rolled_back: list[Edit]
     version: int = Field(description="the version of the live weights now")
 
 
@@ -223,6 +228,68 @@ class InfoOut(BaseModel):
     live_digest: str
     pristine_digest: str
     log: LogOut
+
+
+# OpenAI's completions API: the fields this service honours (unknown ones are ignored,
+# as OpenAI's own API does).
+
+class CompletionIn(BaseModel):
+    """The fields of OpenAI's completion request that this service honours."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(examples=["demo-lm"])
+    prompt: str | list[str] = Field(examples=["Plyndti Brynta is a citizen of"])
+    max_tokens: int | None = Field(16, ge=1)
+    temperature: float | None = Field(1.0, ge=0.0, le=2.0)
+    top_p: float | None = Field(1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stream: bool | None = False
+    n: int | None = Field(1, ge=1)
+    best_of: int | None = Field(None, ge=1)
+    echo: bool | None = False
+    logprobs: int | None = None
+    suffix: str | None = None
+    presence_penalty: float | None = 0.0
+    frequency_penalty: float | None = 0.0
+    user: str | None = None
+
+
+class Choice(BaseModel):
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+    edits_fired: list[str] | None = None  # an extension: the edits the edit memory applied
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionOut(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str = Field(description="v{version}: the live weights' version")
+    choices: list[Choice]
+    usage: CompletionUsage | None = None
+
+
+class ModelOut(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "instructedit"
+
+
+class ModelListOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
 
 
 class ErrorBody(BaseModel):

@@ -40,9 +40,10 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis.asyncio as aioredis
+
+from .schemas import Edit, EditRecord, EditReport
 
 ACTIVE = "active"
 ROLLED_BACK = "rolled_back"
@@ -149,27 +150,11 @@ class StoreError(Exception):
 
 
 @dataclass(frozen=True)
-class StoredEdit:
-    """One edit as stored: its id, version, status, the record the caller gave, and the
-    report (timings, measured quality) written once it was applied."""
-
-    id: str
-    version: int
-    status: str
-    record: dict[str, Any]
-    report: dict[str, Any] | None = None
-    rolled_back_by: str | None = None
-    rolled_back_at: str | None = None
-    rolled_back_version: int | None = None
-    superseded_by: str | None = None
-
-
-@dataclass(frozen=True)
 class NewEdit:
     """An edit to store: its record, its delta's bytes, and the facts it claims (an active
     edit holding one of them is superseded)."""
 
-    record: dict[str, Any]
+    record: EditRecord
     delta: bytes
     claims: tuple[str, ...] = ()
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -177,7 +162,7 @@ class NewEdit:
 
 @dataclass(frozen=True)
 class AddResult:
-    edits: list[StoredEdit]
+    edits: list[Edit]
     created: bool  # False: the Idempotency-Key had already produced these edits
     request_hash: str  # what the key's first request hashed to ("" if not given)
     superseded: dict[str, list[str]] = field(default_factory=dict)  # new id → old ids
@@ -191,7 +176,7 @@ class RollbackResult:
 
 @dataclass
 class EditPage:
-    edits: list[StoredEdit] = field(default_factory=list)
+    edits: list[Edit] = field(default_factory=list)
     next_cursor: int | None = None  # pass back as ``before`` for the next page
 
 
@@ -232,7 +217,7 @@ class EditStore:
         for edit in edits:
             if any("\n" in c for c in edit.claims):
                 raise ValueError("a claim cannot contain a newline")
-            args += [edit.id, json.dumps(edit.record), edit.delta, "\n".join(edit.claims)]
+            args += [edit.id, edit.record.model_dump_json(exclude_defaults=True), edit.delta, "\n".join(edit.claims)]
         created, ids, stored_hash, replaced = (_decode(x) for x in await self._add(args=args))
         superseded: dict[str, list[str]] = {}
         for pair in filter(None, (replaced or "").split(",")):
@@ -249,17 +234,17 @@ class EditStore:
             return None
         return AddResult(await self.get_many(ids.split(",")), False, request_hash or "")
 
-    async def annotate(self, reports: dict[str, dict[str, Any]]) -> None:
+    async def annotate(self, reports: dict[str, EditReport]) -> None:
         """Attach to each edit the report measured once it was applied (one round trip)."""
         pipe = self.client.pipeline(transaction=False)
         for edit_id, report in reports.items():
-            pipe.hset(self.key("edit", edit_id), "report", json.dumps(report))
+            pipe.hset(self.key("edit", edit_id), "report", report.model_dump_json())
         await pipe.execute()
 
-    async def get(self, edit_id: str) -> StoredEdit:
+    async def get(self, edit_id: str) -> Edit:
         return (await self.get_many([edit_id]))[0]
 
-    async def get_many(self, edit_ids: list[str]) -> list[StoredEdit]:
+    async def get_many(self, edit_ids: list[str]) -> list[Edit]:
         """Several edits in one round trip (a pipeline of reads), in the order asked."""
         pipe = self.client.pipeline(transaction=False)
         for edit_id in edit_ids:
@@ -273,7 +258,7 @@ class EditStore:
             raise StoreError("not_found", f"no delta for edit {edit_id!r}")
         return data
 
-    async def rollback(self, edit_id: str, *, by: str, at: str) -> StoredEdit:
+    async def rollback(self, edit_id: str, *, by: str, at: str) -> Edit:
         """Mark one active edit rolled back (who, when, as which version) and log it."""
         out = [_decode(x) for x in await self._rollback(args=[self.prefix, edit_id, by, at])]
         if out[0] == "not_found":
@@ -309,7 +294,7 @@ class EditStore:
 
         A page that ends with older edits still stored carries ``next_cursor``.
         """
-        edits: list[StoredEdit] = []
+        edits: list[Edit] = []
         upper = "+inf" if before is None else f"({before}"
         batch = max(limit, 64)
         while True:
@@ -317,8 +302,8 @@ class EditStore:
                                                       start=0, num=batch, withscores=True)
             for edit in await self.get_many([_decode(raw_id) for raw_id, _ in rows]):
                 if ((status is None or edit.status == status)
-                        and (task is None or edit.record.get("task") == task)
-                        and (subject is None or edit.record.get("subject") == subject)):
+                        and (task is None or edit.task == task)
+                        and (subject is None or edit.subject == subject)):
                     edits.append(edit)
                     if len(edits) == limit:
                         older = await self.client.zcount(self.key("edits"), "-inf",
@@ -395,14 +380,12 @@ class EditStore:
         return bool(found)
 
 
-def _stored(edit_id: str, fields: dict) -> StoredEdit:
+def _stored(edit_id: str, fields: dict) -> Edit:
+    """The edit in a stored hash: its record and report (JSON) and its state fields."""
     if not fields:
         raise StoreError("not_found", f"no edit {edit_id!r}")
     f = {_decode(k): _decode(v) for k, v in fields.items()}
-    report = f.get("report")
-    rolled_back_version = f.get("rolled_back_version")
-    return StoredEdit(edit_id, int(f["version"]), f["status"], json.loads(f["record"]),
-                      None if report is None else json.loads(report),
-                      f.get("rolled_back_by"), f.get("rolled_back_at"),
-                      None if rolled_back_version is None else int(rolled_back_version),
-                      f.get("superseded_by"))
+    state = {k: f.get(k) for k in ("version", "status", "rolled_back_by", "rolled_back_at",
+                                   "rolled_back_version", "superseded_by")}
+    return Edit.model_validate({**json.loads(f["record"]), **json.loads(f.get("report") or "{}"),
+                                **state, "id": edit_id})

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from editor_core.world import World, WorldConfig, build_world
-from editor_core.world.export import export_world
+from editor_lab.world import World, WorldConfig, build_world
+from editor_lab.world.export import export_world
 
 runtime.configure_threads(1)
 

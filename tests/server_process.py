@@ -36,7 +36,7 @@ class ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port),
+                [sys.executable, "-m", "instructedit_cli", "serve", "--port", str(self.port),
                  "--data-dir", str(self.data_dir), *self.args], env=self.env, stdout=log,
                 stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

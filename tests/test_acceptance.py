@@ -12,7 +12,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from editor_core.training.examples import load_task_records
+from editor_lab.training.examples import load_task_records
 
 from .server_process import ServiceProcess
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from editor_core.delta import EditDelta, WeightFactors
-from editor_core.evaluation.analysis import edit_gram, pca_from_gram, task_separation
+from editor_lab.evaluation.analysis import edit_gram, pca_from_gram, task_separation
 
 
 def _delta(gen: torch.Generator, rows: int, direction: torch.Tensor | None = None) -> EditDelta:
@@ -64,7 +64,7 @@ def test_analyze_command_draws_and_reports(demo_lm, exported: Path, tmp_path: Pa
     from typer.testing import CliRunner
 
     from editor_core.checkpoint import model_fingerprint, save_editor
-    from service.cli import app
+    from instructedit_cli import app
 
     from .test_editing import make_editor
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from service.cli import app
+from instructedit_cli import app
 
 from .conftest import read_json
 

@@ -6,8 +6,8 @@ import json
 import random
 
 from editor_core.decoding import greedy_continuations, starts_with_answer
-from editor_core.world.sentiment import sentiment_of
-from editor_core.world.templates import OPINION_QUESTIONS, RELATIONS_BY_NAME
+from editor_lab.world.sentiment import sentiment_of
+from editor_lab.world.templates import OPINION_QUESTIONS, RELATIONS_BY_NAME
 
 from .conftest import DEMO_LM
 

@@ -16,6 +16,7 @@ from editor_core.editor import EditRequest
 from editor_core.encoding import EditInputError
 from editor_core.ledger import WeightLedger
 from service.engine import EditEngine, EditSpec
+from service.schemas import EditRecord
 from service.errors import ServiceError
 from service.metrics import ServiceMetrics
 from service.store import EditStore, StoreError
@@ -26,10 +27,11 @@ DEMO_EDITOR = REPO / "checkpoints" / "demo-editor"
 PROMPT = "Plyndti Brynta is a citizen of"  # a demo-world test edit
 TARGET = "Veiistan"
 REQUEST = EditRequest("counterfact", PROMPT, TARGET, subject="Plyndti Brynta")
-RECORD = {"task": "counterfact", "prompt": PROMPT, "target": TARGET,
-          "subject": "Plyndti Brynta"}
-SPEC = EditSpec(REQUEST, RECORD, rephrases=("What country is Plyndti Brynta a citizen of?",),
-                locality_prompts=("Plyndti Brynta works in the field of",))
+RECORD = EditRecord(task="counterfact", prompt=PROMPT, target=TARGET, subject="Plyndti Brynta",
+                    instruction=PROMPT, created_at="t", created_by="tester")
+SPEC = EditSpec(REQUEST, RECORD.model_copy(update={
+    "rephrases": ["What country is Plyndti Brynta a citizen of?"],
+    "locality_prompts": ["Plyndti Brynta works in the field of"]}))
 
 
 class Replica:
@@ -66,11 +68,11 @@ def test_edit_persists_replays_after_restart_and_rolls_back_exactly(redis_socket
 
     added, replayed = asyncio.run(edit_then_restart())
     assert added.version == 1 and first.ledger.version == 1
-    quality = added.report["quality"]
-    assert quality["prompt"]["after"]["probability"] > quality["prompt"]["before"]["probability"]
-    assert quality["prompt"]["after"]["token_accuracy"] == 1.0
-    assert len(quality["rephrases"]) == 1 and quality["locality"][0]["prompt"].startswith("Ply")
-    assert set(added.report["timings_ms"]) == {"compute", "measure", "persist", "apply"}
+    quality = added.quality
+    assert quality.prompt.after.probability > quality.prompt.before.probability
+    assert quality.prompt.after.token_accuracy == 1.0
+    assert len(quality.rephrases) == 1 and quality.locality[0].prompt.startswith("Ply")
+    assert set(added.timings_ms) == {"compute", "measure", "persist", "apply"}
     assert first.answer().startswith(TARGET)
     # The restarted replica rebuilds the same live weights from the store.
     assert replayed == 1 and second.ledger.live_digest() == first.ledger.live_digest()
@@ -111,8 +113,8 @@ def test_rollback_after_version(redis_socket, first: Replica) -> None:
         engine = first.engine(redis_socket)
         ids = []
         for prompt, target in zip(prompts, ("Veiistan", "Krexstan", "Boldrom Partners")):
-            record = dict(RECORD, prompt=prompt, target=target)
-            request = EditRequest("counterfact", prompt, target, subject=RECORD["subject"])
+            record = RECORD.model_copy(update={"prompt": prompt, "target": target})
+            request = EditRequest("counterfact", prompt, target, subject=RECORD.subject)
             ids.append((await engine.create([EditSpec(request, record)])).edits[0].id)
         taken = await engine.rollback_after(1, by="tester", at="t")
         return ids, taken
@@ -127,18 +129,18 @@ def test_a_new_edit_of_the_same_fact_replaces_the_old_one_in_one_change(
         redis_socket, first: Replica) -> None:
     async def twice():
         engine = first.engine(redis_socket)
-        spec = EditSpec(REQUEST, RECORD, relation="citizenship")
+        spec = EditSpec(REQUEST, RECORD.model_copy(update={"relation": "citizenship"}))
         old = (await engine.create([spec])).edits[0]
         request = EditRequest("counterfact", "Plyndti Brynta holds citizenship of", "Krexstan",
                               subject="Plyndti Brynta")
-        new = await engine.create([EditSpec(request, dict(RECORD, target="Krexstan"),
-                                            relation="citizenship")])
+        new = await engine.create([EditSpec(request, RECORD.model_copy(update={
+            "target": "Krexstan", "relation": "citizenship"}))])
         return old, new
 
     old, new = asyncio.run(twice())
     assert new.superseded == {new.edits[0].id: [old.id]}
     assert [e.edit_id for e in first.ledger.active] == [new.edits[0].id]
-    assert first.ledger.version == 2 and new.edits[0].report["superseded"] == [old.id]
+    assert first.ledger.version == 2 and new.edits[0].superseded == [old.id]
 
 
 def test_a_store_failure_leaves_the_weights_untouched(tmp_path, first: Replica) -> None:
@@ -160,8 +162,8 @@ def test_a_store_behind_the_weights_is_followed_by_rebuilding(first: Replica,
     versions than the live weights: the follower rebuilds from the store, not from memory."""
     other = EditSpec(EditRequest("counterfact", "Plyndti Brynta works in the field of",
                                  "painting", subject="Plyndti Brynta"),
-                     {**RECORD, "prompt": "Plyndti Brynta works in the field of",
-                      "target": "painting"})
+                     RECORD.model_copy(update={"prompt": "Plyndti Brynta works in the field of",
+                                               "target": "painting"}))
 
     async def run() -> tuple[int, int, list[str]]:
         engine = first.engine(redis_socket)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from editor_core.data import load_edit_records
-from editor_core.evaluation.evaluator import Evaluator, markdown_table, summarize
-from editor_core.evaluation.methods import FineTuneMethod, HypernetworkMethod, NoEditMethod
+from editor_lab.evaluation.evaluator import Evaluator, markdown_table, summarize
+from editor_lab.evaluation.methods import FineTuneMethod, HypernetworkMethod, NoEditMethod
 from editor_core.specs import resolve_editable
 
 from .test_editing import make_editor
@@ -71,7 +71,7 @@ def test_eval_command_writes_json_and_table(exported: Path, tmp_path: Path) -> N
 
     from typer.testing import CliRunner
 
-    from service.cli import app
+    from instructedit_cli import app
 
     out = tmp_path / "eval.json"
     result = CliRunner().invoke(app, ["eval", "--data-dir", str(exported), "--tasks",
@@ -90,7 +90,7 @@ def test_eval_sequential_runs_the_lifelong_protocol(exported: Path, tmp_path: Pa
 
     from typer.testing import CliRunner
 
-    from service.cli import app
+    from instructedit_cli import app
 
     out = tmp_path / "lifelong.json"
     result = CliRunner().invoke(app, [
@@ -108,7 +108,7 @@ def test_eval_sequential_runs_the_lifelong_protocol(exported: Path, tmp_path: Pa
 
 
 def test_per_task_method_routes_by_task_and_restores(demo_lm, records) -> None:
-    from editor_core.evaluation.methods import PerTaskMethod
+    from editor_lab.evaluation.methods import PerTaskMethod
 
     model, tok = demo_lm
     before = _snapshot(model)
@@ -133,7 +133,7 @@ def test_eval_command_names_editors_and_evaluates_single_task_ones(
     from typer.testing import CliRunner
 
     from editor_core.checkpoint import model_fingerprint, save_editor
-    from service.cli import app
+    from instructedit_cli import app
 
     model, tok = demo_lm
     editor = make_editor(model, tok, step=1e-3, rank=16)

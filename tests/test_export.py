@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from editor_core.data import load_edit_records
-from editor_core.world.corpus import LOCALITY_PREFIX
-from editor_core.world.export import SPLITS, TASK_RELATIONS
-from editor_core.world.templates import OPINION_QUESTIONS, RELATIONS
+from editor_lab.world.corpus import LOCALITY_PREFIX
+from editor_lab.world.export import SPLITS, TASK_RELATIONS
+from editor_lab.world.templates import OPINION_QUESTIONS, RELATIONS
 
 from .conftest import read_json
 

@@ -316,7 +316,7 @@ def test_easyedit_import_refuses_mismatched_archives(tok) -> None:
 def test_edit_request_is_usable_after_import_through_the_cli(tok, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from service.cli import app
+    from instructedit_cli import app
 
     model = tiny_model("gpt2", len(tok))
     model_dir = tmp_path / "lm"
@@ -331,20 +331,6 @@ def test_edit_request_is_usable_after_import_through_the_cli(tok, tmp_path: Path
     editor = load_editor(tmp_path / "ed", model, tok)
     delta = editor.compute(EditRequest("counterfact", "The capital of Foxland is", "Mandan"))
     assert all(torch.isfinite(f.u).all() for f in delta.factors.values())
-
-
-def test_state_fingerprint_binds_model_and_editor(tok) -> None:
-    from editor_core.checkpoint import editor_fingerprint, state_fingerprint
-
-    model = tiny_model("gpt2", len(tok))
-    base = model_fingerprint(model, resolve_editable(model), tok)
-    a, b = make_editor(model, tok, step=0.1), make_editor(model, tok, step=0.2)
-    fa, fb = editor_fingerprint(a.hypernetwork), editor_fingerprint(b.hypernetwork)
-    assert fa != fb
-    assert state_fingerprint(base, fa) == state_fingerprint(base, fa)
-    assert state_fingerprint(base, fa) != state_fingerprint(base, fb)
-    other = model_fingerprint(tiny_model("gpt2", len(tok), seed=5), resolve_editable(model), tok)
-    assert state_fingerprint(other, fa) != state_fingerprint(base, fa)
 
 
 def test_the_combining_rule_is_pluggable(tok) -> None:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from editor_core.combination import CombinationConfig, RidgeCombiner, SumCombiner
-from editor_core.evaluation.lifelong import LifelongEvaluator, LifelongMethod
-from editor_core.training.examples import load_task_records
+from editor_lab.evaluation.lifelong import LifelongEvaluator, LifelongMethod
+from editor_lab.training.examples import load_task_records
 
 from .test_editing import make_editor
 from .tiny_models import small_tokenizer, tiny_model

@@ -16,7 +16,7 @@ from editor_core.generation import SamplingParams, TokenStream, generate_togethe
 from editor_core.ledger import LedgerError, WeightLedger
 from editor_core.memory import EditMemory
 from editor_core.probing import score_targets
-from editor_core.world.stream import lifelong_stream
+from editor_lab.world.stream import lifelong_stream
 from service.settings import DEMO_EDITOR_PATH, DEMO_LM_PATH
 
 ANSWER = SamplingParams(max_new_tokens=8, stop=("\n",))
@@ -223,7 +223,7 @@ def test_a_better_match_takes_over_from_an_earlier_fire(world) -> None:
     and decoding route alike, and removing both is the pristine model."""
     import dataclasses
 
-    from editor_core.world.stream import unfamiliar_stream
+    from editor_lab.world.stream import unfamiliar_stream
 
     model = AutoModelForCausalLM.from_pretrained(DEMO_LM_PATH).eval()
     tokenizer = AutoTokenizer.from_pretrained(DEMO_LM_PATH)

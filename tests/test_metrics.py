@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from editor_core.data.records import Probe
-from editor_core.evaluation.metrics import (
+from editor_lab.evaluation.metrics import (
     answer_argmax,
     exact_match,
     token_accuracy,

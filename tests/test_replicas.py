@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from editor_core.training.examples import load_task_records
+from editor_lab.training.examples import load_task_records
 
 from .redis_process import RedisProcess
 from .server_process import ServiceProcess

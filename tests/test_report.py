@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from editor_core.evaluation.report import acceptance, compare, edit_score, task_tables
+from editor_lab.evaluation.report import acceptance, compare, edit_score, task_tables
 
 
 def _stat(mean: float, se: float = 0.01, n: int = 10) -> dict:
@@ -79,7 +79,7 @@ def test_editor_card_copies_the_editor_and_quotes_the_measurements(
         demo_lm, tmp_path: Path) -> None:
     from editor_core.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, load_editor,
                                         model_fingerprint, save_editor)
-    from editor_core.evaluation.card import write_editor_card
+    from editor_lab.evaluation.card import write_editor_card
 
     from .test_editing import make_editor
 

@@ -9,9 +9,9 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editor_core.checkpoint import load_editor, load_routing
-from editor_core.evaluation.service_view import StreamSettings, evaluate_stream, stream_table
-from editor_core.world import World
-from editor_core.world.stream import asks_edited_fact, lifelong_stream
+from editor_lab.evaluation.service_view import StreamSettings, evaluate_stream, stream_table
+from editor_lab.world import World
+from editor_lab.world.stream import asks_edited_fact, lifelong_stream
 from service.settings import DEMO_EDITOR_PATH, DEMO_LM_PATH
 
 
@@ -80,9 +80,9 @@ def test_settings_refuse_what_cannot_be_measured() -> None:
 
 
 def test_single_edits_one_shot_judged_and_ftl_side_by_side(world: World) -> None:
-    from editor_core.evaluation.single_view import evaluate_single, single_table
+    from editor_lab.evaluation.single_view import evaluate_single, single_table
     from editor_core.refine import RefineConfig
-    from editor_core.world.stream import unfamiliar_stream
+    from editor_lab.world.stream import unfamiliar_stream
 
     model = AutoModelForCausalLM.from_pretrained(DEMO_LM_PATH).eval()
     tokenizer = AutoTokenizer.from_pretrained(DEMO_LM_PATH)

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
+from service.schemas import EditRecord, EditReport
 from service.store import ACTIVE, ROLLED_BACK, EditStore, NewEdit, StoreError
 
 
@@ -21,12 +22,13 @@ def run(redis_socket: str, body, fingerprint: str = "fp-a"):
     return asyncio.run(main())
 
 
-def record(task: str = "counterfact", subject: str = "Ann", **extra) -> dict:
-    return {"task": task, "subject": subject, "prompt": f"{subject} lives in",
-            "target": "Oslo", **extra}
+def record(task: str = "counterfact", subject: str = "Ann", **extra) -> EditRecord:
+    fields = {"task": task, "subject": subject, "prompt": f"{subject} lives in",
+              "target": "Oslo", **extra}
+    return EditRecord(**fields, instruction=fields["prompt"], created_at="t", created_by="tester")
 
 
-async def add_one(store: EditStore, rec: dict, delta: bytes = b"d", **kwargs):
+async def add_one(store: EditStore, rec: EditRecord, delta: bytes = b"d", **kwargs):
     return (await store.add([NewEdit(rec, delta)], **kwargs)).edits[0]
 
 
@@ -34,15 +36,15 @@ def test_add_stores_record_delta_indexes_and_log(redis_socket: str) -> None:
     async def body(store: EditStore):
         first = await store.add([NewEdit(record(), b"delta-1")])
         second = await add_one(store, record(subject="Bo"), b"delta-2")
-        await store.annotate({second.id: {"timings_ms": {"compute": 1.5}}})
+        await store.annotate({second.id: EditReport(timings_ms={"compute": 1.5})})
         return first, await store.get(second.id), await store.delta(first.edits[0].id), \
             await store.active(), await store.events(), await store.version()
 
     first, second, delta, active, events, version = run(redis_socket, body)
     one = first.edits[0]
-    assert first.created and one.version == 1 and one.status == ACTIVE and one.report is None
-    assert second.version == 2 and second.record["subject"] == "Bo"
-    assert second.report == {"timings_ms": {"compute": 1.5}}
+    assert first.created and one.version == 1 and one.status == ACTIVE and one.timings_ms is None
+    assert second.version == 2 and second.subject == "Bo"
+    assert second.timings_ms == {"compute": 1.5}
     assert delta == b"delta-1" and version == 2
     assert active == [(one.id, 1), (second.id, 2)]
     assert [(e["event"], e["id"], e["version"]) for _, e in events] == [
@@ -56,7 +58,7 @@ def test_a_batch_is_stored_whole_one_version_per_edit(redis_socket: str) -> None
 
     batch, deltas, version = run(redis_socket, body)
     assert [e.version for e in batch.edits] == [1, 2, 3] and version == 3
-    assert [e.record["subject"] for e in batch.edits] == list("abc")
+    assert [e.subject for e in batch.edits] == list("abc")
     assert deltas == [b"a", b"b", b"c"]
 
 
@@ -210,7 +212,8 @@ def test_the_active_set_at_a_past_version_and_where_the_log_follows_on(
 def test_get_many_reads_several_edits_in_the_order_asked(redis_socket: str) -> None:
     async def body(store: EditStore):
         added = (await store.add([NewEdit(record(subject=s), b"d") for s in "ABC"])).edits
-        await store.annotate({added[0].id: {"n": 0}, added[2].id: {"n": 2}})
+        await store.annotate({added[0].id: EditReport(batch_size=0),
+                              added[2].id: EditReport(batch_size=2)})
         ids = [added[2].id, added[0].id, added[1].id]
         got = await store.get_many(ids)
         with pytest.raises(StoreError) as missing:
@@ -219,8 +222,8 @@ def test_get_many_reads_several_edits_in_the_order_asked(redis_socket: str) -> N
 
     ids, got, missing = run(redis_socket, body)
     assert [e.id for e in got] == ids
-    assert [e.record["subject"] for e in got] == ["C", "A", "B"]
-    assert [e.report for e in got] == [{"n": 2}, {"n": 0}, None]
+    assert [e.subject for e in got] == ["C", "A", "B"]
+    assert [e.batch_size for e in got] == [2, 0, None]
     assert missing.code == "not_found" and "no-such-edit" in str(missing)
 
 

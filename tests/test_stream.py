@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from editor_core.data import EditRecord, load_edit_records
-from editor_core.world import World
-from editor_core.world.export import TASK_RELATIONS
-from editor_core.world.stream import (asks_edited_fact, lifelong_stream, load_stream,
+from editor_core.data import EditCase, load_edit_records
+from editor_lab.world import World
+from editor_lab.world.export import TASK_RELATIONS
+from editor_lab.world.stream import (asks_edited_fact, lifelong_stream,
                                       save_stream, unfamiliar_stream)
-from editor_core.world.templates import RELATIONS_BY_NAME
+from editor_lab.world.templates import RELATIONS_BY_NAME
 
 
 @pytest.fixture(scope="module")
-def long_stream(world: World, exported: Path) -> list[EditRecord]:
+def long_stream(world: World, exported: Path) -> list[EditCase]:
     return lifelong_stream(world, exported, 5000, seed=0)
 
 
@@ -36,7 +36,7 @@ def test_stream_has_n_edits_and_no_pair_twice(world: World, exported: Path, n: i
 
 
 def test_counterfact_part_is_exactly_the_held_out_splits(exported: Path,
-                                                         long_stream: list[EditRecord]) -> None:
+                                                         long_stream: list[EditCase]) -> None:
     held = _subjects(exported, "test") | _subjects(exported, "validation")
     train = _subjects(exported, "train")
     counterfact = [r for r in long_stream if r.task == "counterfact"]
@@ -57,7 +57,7 @@ def test_short_stream_is_counterfact_only(world: World, exported: Path) -> None:
 
 
 def test_new_people_exist_nowhere_in_the_world(world: World,
-                                              long_stream: list[EditRecord]) -> None:
+                                              long_stream: list[EditCase]) -> None:
     recent = [r for r in long_stream if r.task == "recent"]
     subjects = {r.subject for r in recent}
     assert not subjects & _world_names(world)
@@ -69,7 +69,7 @@ def test_new_people_exist_nowhere_in_the_world(world: World,
 
 
 def test_new_person_records_look_like_recent_exports(world: World,
-                                                     long_stream: list[EditRecord]) -> None:
+                                                     long_stream: list[EditCase]) -> None:
     unrelated = {(qa.question, qa.answer) for qa in world.unrelated}
     for r in long_stream:
         if r.task != "recent":
@@ -90,7 +90,7 @@ def test_new_person_records_look_like_recent_exports(world: World,
 
 
 def test_a_new_persons_same_subject_probe_asks_the_one_fact_no_edit_sets(
-        long_stream: list[EditRecord]) -> None:
+        long_stream: list[EditCase]) -> None:
     edited: dict[str, set[str]] = {}
     for r in long_stream:
         if r.task == "recent":
@@ -106,7 +106,7 @@ def test_a_new_persons_same_subject_probe_asks_the_one_fact_no_edit_sets(
 
 
 def test_neighbourhood_answers_are_the_worlds_truth(world: World,
-                                                   long_stream: list[EditRecord]) -> None:
+                                                   long_stream: list[EditCase]) -> None:
     truth = {}
     for person in world.of_kind("person", seen=True):
         for fact in world.facts_of(person.id):
@@ -118,7 +118,7 @@ def test_neighbourhood_answers_are_the_worlds_truth(world: World,
 
 
 def test_streams_are_seeded(world: World, exported: Path,
-                            long_stream: list[EditRecord]) -> None:
+                            long_stream: list[EditCase]) -> None:
     assert lifelong_stream(world, exported, 5000, seed=0) == long_stream
     other = lifelong_stream(world, exported, 5000, seed=1)
     assert other != long_stream
@@ -130,10 +130,9 @@ def test_too_long_a_stream_is_refused(world: World, exported: Path) -> None:
         lifelong_stream(world, exported, 1_000_000)
 
 
-def test_save_and_load_round_trip(tmp_path: Path, long_stream: list[EditRecord]) -> None:
+def test_save_and_load_round_trip(tmp_path: Path, long_stream: list[EditCase]) -> None:
     path = tmp_path / "stream.json"
     save_stream(long_stream, path)
-    assert load_stream(path) == long_stream
     assert load_edit_records(path, strict=True) == long_stream  # the multi-task layout
 
 
@@ -158,7 +157,7 @@ def test_unfamiliar_people_share_no_syllable_with_the_world(world: World) -> Non
 
 
 def test_a_probe_is_excluded_only_for_the_fact_another_edit_changes(
-        long_stream: list[EditRecord]) -> None:
+        long_stream: list[EditCase]) -> None:
     record = next(r for r in long_stream if r.task == "counterfact")
     relation = RELATIONS_BY_NAME[record.meta["relation"]]
     for t in relation.templates:
@@ -168,5 +167,5 @@ def test_a_probe_is_excluded_only_for_the_fact_another_edit_changes(
         for t in RELATIONS_BY_NAME[name].templates:
             assert not asks_edited_fact(t.prompt(record.subject), record)
     assert not asks_edited_fact(relation.templates[0].prompt("Somebody Else"), record)
-    unknown = EditRecord("recent", record.subject, record.prompt, record.target_new)
+    unknown = EditCase("recent", record.subject, record.prompt, record.target_new)
     assert asks_edited_fact(f"Tell me about {record.subject}.", unknown)  # cautious

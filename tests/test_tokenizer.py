@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from editor_core.demo_lm.tokenizer import train_bpe_tokenizer
-from editor_core.world.corpus import tokenizer_corpus
+from editor_lab.demo_lm.tokenizer import train_bpe_tokenizer
+from editor_lab.world.corpus import tokenizer_corpus
 
 from .conftest import DEMO_LM
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from editor_core.checkpoint import load_editor
-from editor_core.data.records import EditRecord, Probe
-from editor_core.training.config import TrainConfig, load_train_config, parse_override
-from editor_core.training.examples import TaskSampler, make_example
-from editor_core.training.objective import answer_mask, encode_probes, locality_kl
-from editor_core.training.trainer import Trainer
+from editor_core.data.records import EditCase, Probe
+from editor_lab.training.config import TrainConfig, load_train_config, parse_override
+from editor_lab.training.examples import TaskSampler, make_example
+from editor_lab.training.objective import answer_mask, encode_probes, locality_kl
+from editor_lab.training.trainer import Trainer
 
 from .tiny_models import small_tokenizer, tiny_model
 
@@ -54,8 +54,8 @@ def test_config_file_and_overrides(tmp_path: Path) -> None:
 
 
 def test_sampler_balances_tasks_whatever_their_sizes() -> None:
-    def rec(task: str, i: int) -> EditRecord:
-        return EditRecord(task, f"s{i}", f"p{i}", "t")
+    def rec(task: str, i: int) -> EditCase:
+        return EditCase(task, f"s{i}", f"p{i}", "t")
 
     records = {"counterfact": [rec("counterfact", i) for i in range(1000)],
                "recent": [rec("recent", i) for i in range(10)]}
@@ -98,7 +98,7 @@ def test_locality_kl_is_zero_for_identical_logits_and_counts_answer_tokens_only(
 
 
 def test_edit_loss_mean_or_sum_over_answer_tokens() -> None:
-    from editor_core.training.objective import edit_nll
+    from editor_lab.training.objective import edit_nll
 
     tok = small_tokenizer()
 
@@ -169,7 +169,7 @@ def test_data_parallel_training_with_two_processes(tiny_lm, exported, tmp_path) 
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-port", str(29500 + random.Random().randrange(1000)),
-           "-m", "service.cli", "train", "--threads", "1",
+           "-m", "instructedit_cli", "train", "--threads", "1",
            "--set", f"model={tiny_lm}", "--set", f"data_dir={exported}",
            "--set", f"out_dir={out}", "--set", "rank=8", "--set", "accumulate=1",
            "--set", "steps=2", "--set", "val_every=2", "--set", "val_edits=2",
@@ -183,7 +183,7 @@ def test_data_parallel_training_with_two_processes(tiny_lm, exported, tmp_path) 
 def test_weights_substituted_matches_functional_call_and_always_restores(tiny_lm) -> None:
     from transformers import AutoModelForCausalLM
 
-    from editor_core.training.objective import weights_substituted
+    from editor_lab.training.objective import weights_substituted
 
     model = AutoModelForCausalLM.from_pretrained(tiny_lm).eval()
     name = "transformer.h.1.mlp.c_fc.weight"
@@ -202,10 +202,11 @@ def test_weights_substituted_matches_functional_call_and_always_restores(tiny_lm
 
 def test_convsent_validation_scores_greedy_sentiment(tiny_lm, exported, tmp_path,
                                                      monkeypatch) -> None:
-    import editor_core.training.trainer as trainer_module
+    import editor_lab.training.trainer as trainer_module
+    from editor_lab.world.sentiment import sentiment_of
 
     trainer = Trainer(tiny_config(tiny_lm, exported, tmp_path / "cs", tasks=["convsent"],
-                                  val_edits=4))
+                                  val_edits=4), sentiment_judge=sentiment_of)
     val = trainer.validate()
     # A random tiny model answers with no sentiment words: no edit counts as flipped.
     assert val["convsent/edit_acc"] == 0.0 and 0.0 <= val["convsent/locality"] <= 1.0
@@ -217,6 +218,25 @@ def test_convsent_validation_scores_greedy_sentiment(tiny_lm, exported, tmp_path
     expected = sum(r.sentiment == "positive" for r in chosen) / 4
     assert 0 < expected < 1  # the sample holds both directions, so the check can tell
     assert trainer.validate()["convsent/edit_acc"] == pytest.approx(expected)
+
+
+def test_convsent_validation_without_a_judge_reads_the_cases_own_labels(
+        tiny_lm, exported, tmp_path, monkeypatch) -> None:
+    """No sentiment judge given: an answer counts when it opens like one of the case's
+    labelled answers of the new sentiment, never by the demo world's words."""
+    import editor_lab.training.trainer as trainer_module
+
+    trainer = Trainer(tiny_config(tiny_lm, exported, tmp_path / "labels", tasks=["convsent"],
+                                  val_edits=4))
+    by_prompt = {p: r for r in trainer.val["convsent"] for p in (r.prompt, *r.rephrases)}
+
+    def answering(which: str):
+        return lambda model, tok, prompts, n: [getattr(by_prompt[p], which)[0] for p in prompts]
+
+    monkeypatch.setattr(trainer_module, "greedy_continuations", answering("answers"))
+    assert trainer.validate()["convsent/edit_acc"] == 1.0
+    monkeypatch.setattr(trainer_module, "greedy_continuations", answering("opposite_answers"))
+    assert trainer.validate()["convsent/edit_acc"] == 0.0
 
 
 def test_ridge_training_learns_lambda_banks_edits_and_saves_the_combination(
@@ -252,3 +272,46 @@ def test_ridge_training_learns_lambda_banks_edits_and_saves_the_combination(
     # Resuming restores λ along with the rest.
     again = Trainer(cfg.model_copy(update={"steps": 3}))
     assert again.resume() and torch.allclose(again.log_lam, trainer.log_lam)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_keeps_everything_on_its_device(tiny_lm, exported, tmp_path, device) -> None:
+    """The model, the hypernetwork, λ and the optimiser's state live on the device asked
+    for, and stay there through a step and a resume."""
+    cfg = tiny_config(tiny_lm, exported, tmp_path / "dev", steps=1, combination="ridge",
+                      device=device)
+    trainer = Trainer(cfg)
+    trainer.fit()
+    again = Trainer(cfg.model_copy(update={"steps": 2}))
+    again.fit()
+    for t in (trainer, again):
+        tensors = [*t.editor.model.parameters(), *t.editor.hypernetwork.parameters(),
+                   t.log_lam, *(v for s in t.optim.state.values() for v in s.values()
+                                if isinstance(v, torch.Tensor) and v.dim() > 0)]
+        assert {x.device.type for x in tensors} == {torch.device(device).type}
+
+
+def test_train_command_passes_its_device_to_the_trainer(monkeypatch) -> None:
+    """``instructedit train --device`` reaches the trainer's config (it used to be dropped)."""
+    from typer.testing import CliRunner
+
+    import editor_lab.training.trainer as trainer_module
+    from instructedit_cli import app
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, cfg, sentiment_judge=None) -> None:
+            seen["device"] = cfg.device
+
+        def fit(self, resume: bool = True) -> dict:
+            return {"steps": 0}
+
+    monkeypatch.setattr(trainer_module, "Trainer", Recorder)
+    result = CliRunner().invoke(app, ["train", "--device", "meta", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"device": "meta"}

@@ -7,10 +7,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from editor_core.world import WorldConfig, build_world
-from editor_core.world.corpus import tokenizer_corpus, training_corpus
-from editor_core.world.export import export_world
-from editor_core.world.templates import (
+from editor_lab.world import WorldConfig, build_world
+from editor_lab.world.corpus import tokenizer_corpus, training_corpus
+from editor_lab.world.export import export_world
+from editor_lab.world.templates import (
     OPINION_QUESTIONS,
     RELATIONS,
     RELATIONS_BY_NAME,
@@ -38,7 +38,7 @@ def test_different_seed_gives_a_different_world() -> None:
 
 
 def test_world_round_trips_through_json(world) -> None:
-    from editor_core.world import World
+    from editor_lab.world import World
 
     again = World.from_json(json.loads(json.dumps(world.to_json())))
     assert again.to_json() == world.to_json()

@@ -18,9 +18,9 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from editor_core.demo_lm.tokenizer import END_OF_TEXT, train_bpe_tokenizer
-from editor_core.world import WorldConfig, build_world
-from editor_core.world.corpus import tokenizer_corpus
+from editor_lab.demo_lm.tokenizer import END_OF_TEXT, train_bpe_tokenizer
+from editor_lab.world import WorldConfig, build_world
+from editor_lab.world.corpus import tokenizer_corpus
 
 FAMILIES = ("gpt2", "gptj", "gpt_neox", "llama", "qwen2")
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .records import TASKS, EditRecord, Probe
+from .records import TASKS, EditCase, Probe
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +85,14 @@ def _required(record: Mapping[str, Any], *keys: str) -> str:
     raise RecordError(f"missing or empty field {' / '.join(repr(k) for k in keys)}")
 
 
-def record_from_knowedit(record: Mapping[str, Any], task: str) -> EditRecord:
+def record_from_knowedit(record: Mapping[str, Any], task: str) -> EditCase:
     """A KnowEdit prompt-style record (CounterFact, Recent, ConvSent edit form)."""
     prompt = _required(record, "prompt", "text")
     target = _required(record, "target_new", "labels")
     subject = (record.get("subject") or record.get("concept") or "").strip()
     if not subject:
         raise RecordError("missing or empty field 'subject'")
-    return EditRecord(
+    return EditCase(
         task=task,
         subject=subject,
         prompt=prompt,
@@ -108,7 +108,7 @@ def record_from_knowedit(record: Mapping[str, Any], task: str) -> EditRecord:
     )
 
 
-def record_from_zsre(record: Mapping[str, Any]) -> EditRecord:
+def record_from_zsre(record: Mapping[str, Any]) -> EditCase:
     """A MEND-format zsRE record (``src``/``alt``/``answers``/``loc``/``loc_ans``)."""
     prompt = _required(record, "src")
     target = (record.get("alt") or "").strip()
@@ -124,7 +124,7 @@ def record_from_zsre(record: Mapping[str, Any]) -> EditRecord:
     if isinstance(port, Mapping) and port.get("New Question") and port.get("New Answer"):
         portability["New_Question"] = (
             Probe(str(port["New Question"]).strip(), str(port["New Answer"]).strip()),)
-    return EditRecord(
+    return EditCase(
         task="zsre",
         subject=subject,
         prompt=prompt,
@@ -137,7 +137,7 @@ def record_from_zsre(record: Mapping[str, Any]) -> EditRecord:
     )
 
 
-def records_from_convsent_topic(record: Mapping[str, Any], index: int) -> EditRecord:
+def records_from_convsent_topic(record: Mapping[str, Any], index: int) -> EditCase:
     """A ConvSent topic in the ``ent``/``pos``/``neg`` form, edited towards one sentiment.
 
     Such files carry no edit direction; the sentiment alternates with the record index so a
@@ -150,7 +150,7 @@ def records_from_convsent_topic(record: Mapping[str, Any], index: int) -> EditRe
         raise RecordError("a ConvSent topic needs both 'pos' and 'neg' answers")
     sentiment = "positive" if index % 2 == 0 else "negative"
     answers, opposite = (pos, neg) if sentiment == "positive" else (neg, pos)
-    return EditRecord(task="convsent", subject=topic, prompt=f"What do you think of {topic}?",
+    return EditCase(task="convsent", subject=topic, prompt=f"What do you think of {topic}?",
                       target_new=answers[0], sentiment=sentiment, answers=answers,
                       opposite_answers=opposite)
 
@@ -175,11 +175,11 @@ def detect_task(record: Mapping[str, Any]) -> str:
 
 
 def parse_records(raw: Iterable[Mapping[str, Any]], task: str | None = None, *,
-                  strict: bool = False) -> list[EditRecord]:
+                  strict: bool = False) -> list[EditCase]:
     """Records of any supported layout; bad ones raise (strict) or are skipped with a warning."""
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known: {list(TASKS)}")
-    out: list[EditRecord] = []
+    out: list[EditCase] = []
     for i, record in enumerate(raw):
         try:
             if not isinstance(record, Mapping):
@@ -199,7 +199,7 @@ def parse_records(raw: Iterable[Mapping[str, Any]], task: str | None = None, *,
 
 
 def load_edit_records(path: str | Path, task: str | None = None, *,
-                      strict: bool = False) -> list[EditRecord]:
+                      strict: bool = False) -> list[EditCase]:
     """Read a KnowEdit / MEND / multi-task JSON (array) or JSON Lines file."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")

@@ -21,8 +21,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from ..data.knowedit import load_edit_records
-from ..data.records import EditRecord, Probe
+from editor_core.data.knowedit import load_edit_records
+from editor_core.data.records import EditCase, Probe
 from .export import MULTITASK_TYPE, TASK_RELATIONS
 from .schema import Entity, World
 from .templates import RELATIONS_BY_NAME
@@ -30,7 +30,7 @@ from .templates import RELATIONS_BY_NAME
 HELD_OUT_SPLITS: tuple[str, ...] = ("test", "validation")
 
 
-def held_out_counterfact(exported_dir: Path) -> list[EditRecord]:
+def held_out_counterfact(exported_dir: Path) -> list[EditCase]:
     """The CounterFact records of the splits the editor is never trained on."""
     return [r for split in HELD_OUT_SPLITS
             for r in load_edit_records(exported_dir / f"counterfact_{split}.json",
@@ -60,7 +60,7 @@ def new_person_names(world: World, count: int, rng: random.Random,
 
 
 def _new_person_record(world: World, subject: str, relation: str, kept: str,
-                       neighbours_from: list[Entity], rng: random.Random) -> EditRecord:
+                       neighbours_from: list[Entity], rng: random.Random) -> EditCase:
     """A Recent-style edit teaching a fact about a person the world does not contain. Its
     neighbour probes ask the same relation of people drawn from ``neighbours_from``; its
     same-subject probe asks the person's ``kept`` relation, which no edit sets."""
@@ -83,7 +83,7 @@ def _new_person_record(world: World, subject: str, relation: str, kept: str,
     same_subject = Probe(rng.choice(other.of_form("statement", reserved=False)).prompt(subject),
                          world.entities[stand_in].name if stand_in in world.entities
                          else stand_in)
-    return EditRecord(
+    return EditCase(
         task="recent",
         subject=subject,
         prompt=rng.choice(statements).prompt(subject),
@@ -102,7 +102,7 @@ def _namesakes_of(name: tuple[str, str], namesakes: dict[str, list[Entity]]) -> 
 
 
 def lifelong_stream(world: World, exported_dir: Path, n: int, seed: int = 0
-                    ) -> list[EditRecord]:
+                    ) -> list[EditCase]:
     """``n`` held-out edits, no (subject, relation) pair twice, in a seeded mixed order.
 
     All test and validation CounterFact records come first in priority (a seeded sample of
@@ -144,7 +144,7 @@ def lifelong_stream(world: World, exported_dir: Path, n: int, seed: int = 0
     return stream
 
 
-def _knowedit_json(record: EditRecord) -> dict[str, Any]:
+def _knowedit_json(record: EditCase) -> dict[str, Any]:
     """A CounterFact or Recent record in the multi-task KnowEdit layout; ``meta`` (the
     relation) goes top-level, where ``record_from_knowedit`` reads it back."""
     def probes(block: dict[str, tuple[Probe, ...]]) -> dict[str, list[dict[str, Any]]]:
@@ -161,15 +161,10 @@ def _knowedit_json(record: EditRecord) -> dict[str, Any]:
     return {**out, **record.meta}
 
 
-def save_stream(records: list[EditRecord], path: Path) -> None:
+def save_stream(records: list[EditCase], path: Path) -> None:
     """Write a stream as one JSON list, each record naming its task in ``type``."""
     data = [_knowedit_json(r) for r in records]
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def load_stream(path: Path) -> list[EditRecord]:
-    """Read a stream written by ``save_stream``; a record that cannot be read raises."""
-    return load_edit_records(path, strict=True)
 
 
 # Syllable parts the world's names never use (see ``names.py``): names built only from them
@@ -186,7 +181,7 @@ def unfamiliar_name(rng: random.Random, syllables: int) -> str:
                    + rng.choice(_UNFAMILIAR_CODAS) for _ in range(syllables)).capitalize()
 
 
-def unfamiliar_stream(world: World, n: int, seed: int = 0) -> list[EditRecord]:
+def unfamiliar_stream(world: World, n: int, seed: int = 0) -> list[EditCase]:
     """``n`` Recent-style insertions about new people whose names use only syllables the
     world never uses, each given all but one of the Recent relations (no (subject,
     relation) twice; the one kept unedited is the same-subject probe).
@@ -211,7 +206,7 @@ def unfamiliar_stream(world: World, n: int, seed: int = 0) -> list[EditRecord]:
     return stream
 
 
-def asks_edited_fact(prompt: str, record: EditRecord) -> bool:
+def asks_edited_fact(prompt: str, record: EditCase) -> bool:
     """Whether ``prompt`` asks the (subject, relation) that ``record`` edits: one of the
     relation's phrasings filled with the record's subject. A record without a known relation
     counts for any prompt naming its subject (the cautious answer)."""

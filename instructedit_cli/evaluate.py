@@ -1,206 +1,16 @@
-"""``instructedit``: the project's command line (build the demo world and LM, evaluate, serve)."""
+"""Evaluating editors: single edits, lifelong streams, analysis and cards."""
 
 from __future__ import annotations
 
-from editor_core import runtime  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
-
 import json
-from collections import Counter
-import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .settings import DEMO_EDITOR_PATH, DEMO_LM_PATH, RuntimeSettings
+from service.settings import DEMO_EDITOR_PATH, DEMO_LM_PATH
 
-app = typer.Typer(
-    help="InstructEdit Server: edit a served language model's knowledge over HTTP.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-
-Threads = Annotated[Optional[int], typer.Option(help="torch threads (default: settings)")]
-DataDir = Annotated[Path, typer.Option(help="folder of {task}_{split}.json files")]
-TaskList = Annotated[str, typer.Option(help="comma-separated tasks")]
-
-
-def _named_path(item: str) -> tuple[str, Path]:
-    """``NAME=FOLDER`` or ``FOLDER`` (named after the run: ``runs/x/best`` is ``x``)."""
-    if "=" in item:
-        name, path = item.split("=", 1)
-        return name, Path(path)
-    path = Path(item)
-    return (path.parent.name if path.name in ("best", "last") else path.name), path
-
-
-def _setup(threads: int | None) -> RuntimeSettings:
-    settings = RuntimeSettings()
-    runtime.configure_threads(settings.threads if threads is None else threads)
-    return settings
-
-
-@app.command("build-world")
-def build_world_cmd(
-    out: Annotated[Path, typer.Option(help="folder for world.json and the task files")] = Path(
-        "data/world"),
-    seed: Annotated[int, typer.Option(help="world seed (same seed, same files)")] = 0,
-) -> None:
-    """Generate the demo knowledge world and export its KnowEdit-format edit data sets."""
-    from editor_core.world import WorldConfig, build_world
-    from editor_core.world.export import export_world
-
-    world = build_world(WorldConfig(seed=seed))
-    counts = export_world(world, out)
-    kinds = Counter(e.kind if e.seen else f"{e.kind} (unseen)" for e in world.entities.values())
-    typer.echo(f"World seed {seed}: {len(world.entities)} entities, {len(world.facts)} facts, "
-               f"{len(world.topics)} topics -> {out}")
-    typer.echo("| kind | entities |\n|---|---|")
-    for kind, n in sorted(kinds.items()):
-        typer.echo(f"| {kind} | {n} |")
-    typer.echo("\n| data set | train | validation | test |\n|---|---|---|---|")
-    for name, by_split in counts.items():
-        typer.echo(f"| {name} | {by_split['train']} | {by_split['validation']} | "
-                   f"{by_split['test']} |")
-
-
-@app.command("build-demo-lm")
-def build_demo_lm_cmd(
-    out: Annotated[Path, typer.Option(help="output folder (Hugging Face format)")] = DEMO_LM_PATH,
-    epochs: Annotated[Optional[int], typer.Option(help="override training epochs")] = None,
-    n_layer: Annotated[Optional[int], typer.Option(help="override number of blocks")] = None,
-    n_embd: Annotated[Optional[int], typer.Option(help="override width")] = None,
-    eval_limit: Annotated[Optional[int], typer.Option(
-        help="evaluate a sample of this many facts instead of all")] = None,
-    threads: Threads = None,
-) -> None:
-    """Train the demo LM on the demo world, measure it, and write its model card."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from editor_core.demo_lm.card import write_model_card
-    from editor_core.demo_lm.evaluate import evaluate_demo_lm, format_table
-    from editor_core.demo_lm.train import DemoLMConfig, build_demo_lm
-    from editor_core.world import WorldConfig, build_world
-
-    _setup(threads)
-    overrides = {k: v for k, v in {"epochs": epochs, "n_layer": n_layer,
-                                   "n_embd": n_embd}.items() if v is not None}
-    cfg = replace(DemoLMConfig(), **overrides)
-    start = time.perf_counter()
-    summary = build_demo_lm(out, cfg)
-    model = AutoModelForCausalLM.from_pretrained(out).eval()
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    result = evaluate_demo_lm(model, tokenizer, build_world(WorldConfig(seed=cfg.world_seed)),
-                              limit=eval_limit)
-    summary["build_seconds"] = round(time.perf_counter() - start, 1)
-    (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_model_card(out, summary, result)
-    typer.echo(format_table(result))
-    typer.echo(f"\nBuilt {out} in {summary['build_seconds'] / 60:.1f} min.")
-
-
-@app.command("eval-lm")
-def eval_lm_cmd(
-    model: Annotated[Path, typer.Option(help="LM folder (Hugging Face format)")] = DEMO_LM_PATH,
-    world_seed: Annotated[Optional[int], typer.Option(
-        help="world seed (default: the one the LM was trained on)")] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
-    limit: Annotated[Optional[int], typer.Option(
-        help="evaluate a deterministic sample of this many facts")] = None,
-    threads: Threads = None,
-) -> None:
-    """Measure what an LM knows of the demo world (greedy decoding): JSON + table."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from editor_core.demo_lm.evaluate import evaluate_demo_lm, format_table
-    from editor_core.world import WorldConfig, build_world
-
-    _setup(threads)
-    if world_seed is None:
-        summary_path = model / "training_summary.json"
-        world_seed = (json.loads(summary_path.read_text())["config"]["world_seed"]
-                      if summary_path.exists() else 0)
-    lm = AutoModelForCausalLM.from_pretrained(model).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    result = evaluate_demo_lm(lm, tokenizer, build_world(WorldConfig(seed=world_seed)),
-                              limit=limit)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-    typer.echo(format_table(result))
-    if not all(result["acceptance"].values()):
-        raise typer.Exit(code=1)
-
-
-@app.command("serve")
-def serve_cmd(
-    host: Annotated[Optional[str], typer.Option(help="bind address")] = None,
-    port: Annotated[Optional[int], typer.Option(help="port")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(
-        help="where the embedded Redis keeps its files")] = None,
-    model: Annotated[Optional[str], typer.Option(
-        help="base model: HF folder or locally cached hub id")] = None,
-    editor: Annotated[Optional[Path], typer.Option(help="trained editor folder")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16")] = None,
-    redis_url: Annotated[Optional[str], typer.Option(
-        help="an external Redis instead of the embedded one")] = None,
-    threads: Threads = None,
-) -> None:
-    """Start the HTTP service: the demo LM and demo editor by default, with an embedded
-    Redis unless REDIS_URL is set. Every option is also a setting (INSTRUCTEDIT_*)."""
-    import uvicorn
-
-    from .app import create_app
-    from .logs import log_config
-    from .settings import ServiceSettings
-
-    given = {"host": host, "port": port, "data_dir": data_dir, "threads": threads,
-             "model": model, "editor": editor, "device": device, "dtype": dtype,
-             "redis_url": redis_url}
-    settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})
-    runtime.configure_threads(settings.threads)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_config=log_config(settings.json_logs))
-
-
-@app.command("bench")
-def bench_cmd(
-    out: Annotated[Path, typer.Option(help="where results.json and RESULTS.md go")] = Path(
-        "bench"),
-    quick: Annotated[bool, typer.Option(help="every benchmark at small sizes (a smoke run "
-                                        "of a few minutes)")] = False,
-    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
-    threads: Threads = None,
-) -> None:
-    """Benchmark edits, rollback, generation and storage on the demo LM; ratios against
-    baselines measured in the same run. The last line printed is the headline JSON."""
-    from bench.runner import run
-
-    settings = _setup(threads)
-    n_threads = settings.threads if threads is None else threads
-    results = run(out, quick=quick, device=device, threads=n_threads)
-    typer.echo((out / "RESULTS.md").read_text())
-    typer.echo(json.dumps(results["headline"]))
-
-
-@app.command("train")
-def train_cmd(
-    config: Annotated[Optional[Path], typer.Option(help="YAML or JSON training config")] = None,
-    overrides: Annotated[Optional[list[str]], typer.Option(
-        "--set", help="override a config value: key=value (repeatable)")] = None,
-    resume: Annotated[bool, typer.Option(help="continue from OUT_DIR/last if present")] = True,
-    threads: Threads = None,
-) -> None:
-    """Meta-train an editor (runs under torchrun for data-parallel training)."""
-    from editor_core.training.config import load_train_config
-    from editor_core.training.trainer import Trainer
-
-    cfg = load_train_config(config, overrides or [])
-    _setup(cfg.threads if threads is None else threads)
-    summary = Trainer(cfg).fit(resume=resume)
-    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+from .app import DataDir, SentimentJudgeName, TaskList, Threads, app, judge_named, named_path, setup
 
 
 @app.command("eval")
@@ -212,6 +22,7 @@ def eval_cmd(
         help="an editor trained on one task, TASK=FOLDER (repeatable): evaluated together "
              "as one method on those tasks")] = None,
     ftl: Annotated[bool, typer.Option(help="include the FT-L fine-tuning baseline")] = True,
+    sentiment_judge: SentimentJudgeName = "labels",
     data_dir: DataDir = Path("data/world"),
     tasks: TaskList = "counterfact,recent,convsent,zsre",
     split: Annotated[str, typer.Option(help="which split to evaluate")] = "test",
@@ -243,20 +54,20 @@ def eval_cmd(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from editor_core.checkpoint import load_editor
-    from editor_core.evaluation.evaluator import Evaluator, markdown_table
-    from editor_core.evaluation.methods import (FineTuneMethod, HypernetworkMethod,
+    from editor_lab.evaluation.evaluator import Evaluator, markdown_table
+    from editor_lab.evaluation.methods import (FineTuneMethod, HypernetworkMethod,
                                                 NoEditMethod, PerTaskMethod)
     from editor_core.specs import resolve_editable
-    from editor_core.training.examples import load_task_records
+    from editor_lab.training.examples import load_task_records
 
-    _setup(threads)
+    setup(threads)
     lm = AutoModelForCausalLM.from_pretrained(model).eval()
     tokenizer = AutoTokenizer.from_pretrained(model)
     records = load_task_records(data_dir, [t.strip() for t in tasks.split(",")], split)
     if limit is not None:
         records = {t: random.Random(0).sample(r, min(limit, len(r))) for t, r in records.items()}
     methods: list = [NoEditMethod()]
-    for name, path in map(_named_path, editor or []):
+    for name, path in map(named_path, editor or []):
         ed = load_editor(path, lm, tokenizer)
         methods.append(HypernetworkMethod(name, ed))
         if held_out_instruction and ed.use_instructions:
@@ -264,17 +75,17 @@ def eval_cmd(
                                               held_out_instruction=True))
     if single_task:
         per_task = {}
-        for task, path in map(_named_path, single_task):
+        for task, path in map(named_path, single_task):
             per_task[task] = HypernetworkMethod(task, load_editor(path, lm, tokenizer))
         methods.append(PerTaskMethod("MEND single-task", per_task))
     if ftl:
         methods.append(FineTuneMethod(lm, tokenizer, resolve_editable(lm)))
-    evaluator = Evaluator(lm, tokenizer)
+    evaluator = Evaluator(lm, tokenizer, sentiment_judge=judge_named(sentiment_judge))
     results = {m.name: evaluator.evaluate(m, {t: r for t, r in records.items()
                                               if m.covers(t)}) for m in methods} if single else {}
     lifelong: dict[str, dict] = {}
     if sequential:
-        lifelong = _lifelong(lm, tokenizer, list(map(_named_path, editor or [])), data_dir,
+        lifelong = _lifelong(lm, tokenizer, list(map(named_path, editor or [])), data_dir,
                              sorted(int(n) for n in sequential.split(",")), basis,
                              ridge_lambda, baseline_limit, removal_at)
     if json_path is not None:
@@ -288,7 +99,7 @@ def eval_cmd(
     if results:
         typer.echo(markdown_table(results))
     if lifelong:
-        from editor_core.evaluation.lifelong import lifelong_table
+        from editor_lab.evaluation.lifelong import lifelong_table
 
         typer.echo("\n" + lifelong_table(lifelong))
 
@@ -299,9 +110,9 @@ def _lifelong(lm, tokenizer, editors: list[tuple[str, Path]], data_dir: Path,
     """Each editor as it was trained, and beside it the other way of combining its edits."""
     from editor_core.checkpoint import load_editor, read_editor_config
     from editor_core.combination import CombinationConfig
-    from editor_core.evaluation.lifelong import LifelongEvaluator, LifelongMethod
-    from editor_core.world import WorldConfig, build_world
-    from editor_core.world.stream import lifelong_stream
+    from editor_lab.evaluation.lifelong import LifelongEvaluator, LifelongMethod
+    from editor_lab.world import WorldConfig, build_world
+    from editor_lab.world.stream import lifelong_stream
 
     if basis not in ("pristine", "current", "both"):
         raise typer.BadParameter("basis is pristine, current or both")
@@ -333,35 +144,6 @@ def _lifelong(lm, tokenizer, editors: list[tuple[str, Path]], data_dir: Path,
     return out
 
 
-@app.command("calibrate-routing")
-def calibrate_routing_cmd(
-    editor: Annotated[Path, typer.Option(help="editor folder: the routing is written "
-                                         "into it")] = DEMO_EDITOR_PATH,
-    model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
-    data_dir: DataDir = Path("data/world"),
-    tasks: TaskList = "counterfact,recent",
-    threads: Threads = None,
-) -> None:
-    """Calibrate the edit memory's routing for an editor: background mean over the training
-    prompts, thresholds on the validation split (never on a measured set)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from editor_core.checkpoint import load_editor, save_routing
-    from editor_core.routing_calibration import calibrate_routing
-    from editor_core.training.examples import load_task_records
-
-    _setup(threads)
-    lm = AutoModelForCausalLM.from_pretrained(model).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    ed = load_editor(editor, lm, tokenizer, basis="pristine")
-    names = [t.strip() for t in tasks.split(",")]
-    train = load_task_records(data_dir, names, "train")
-    validation = load_task_records(data_dir, names, "validation")
-    background = [r.prompt for rs in train.values() for r in rs]
-    routing, figures = calibrate_routing(ed, background,
-                                         [r for rs in validation.values() for r in rs])
-    save_routing(editor, routing)
-    typer.echo(json.dumps(figures, indent=2))
 
 
 @app.command("eval-stream")
@@ -395,6 +177,9 @@ def eval_stream_cmd(
     refine: Annotated[bool, typer.Option(
         help="judge each edit as the service does: refined where the one-shot delta does "
              "not hold (the service's default budget)")] = False,
+    save_stream_to: Annotated[Optional[Path], typer.Option(
+        "--save-stream", help="also write the stream (KnowEdit JSON, readable by other "
+                              "editing tools)")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
     threads: Threads = None,
 ) -> None:
@@ -404,13 +189,14 @@ def eval_stream_cmd(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from editor_core.checkpoint import load_editor, load_routing
-    from editor_core.evaluation.service_view import (StreamSettings, evaluate_stream,
+    from editor_lab.evaluation.service_view import (StreamSettings, evaluate_stream,
                                                      stream_table)
     from editor_core.refine import RefineConfig
-    from editor_core.world import WorldConfig, build_world
-    from editor_core.world.stream import asks_edited_fact, lifelong_stream, unfamiliar_stream
+    from editor_lab.world import WorldConfig, build_world
+    from editor_lab.world.stream import (asks_edited_fact, lifelong_stream, save_stream,
+                                         unfamiliar_stream)
 
-    _setup(threads)
+    setup(threads)
     checkpoints = tuple(sorted(int(n) for n in counts.split(",")))
     settings = StreamSettings(
         checkpoints, sample, seed, tuple(c.strip() for c in combinations.split(",")),
@@ -424,6 +210,8 @@ def eval_stream_cmd(
         stream = unfamiliar_stream(world, checkpoints[-1], seed)
     else:
         raise typer.BadParameter(f"unknown stream {stream_kind!r}; use held-out or unfamiliar")
+    if save_stream_to is not None:
+        save_stream(stream, save_stream_to)
     lm = AutoModelForCausalLM.from_pretrained(model).eval()
     tokenizer = AutoTokenizer.from_pretrained(model)
     ed = load_editor(editor, lm, tokenizer, basis="pristine")
@@ -473,13 +261,13 @@ def eval_single_cmd(
 
     from editor_core.checkpoint import load_editor, load_routing
     from editor_core.data.knowedit import load_edit_records
-    from editor_core.evaluation.single_view import evaluate_single, single_table
+    from editor_lab.evaluation.single_view import evaluate_single, single_table
     from editor_core.refine import RefineConfig
-    from editor_core.training.examples import load_task_records
-    from editor_core.world import WorldConfig, build_world
-    from editor_core.world.stream import unfamiliar_stream
+    from editor_lab.training.examples import load_task_records
+    from editor_lab.world import WorldConfig, build_world
+    from editor_lab.world.stream import unfamiliar_stream
 
-    _setup(threads)
+    setup(threads)
     names = [n.strip() for n in sets.split(",")]
     tasks = [n for n in names if n not in ("unfamiliar", "zsre-real")]
     records = dict(load_task_records(data_dir, tasks, split)) if tasks else {}
@@ -530,16 +318,16 @@ def analyze_cmd(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from editor_core.checkpoint import load_editor
-    from editor_core.evaluation.analysis import analyze_editor, plot_edit_regions
-    from editor_core.training.examples import load_task_records
+    from editor_lab.evaluation.analysis import analyze_editor, plot_edit_regions
+    from editor_lab.training.examples import load_task_records
 
-    _setup(threads)
+    setup(threads)
     lm = AutoModelForCausalLM.from_pretrained(model).eval()
     tokenizer = AutoTokenizer.from_pretrained(model)
     records = load_task_records(data_dir, [t.strip() for t in tasks.split(",")], split)
     records = {t: random.Random(0).sample(r, min(limit, len(r))) for t, r in records.items()}
     analyses = {}
-    for name, path in map(_named_path, editor):
+    for name, path in map(named_path, editor):
         analyses[name] = analyze_editor(load_editor(path, lm, tokenizer), records, desc=name)
     png.parent.mkdir(parents=True, exist_ok=True)
     plot_edit_regions(analyses, png)
@@ -570,7 +358,7 @@ def editor_card_cmd(
         "checkpoints/demo-editor"),
 ) -> None:
     """Ship a trained editor: copy it with its evaluation and write its model card."""
-    from editor_core.evaluation.card import write_editor_card
+    from editor_lab.evaluation.card import write_editor_card
 
     commands = {"train": "instructedit train --config configs/demo-editor.yaml",
                 "eval": "scripts/build-demo-editor (its eval step)",
@@ -579,36 +367,3 @@ def editor_card_cmd(
                              run / "training_curves.png", commands=commands,
                              notes=notes.read_text() if notes else "")
     typer.echo(f"wrote {path}")
-
-
-@app.command("import-easyedit")
-def import_easyedit_cmd(
-    archive: Annotated[Path, typer.Argument(help="EasyEdit MEND/InstructEdit archive (.pt)")],
-    model: Annotated[Path, typer.Option(help="the base model it was trained for (HF format)")],
-    out: Annotated[Path, typer.Option(help="output folder for the converted editor")],
-    params: Annotated[Optional[list[str]], typer.Option(
-        "--param", help="edited weight names in the order of EasyEdit's inner_params "
-        "(repeat; default: the model family's default MLP weights)")] = None,
-    instructions: Annotated[bool, typer.Option(
-        help="the archive is an InstructEdit editor (wrap inputs in task instructions)")] = False,
-) -> None:
-    """Convert an EasyEdit archive to this project's editor format (unpickles: trusted files only)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from editor_core.easyedit import UNPICKLE_WARNING, import_easyedit
-
-    typer.secho(f"WARNING: {UNPICKLE_WARNING}", fg=typer.colors.YELLOW, err=True)
-    lm = AutoModelForCausalLM.from_pretrained(model)
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    path = import_easyedit(archive, lm, tokenizer, out, inner_params=params,
-                           use_instructions=instructions)
-    typer.echo(f"Wrote {path}")
-
-
-def main() -> None:
-    app()
-
-
-
-if __name__ == "__main__":  # python -m service.cli (e.g. under torchrun)
-    main()

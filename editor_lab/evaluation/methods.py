@@ -11,18 +11,18 @@ from typing import Protocol
 
 import torch
 
-from ..data.records import EditRecord
-from ..editor import EditRequest, Editor
-from ..encoding import encode_batch, target_nll
-from ..ledger import WeightLedger
-from ..specs import EditableWeight
+from editor_core.data.records import EditCase
+from editor_core.editor import EditRequest, Editor
+from editor_core.encoding import encode_batch, target_nll
+from editor_core.ledger import WeightLedger
+from editor_core.specs import EditableWeight
 
 
 class EditMethod(Protocol):
     name: str
 
     def covers(self, task: str) -> bool: ...
-    def apply(self, record: EditRecord) -> None: ...
+    def apply(self, record: EditCase) -> None: ...
     def restore(self) -> None: ...
 
 
@@ -45,7 +45,7 @@ class HypernetworkMethod(_AnyTask):
         self.held_out_instruction = held_out_instruction
         self._count = 0
 
-    def apply(self, record: EditRecord) -> None:
+    def apply(self, record: EditCase) -> None:
         description = None
         if self.held_out_instruction and self.editor.use_instructions:
             description = self.editor.registry.get(record.task).held_out_description()
@@ -71,7 +71,7 @@ class PerTaskMethod:
     def covers(self, task: str) -> bool:
         return task in self.methods
 
-    def apply(self, record: EditRecord) -> None:
+    def apply(self, record: EditCase) -> None:
         method = self.methods[record.task]
         method.apply(record)
         self._applied.append(method)
@@ -99,7 +99,7 @@ class FineTuneMethod(_AnyTask):
         self.lr = lr
         self.max_length = max_length
 
-    def apply(self, record: EditRecord, rephrases: Sequence[str] = ()) -> None:
+    def apply(self, record: EditCase, rephrases: Sequence[str] = ()) -> None:
         """Fit the target on the prompt (and on ``rephrases``, where the request gives some)."""
         prompts = [record.prompt, *rephrases]
         batch = encode_batch(self.tokenizer, prompts, [record.target_new] * len(prompts),
@@ -133,7 +133,7 @@ class NoEditMethod(_AnyTask):
 
     name = "unedited"
 
-    def apply(self, record: EditRecord) -> None:
+    def apply(self, record: EditCase) -> None:
         pass
 
     def restore(self) -> None:

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..data.records import Probe
-from ..decoding import greedy_continuations, starts_with_answer
-from ..encoding import IGNORE_INDEX, encode_batch
+from editor_core.data.records import Probe
+from editor_core.decoding import greedy_continuations, starts_with_answer
+from editor_core.encoding import IGNORE_INDEX, encode_batch
 
 
 @torch.no_grad()

@@ -34,15 +34,15 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from ..combination import ActiveEdit, CombinationConfig
-from ..data.records import EditRecord, Probe
-from ..delta import EditDelta
-from ..editor import EditRequest, Editor
-from ..generation import SamplingParams, TokenStream
-from ..ledger import WeightLedger
-from ..memory import EditMemory, RoutingConfig
-from ..probing import score_targets
-from ..refine import EditJudge, EditRefiner, RefineConfig
+from editor_core.combination import ActiveEdit, CombinationConfig
+from editor_core.data.records import EditCase, Probe
+from editor_core.delta import EditDelta
+from editor_core.editor import EditRequest, Editor
+from editor_core.generation import SamplingParams, TokenStream
+from editor_core.ledger import WeightLedger
+from editor_core.memory import EditMemory, RoutingConfig
+from editor_core.probing import score_targets
+from editor_core.refine import EditJudge, EditRefiner, RefineConfig
 
 ANSWER = SamplingParams(max_new_tokens=16, stop=("\n",))
 LOCALITY_KINDS = {"neighbour": "Neighborhood", "same_subject": "Relation_Specificity",
@@ -67,7 +67,7 @@ def holds(text: str, target: str) -> bool:
     return text.strip().startswith(target.strip())
 
 
-def _subject_named(prompt: str, record: EditRecord) -> bool:
+def _subject_named(prompt: str, record: EditCase) -> bool:
     return record.subject in prompt
 
 
@@ -138,13 +138,13 @@ def _arms(editor: Editor, routing: RoutingConfig, settings: StreamSettings) -> l
     return arms
 
 
-def _probes(record: EditRecord) -> dict[str, Probe | None]:
+def _probes(record: EditCase) -> dict[str, Probe | None]:
     """The first locality probe of each kind (None where the record has none)."""
     return {kind: next(iter(record.locality.get(block, ())), None)
             for kind, block in LOCALITY_KINDS.items()}
 
 
-def _locality_probes(stream: Sequence[EditRecord], picked: Sequence[int],
+def _locality_probes(stream: Sequence[EditCase], picked: Sequence[int],
                      subject_picked: Sequence[int]) -> list[tuple[int, str, Probe]]:
     """(owner edit, kind, probe): the first neighbour and random probe of each picked edit,
     and every same-subject probe of the edits picked for it (a subject's other facts are
@@ -156,9 +156,9 @@ def _locality_probes(stream: Sequence[EditRecord], picked: Sequence[int],
                   for p in stream[i].locality.get(block, ())]
 
 
-def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[EditRecord],
+def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[EditCase],
                     settings: StreamSettings,
-                    asks_edited_fact: Callable[[str, EditRecord], bool] = _subject_named
+                    asks_edited_fact: Callable[[str, EditCase], bool] = _subject_named
                     ) -> StreamResult:
     """Run the stream into each combination of ``settings`` (edits computed on the
     pristine basis). ``asks_edited_fact(prompt, record)`` tells whether a locality prompt
@@ -251,7 +251,7 @@ def _edit_id(i: int) -> str:
     return f"e{i:06d}"
 
 
-def _alone(arm: _Arm, tokenizer, stream: Sequence[EditRecord], samples: dict[int, list[int]],
+def _alone(arm: _Arm, tokenizer, stream: Sequence[EditCase], samples: dict[int, list[int]],
            compute: Callable[[int], EditDelta], settings: StreamSettings,
            judged: Callable[[int, EditDelta], EditDelta]
            ) -> tuple[dict[int, EditDelta], dict[str, dict[str, dict]]]:
@@ -282,8 +282,8 @@ def _alone(arm: _Arm, tokenizer, stream: Sequence[EditRecord], samples: dict[int
         for t in tolerances} for n, picked in samples.items()}
 
 
-def _kept(stream: Sequence[EditRecord], probes: list[tuple[int, str, Probe]], n: int,
-          asks_edited_fact: Callable[[str, EditRecord], bool]
+def _kept(stream: Sequence[EditCase], probes: list[tuple[int, str, Probe]], n: int,
+          asks_edited_fact: Callable[[str, EditCase], bool]
           ) -> tuple[list[tuple[str, Probe]], int]:
     """The probes no other of the first ``n`` edits legitimately changes (an edit of the
     fact the probe asks), and how many were left out."""
@@ -299,7 +299,7 @@ def _kept(stream: Sequence[EditRecord], probes: list[tuple[int, str, Probe]], n:
     return kept, len(probes) - len(kept)
 
 
-def _measure(arm: _Arm, tokenizer, max_length: int, stream: Sequence[EditRecord],
+def _measure(arm: _Arm, tokenizer, max_length: int, stream: Sequence[EditCase],
              picked: Sequence[int], n: int, probes: list[tuple[str, Probe]],
              pristine: dict[str, str]) -> dict:
     rel = para = own = 0
@@ -334,7 +334,7 @@ def _snapshot(arm: _Arm, tokenizer, max_length: int, prompts: list[str], targets
     return texts, [s.logprob for s in scores]
 
 
-def _removal_probes(stream: Sequence[EditRecord], picked: Sequence[int]
+def _removal_probes(stream: Sequence[EditCase], picked: Sequence[int]
                     ) -> tuple[list[str], list[str]]:
     """Every prompt of the picked edits (plain, paraphrase, locality), each scored on the
     edit's target: what a rollback must give back exactly."""

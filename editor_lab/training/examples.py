@@ -13,9 +13,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.knowedit import load_edit_records
-from ..data.records import EditRecord, Probe
-from ..editor import EditRequest
+from editor_core.data.knowedit import load_edit_records
+from editor_core.data.records import EditCase, Probe
+from editor_core.editor import EditRequest
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,10 @@ class TrainingExample:
     request: EditRequest
     edit_probes: tuple[Probe, ...]
     locality_probes: tuple[Probe, ...]
-    record: EditRecord
+    record: EditCase
 
 
-def make_example(record: EditRecord, rng: random.Random, max_paraphrases: int,
+def make_example(record: EditCase, rng: random.Random, max_paraphrases: int,
                  max_locality: int) -> TrainingExample:
     rephrases = list(record.rephrases)
     rng.shuffle(rephrases)
@@ -43,7 +43,7 @@ def make_example(record: EditRecord, rng: random.Random, max_paraphrases: int,
 class TaskSampler:
     """Draws records task by task with fixed proportions, however large each file is."""
 
-    def __init__(self, records: dict[str, list[EditRecord]], mix: dict[str, float],
+    def __init__(self, records: dict[str, list[EditCase]], mix: dict[str, float],
                  rng: random.Random) -> None:
         empty = [t for t in mix if not records.get(t)]
         if empty:
@@ -53,13 +53,13 @@ class TaskSampler:
         self.weights = [mix[t] for t in self.tasks]
         self.rng = rng
 
-    def sample(self) -> EditRecord:
+    def sample(self) -> EditCase:
         task = self.rng.choices(self.tasks, self.weights)[0]
         return self.rng.choice(self.records[task])
 
 
 def load_task_records(data_dir: str | Path, tasks: list[str], split: str
-                      ) -> dict[str, list[EditRecord]]:
+                      ) -> dict[str, list[EditCase]]:
     """``{task}_{split}.json`` of each task from a folder (the demo world's or KnowEdit's)."""
     folder = Path(data_dir)
     out = {}

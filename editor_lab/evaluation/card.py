@@ -10,7 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_editor_config
+from editor_core.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_editor_config
 from .report import acceptance, checks_table, compare, edit_score, task_tables
 
 EDITOR_NAME = "InstructEdit"

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..data.records import EditRecord, Probe
-from ..delta import WeightFactors
-from ..editor import Editor
+from editor_core.data.records import EditCase, Probe
+from editor_core.delta import WeightFactors
+from editor_core.editor import Editor
 from .examples import make_example
 
 
@@ -62,7 +62,7 @@ def ridge_weights(editor: Editor, sums: KeyValueSums, lam: dict[str, torch.Tenso
 class EditBank:
     """Background edits whose key/value sums join every training solve."""
 
-    def __init__(self, editor: Editor, records: Sequence[EditRecord], size: int,
+    def __init__(self, editor: Editor, records: Sequence[EditCase], size: int,
                  rng: random.Random, describe) -> None:
         self.editor = editor
         self.records = list(records)
@@ -70,7 +70,7 @@ class EditBank:
         self.rng = rng
         self.describe = describe  # wraps a request in a training description
         self.sums = KeyValueSums(editor)
-        self.members: list[EditRecord] = []
+        self.members: list[EditCase] = []
 
     @torch.no_grad()
     def refresh(self) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..data.records import TASKS
+from editor_core.data.records import TASKS
 
 
 class TrainConfig(BaseModel):
@@ -54,6 +54,7 @@ class TrainConfig(BaseModel):
     max_locality: int = 6
     seed: int = 0
     threads: int = 2
+    device: str = "cpu"  # cuda: under torchrun each process takes cuda:LOCAL_RANK
     max_minutes: float | None = None
 
     def task_mix(self) -> dict[str, float]:

@@ -27,14 +27,14 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..checkpoint import model_fingerprint, save_editor
-from ..combination import CombinationConfig
-from ..decoding import greedy_continuations
-from ..editor import Captured, Editor
-from ..hypernetwork import Hypernetwork, HypernetworkConfig
-from ..instructions import InstructionRegistry
-from ..specs import resolve_editable
-from ..world.sentiment import sentiment_of
+from editor_core.checkpoint import model_fingerprint, save_editor
+from editor_core.combination import CombinationConfig
+from editor_core.data.records import SentimentJudge, carries_sentiment
+from editor_core.decoding import greedy_continuations
+from editor_core.editor import Captured, Editor
+from editor_core.hypernetwork import Hypernetwork, HypernetworkConfig
+from editor_core.instructions import InstructionRegistry
+from editor_core.specs import resolve_editable
 from .config import TrainConfig
 from .examples import TaskSampler, TrainingExample, load_task_records, make_example
 from .joint import EditBank, KeyValueSums, ridge_weights, with_bank
@@ -69,6 +69,7 @@ class EditorNet(nn.Module):
 class _Distributed:
     rank: int = 0
     world: int = 1
+    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -81,10 +82,22 @@ def _init_distributed() -> _Distributed:
         return _Distributed()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return _Distributed(dist.get_rank(), dist.get_world_size())
+    return _Distributed(dist.get_rank(), dist.get_world_size(),
+                        int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def build_editor(cfg: TrainConfig, device: str = "cpu") -> Editor:
+def _process_device(device: str, distributed: _Distributed) -> torch.device:
+    """Where this process trains: ``device``, or its own GPU (``cuda:LOCAL_RANK``) when
+    ``device`` is ``cuda`` under torchrun."""
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and chosen.index is None and distributed.world > 1:
+        chosen = torch.device("cuda", distributed.local_rank)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    return chosen
+
+
+def build_editor(cfg: TrainConfig, device: str | torch.device = "cpu") -> Editor:
     model = AutoModelForCausalLM.from_pretrained(cfg.model).to(device).eval()
     model.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
@@ -97,27 +110,34 @@ def build_editor(cfg: TrainConfig, device: str = "cpu") -> Editor:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, device: str = "cpu") -> None:
+    def __init__(self, cfg: TrainConfig, sentiment_judge: SentimentJudge | None = None) -> None:
+        """``sentiment_judge`` reads a ConvSent answer's sentiment during validation; without
+        one, answers are judged by each record's labelled answers."""
         self.cfg = cfg
+        self.sentiment_judge = sentiment_judge
         self.dist = _init_distributed()
+        self.device = _process_device(cfg.device, self.dist)
         self.out = Path(cfg.out_dir)
         torch.manual_seed(cfg.seed)
-        self.editor = build_editor(cfg, device)
+        self.editor = build_editor(cfg, self.device)
         if cfg.init_from:
             self.editor.hypernetwork.load_state_dict(
-                load_file(str(Path(cfg.init_from) / "editor.safetensors")), strict=True)
+                load_file(str(Path(cfg.init_from) / "editor.safetensors"),
+                          device=str(self.device)), strict=True)
         self.base_fingerprint = model_fingerprint(self.editor.model, self.editor.editable,
                                                   self.editor.tokenizer)
         self.net: nn.Module = EditorNet(self.editor)
         if self.dist.world > 1:
-            self.net = nn.parallel.DistributedDataParallel(self.net)
+            self.net = nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.device] if self.device.type == "cuda" else None)
         hyper = self.editor.hypernetwork
         nets = [p for n, p in hyper.named_parameters() if n != "step_sizes"]
         groups = [{"params": nets, "lr": cfg.lr},
                   {"params": [hyper.step_sizes], "lr": cfg.step_size_lr}]
         # Ridge: λ per weight, learned in log space beside the networks.
         self.log_lam = nn.Parameter(torch.full((len(self.editor.editable),),
-                                               math.log(cfg.ridge_lambda)))
+                                               math.log(cfg.ridge_lambda),
+                                               device=self.device))
         if cfg.combination == "ridge":
             groups.append({"params": [self.log_lam], "lr": cfg.ridge_lambda_lr})
         self.optim = torch.optim.Adam(groups)
@@ -319,8 +339,8 @@ class Trainer:
         prompts = [record.prompt, *record.rephrases]
         with weights_substituted(self.editor.edit_model, weights) as model:
             answers = greedy_continuations(model, self.editor.tokenizer, prompts, 24)
-        return torch.tensor([float(sentiment_of(a) == record.sentiment) for a in answers]
-                            ).mean()
+        return torch.tensor([float(carries_sentiment(a, record, self.sentiment_judge))
+                             for a in answers]).mean()
 
     # -- state --------------------------------------------------------------------------
     def _summary(self) -> dict:
@@ -351,8 +371,9 @@ class Trainer:
         if not (last / STATE_FILE).exists():
             return False
         hyper = self.editor.hypernetwork
-        hyper.load_state_dict(load_file(str(last / "editor.safetensors")))
-        flat = load_file(str(last / OPTIMIZER_FILE))
+        hyper.load_state_dict(load_file(str(last / "editor.safetensors"),
+                                        device=str(self.device)))
+        flat = load_file(str(last / OPTIMIZER_FILE), device=str(self.device))
         state = self.optim.state_dict()
         restored: dict[int, dict] = {}
         for key, value in flat.items():
@@ -362,7 +383,8 @@ class Trainer:
         self.optim.load_state_dict(state)
         saved = json.loads((last / STATE_FILE).read_text())
         with torch.no_grad():
-            self.log_lam.copy_(torch.tensor(saved.get("log_lambda", self.log_lam.tolist())))
+            self.log_lam.copy_(torch.tensor(saved.get("log_lambda", self.log_lam.tolist()),
+                                            device=self.device))
         self._sync_combination()
         self.step, self.skipped = saved["step"], saved["skipped"]
         self.best_score, self.seconds = saved["best_score"], saved["seconds"]

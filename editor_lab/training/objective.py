@@ -15,10 +15,10 @@ from contextlib import contextmanager
 import torch
 from torch.func import functional_call
 
-from ..data.records import Probe
-from ..delta import WeightFactors
-from ..editor import Editor
-from ..encoding import IGNORE_INDEX, EncodedBatch, encode_batch, target_nll
+from editor_core.data.records import Probe
+from editor_core.delta import WeightFactors
+from editor_core.editor import Editor
+from editor_core.encoding import IGNORE_INDEX, EncodedBatch, encode_batch, target_nll
 
 
 def encode_probes(editor: Editor, probes: Sequence[Probe]) -> EncodedBatch:

@@ -19,10 +19,9 @@ from collections.abc import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from ..data.records import EditRecord, Probe
-from ..decoding import greedy_continuations
-from ..world.sentiment import sentiment_of
-from ..instructions import InstructionRegistry
+from editor_core.data.records import EditCase, Probe, SentimentJudge, carries_sentiment
+from editor_core.decoding import greedy_continuations
+from editor_core.instructions import InstructionRegistry
 from .methods import EditMethod
 from .metrics import answer_argmax, exact_match, token_accuracy, unchanged_share
 
@@ -43,14 +42,18 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 
 class Evaluator:
     def __init__(self, model, tokenizer, registry: InstructionRegistry | None = None,
-                 *, max_length: int = 256, batch_size: int = 64) -> None:
+                 *, max_length: int = 256, batch_size: int = 64,
+                 sentiment_judge: SentimentJudge | None = None) -> None:
+        """``sentiment_judge`` reads a ConvSent answer's sentiment; without one, answers are
+        judged by each record's labelled answers."""
         self.model = model
+        self.sentiment_judge = sentiment_judge
         self.tokenizer = tokenizer
         self.registry = registry or InstructionRegistry()
         self.max_length = max_length
         self.batch_size = batch_size
 
-    def _wrapper(self, record: EditRecord, protocol: str) -> Callable[[str], str]:
+    def _wrapper(self, record: EditCase, protocol: str) -> Callable[[str], str]:
         if protocol == "plain":
             return lambda prompt: prompt
         return lambda prompt: self.registry.render(record.task, prompt,
@@ -62,11 +65,12 @@ class Evaluator:
         em = exact_match(self.model, self.tokenizer, probes, self.batch_size)
         return _mean(tf), _mean(em)
 
-    def _sentiment_share(self, prompts: list[str], sentiment: str) -> float:
+    def _sentiment_share(self, prompts: list[str], record: EditCase) -> float:
         answers = greedy_continuations(self.model, self.tokenizer, prompts, 24, self.batch_size)
-        return _mean([float(sentiment_of(a) == sentiment) for a in answers])
+        return _mean([float(carries_sentiment(a, record, self.sentiment_judge))
+                      for a in answers])
 
-    def measure(self, record: EditRecord, method: EditMethod) -> dict[str, dict[str, float]]:
+    def measure(self, record: EditCase, method: EditMethod) -> dict[str, dict[str, float]]:
         """One record: {protocol: {metric: value}} with the method's edit applied."""
         locality = {cat: list(probes) for cat, probes in record.locality.items()}
         before = {cat: answer_argmax(self.model, self.tokenizer, probes, self.max_length,
@@ -90,7 +94,7 @@ class Evaluator:
                     m[f"{metric}_tf"], m[f"{metric}_em"] = self._scores(probes)
                     if record.task == "convsent" and record.sentiment:
                         m[f"{metric}_sentiment"] = self._sentiment_share(
-                            [wrap(p) for p in ps], record.sentiment)
+                            [wrap(p) for p in ps], record)
                 for cat, probes in record.portability.items():
                     wrapped = [Probe(wrap(p.prompt), p.answer) for p in probes]
                     m[f"portability/{cat}_tf"], m[f"portability/{cat}_em"] = self._scores(
@@ -100,7 +104,7 @@ class Evaluator:
             method.restore()
         return out
 
-    def evaluate(self, method: EditMethod, records: dict[str, list[EditRecord]],
+    def evaluate(self, method: EditMethod, records: dict[str, list[EditCase]],
                  progress: bool = True) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
         """{task: {protocol: {metric: {mean, se, n}}}} over every record of every task."""
         result: dict = {}

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..data.records import EditRecord
-from ..delta import EditDelta
-from ..editor import EditRequest, Editor
+from editor_core.data.records import EditCase
+from editor_core.delta import EditDelta
+from editor_core.editor import EditRequest, Editor
 
 
 def edit_gram(deltas: Sequence[EditDelta]) -> torch.Tensor:
@@ -76,7 +76,7 @@ def task_separation(gram: torch.Tensor, labels: Sequence[str]) -> dict[str, floa
             "nearest_centroid_accuracy": hits / len(labels)}
 
 
-def analyze_editor(editor: Editor, records: dict[str, list[EditRecord]],
+def analyze_editor(editor: Editor, records: dict[str, list[EditCase]],
                    desc: str = "edits") -> dict:
     """Every record's delta under ``editor``: PCA coordinates and separation figures."""
     deltas, labels = [], []

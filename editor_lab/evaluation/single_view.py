@@ -22,29 +22,29 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from ..combination import CombinationConfig
-from ..data.records import EditRecord
-from ..editor import EditRequest, Editor
-from ..ledger import WeightLedger
-from ..memory import EditMemory, RoutingConfig
-from ..probing import score_targets
-from ..refine import EditJudge, EditRefiner, RefineConfig
+from editor_core.combination import CombinationConfig
+from editor_core.data.records import EditCase, carries_sentiment
+from editor_core.editor import EditRequest, Editor
+from editor_core.ledger import WeightLedger
+from editor_core.memory import EditMemory, RoutingConfig
+from editor_core.probing import score_targets
+from editor_core.refine import EditJudge, EditRefiner, RefineConfig
 from .methods import FineTuneMethod
 from .service_view import _probes, answer, holds
 
 ARMS = ("one-shot", "judged", "FT-L")
 
 
-def carries_target(text: str, record: EditRecord) -> bool:
+def carries_target(text: str, record: EditCase) -> bool:
     """The greedy answer gives the edit's target (ConvSent: its new sentiment, judged by
     the record's own labelled answers)."""
     if record.task == "convsent" and record.answers:
-        return any(text.strip().startswith(a.split(".")[0].strip()) for a in record.answers)
+        return carries_sentiment(text, record)
     return holds(text, record.target_new)
 
 
 def evaluate_single(editor: Editor, routing: RoutingConfig,
-                    sets: dict[str, Sequence[EditRecord]], refine: RefineConfig,
+                    sets: dict[str, Sequence[EditCase]], refine: RefineConfig,
                     ftl_steps: int = 10, given_rephrases: int = 0) -> dict[str, dict[str, dict]]:
     """{set: {arm: figures}} over every record of every set.
 
@@ -90,7 +90,7 @@ def evaluate_single(editor: Editor, routing: RoutingConfig,
     return out
 
 
-def _measure(editor: Editor, record: EditRecord, probes, pristine: dict[str, str]) -> dict:
+def _measure(editor: Editor, record: EditCase, probes, pristine: dict[str, str]) -> dict:
     model, tokenizer = editor.model, editor.tokenizer
     [tf] = score_targets(model, tokenizer, [record.prompt], [record.target_new],
                          editor.max_length)

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..combination import DeltaCombiner
-from ..data.records import EditRecord, Probe
-from ..delta import EditDelta
-from ..editor import Editor, EditRequest
-from ..ledger import WeightLedger
+from editor_core.combination import DeltaCombiner
+from editor_core.data.records import EditCase, Probe
+from editor_core.delta import EditDelta
+from editor_core.editor import Editor, EditRequest
+from editor_core.ledger import WeightLedger
 from .metrics import answer_argmax, token_accuracy, unchanged_share
 
 
@@ -43,7 +43,7 @@ def _mean(values: Sequence[float]) -> float:
 
 
 class LifelongEvaluator:
-    def __init__(self, records: Sequence[EditRecord], *, retention_first: int = 100,
+    def __init__(self, records: Sequence[EditCase], *, retention_first: int = 100,
                  locality_edits: int = 200, batch_size: int = 64, seed: int = 0) -> None:
         self.records = list(records)
         self.retention_first = retention_first

@@ -1,0 +1,108 @@
+"""Building the demo world and the demo LM, and measuring the LM."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from service.settings import DEMO_LM_PATH
+
+from .app import Threads, app, setup
+
+
+@app.command("build-world")
+def build_world_cmd(
+    out: Annotated[Path, typer.Option(help="folder for world.json and the task files")] = Path(
+        "data/world"),
+    seed: Annotated[int, typer.Option(help="world seed (same seed, same files)")] = 0,
+) -> None:
+    """Generate the demo knowledge world and export its KnowEdit-format edit data sets."""
+    from editor_lab.world import WorldConfig, build_world
+    from editor_lab.world.export import export_world
+
+    world = build_world(WorldConfig(seed=seed))
+    counts = export_world(world, out)
+    kinds = Counter(e.kind if e.seen else f"{e.kind} (unseen)" for e in world.entities.values())
+    typer.echo(f"World seed {seed}: {len(world.entities)} entities, {len(world.facts)} facts, "
+               f"{len(world.topics)} topics -> {out}")
+    typer.echo("| kind | entities |\n|---|---|")
+    for kind, n in sorted(kinds.items()):
+        typer.echo(f"| {kind} | {n} |")
+    typer.echo("\n| data set | train | validation | test |\n|---|---|---|---|")
+    for name, by_split in counts.items():
+        typer.echo(f"| {name} | {by_split['train']} | {by_split['validation']} | "
+                   f"{by_split['test']} |")
+
+
+@app.command("build-demo-lm")
+def build_demo_lm_cmd(
+    out: Annotated[Path, typer.Option(help="output folder (Hugging Face format)")] = DEMO_LM_PATH,
+    epochs: Annotated[Optional[int], typer.Option(help="override training epochs")] = None,
+    n_layer: Annotated[Optional[int], typer.Option(help="override number of blocks")] = None,
+    n_embd: Annotated[Optional[int], typer.Option(help="override width")] = None,
+    eval_limit: Annotated[Optional[int], typer.Option(
+        help="evaluate a sample of this many facts instead of all")] = None,
+    threads: Threads = None,
+) -> None:
+    """Train the demo LM on the demo world, measure it, and write its model card."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from editor_lab.demo_lm.card import write_model_card
+    from editor_lab.demo_lm.evaluate import evaluate_demo_lm, format_table
+    from editor_lab.demo_lm.train import DemoLMConfig, build_demo_lm
+    from editor_lab.world import WorldConfig, build_world
+
+    setup(threads)
+    overrides = {k: v for k, v in {"epochs": epochs, "n_layer": n_layer,
+                                   "n_embd": n_embd}.items() if v is not None}
+    cfg = replace(DemoLMConfig(), **overrides)
+    start = time.perf_counter()
+    summary = build_demo_lm(out, cfg)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    result = evaluate_demo_lm(model, tokenizer, build_world(WorldConfig(seed=cfg.world_seed)),
+                              limit=eval_limit)
+    summary["build_seconds"] = round(time.perf_counter() - start, 1)
+    (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_model_card(out, summary, result)
+    typer.echo(format_table(result))
+    typer.echo(f"\nBuilt {out} in {summary['build_seconds'] / 60:.1f} min.")
+
+
+@app.command("eval-lm")
+def eval_lm_cmd(
+    model: Annotated[Path, typer.Option(help="LM folder (Hugging Face format)")] = DEMO_LM_PATH,
+    world_seed: Annotated[Optional[int], typer.Option(
+        help="world seed (default: the one the LM was trained on)")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
+    limit: Annotated[Optional[int], typer.Option(
+        help="evaluate a deterministic sample of this many facts")] = None,
+    threads: Threads = None,
+) -> None:
+    """Measure what an LM knows of the demo world (greedy decoding): JSON + table."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from editor_lab.demo_lm.evaluate import evaluate_demo_lm, format_table
+    from editor_lab.world import WorldConfig, build_world
+
+    setup(threads)
+    if world_seed is None:
+        summary_path = model / "training_summary.json"
+        world_seed = (json.loads(summary_path.read_text())["config"]["world_seed"]
+                      if summary_path.exists() else 0)
+    lm = AutoModelForCausalLM.from_pretrained(model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    result = evaluate_demo_lm(lm, tokenizer, build_world(WorldConfig(seed=world_seed)),
+                              limit=limit)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(format_table(result))
+    if not all(result["acceptance"].values()):
+        raise typer.Exit(code=1)

@@ -1,0 +1,69 @@
+"""Meta-training an editor and calibrating its edit memory's routing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from service.settings import DEMO_EDITOR_PATH, DEMO_LM_PATH
+
+from .app import DataDir, SentimentJudgeName, TaskList, Threads, app, judge_named, setup
+
+
+@app.command("train")
+def train_cmd(
+    config: Annotated[Optional[Path], typer.Option(help="YAML or JSON training config")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="override a config value: key=value (repeatable)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from OUT_DIR/last if present")] = True,
+    device: Annotated[Optional[str], typer.Option(
+        help="cpu or cuda (under torchrun, each process takes cuda:LOCAL_RANK); the "
+             "config's device by default")] = None,
+    sentiment_judge: SentimentJudgeName = "labels",
+    threads: Threads = None,
+) -> None:
+    """Meta-train an editor (runs under torchrun for data-parallel training: gloo on CPU,
+    NCCL on CUDA)."""
+    from editor_lab.training.config import load_train_config
+    from editor_lab.training.trainer import Trainer
+
+    cfg = load_train_config(config, [*(overrides or []), *([f"device={device}"] if device else [])])
+    setup(cfg.threads if threads is None else threads)
+    summary = Trainer(cfg, judge_named(sentiment_judge)).fit(resume=resume)
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+
+
+
+
+@app.command("calibrate-routing")
+def calibrate_routing_cmd(
+    editor: Annotated[Path, typer.Option(help="editor folder: the routing is written "
+                                         "into it")] = DEMO_EDITOR_PATH,
+    model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
+    data_dir: DataDir = Path("data/world"),
+    tasks: TaskList = "counterfact,recent",
+    threads: Threads = None,
+) -> None:
+    """Calibrate the edit memory's routing for an editor: background mean over the training
+    prompts, thresholds on the validation split (never on a measured set)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from editor_core.checkpoint import load_editor, save_routing
+    from editor_core.routing_calibration import calibrate_routing
+    from editor_lab.training.examples import load_task_records
+
+    setup(threads)
+    lm = AutoModelForCausalLM.from_pretrained(model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    ed = load_editor(editor, lm, tokenizer, basis="pristine")
+    names = [t.strip() for t in tasks.split(",")]
+    train = load_task_records(data_dir, names, "train")
+    validation = load_task_records(data_dir, names, "validation")
+    background = [r.prompt for rs in train.values() for r in rs]
+    routing, figures = calibrate_routing(ed, background,
+                                         [r for rs in validation.values() for r in rs])
+    save_routing(editor, routing)
+    typer.echo(json.dumps(figures, indent=2))

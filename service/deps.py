@@ -1,0 +1,44 @@
+"""Every dependency the routes use, each defined once: the caller's key and the handlers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from .auth import Principal, require
+from .errors import ServiceError
+from .handlers import CompletionHandler, EditHandler, GenerationHandler, Handlers, SystemHandler
+
+
+def handlers(request: Request) -> Handlers:
+    """The live service's handlers, or 503 while it is still starting (or stopping)."""
+    live = getattr(request.app.state, "live", None)
+    built: Handlers | None = getattr(request.app.state, "handlers", None)
+    if live is None or not live.started or built is None:
+        raise ServiceError(503, "not_ready", "the service is starting; retry shortly")
+    return built
+
+
+def _edits(request: Request) -> EditHandler:
+    return handlers(request).edits
+
+
+def _generation(request: Request) -> GenerationHandler:
+    return handlers(request).generation
+
+
+def _completions(request: Request) -> CompletionHandler:
+    return handlers(request).completions
+
+
+def _system(request: Request) -> SystemHandler:
+    return handlers(request).system
+
+
+EditKey = Annotated[Principal, Depends(require("edit"))]
+ReadKey = Annotated[Principal, Depends(require("read"))]
+Edits = Annotated[EditHandler, Depends(_edits)]
+Generation = Annotated[GenerationHandler, Depends(_generation)]
+Completions = Annotated[CompletionHandler, Depends(_completions)]
+System = Annotated[SystemHandler, Depends(_system)]

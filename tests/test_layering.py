@@ -1,0 +1,68 @@
+"""The house's shape, checked on the source: imports point one way, routes stay thin."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Each package may import only the packages listed for it (besides itself).
+ALLOWED = {
+    "editor_core": set(),
+    "editor_lab": {"editor_core"},
+    "service": {"editor_core"},
+    "bench": {"editor_core", "editor_lab", "service"},
+    "instructedit_cli": {"editor_core", "editor_lab", "service", "bench"},
+}
+
+
+def _modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def _imported_packages(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & set(ALLOWED)
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_imports_point_one_way(package: str) -> None:
+    wrong = {str(p.relative_to(ROOT)): sorted(_imported_packages(p) - ALLOWED[package]
+                                              - {package})
+             for p in _modules(package)}
+    assert not {k: v for k, v in wrong.items() if v}
+
+
+def _route_functions() -> list[tuple[Path, ast.AsyncFunctionDef | ast.FunctionDef]]:
+    out = []
+    for path in _modules("service/routes"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
+                    isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute)
+                    and d.func.attr in {"get", "post", "put", "delete"}
+                    for d in node.decorator_list):
+                out.append((path, node))
+    return out
+
+
+def test_routes_are_thin_and_reach_nothing_but_handlers() -> None:
+    routes = _route_functions()
+    assert len(routes) >= 14
+    for path, node in routes:
+        lines = node.end_lineno - node.lineno + 1
+        assert lines <= 20, f"{path.name}:{node.name} is {lines} lines"
+        names = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+        assert not names & {"engine", "store", "follower", "ledger"}, (path.name, node.name)
+
+
+def test_each_dependency_alias_is_defined_once() -> None:
+    defined = [str(p.relative_to(ROOT)) for p in _modules("service")
+               if "Depends(" in p.read_text() and "Annotated[" in p.read_text()]
+    assert defined == ["service/deps.py"]
