@@ -25,6 +25,7 @@ from ..auth import Principal, require
 from ..batcher import Finished
 from ..errors import ServiceError
 from ..lifecycle import LiveService
+from ..pristine import pristine_memory, with_pristine
 from ..schemas import GenerateIn, GenerateOut, ScoreIn, ScoreOut, TargetScoreOut, Usage
 from .deps import QuerySlots, check_tokens, live_service, query_slots
 
@@ -70,12 +71,21 @@ def finished(live: LiveService, stream: TokenStream, version: int, seconds: floa
                         "body as without stream)"}}}})
 async def generate(body: GenerateIn, live: Live, _: Reader, slots: Slots) -> Any:
     """Continue the prompt with the live (edited) model: greedy at temperature 0, else
-    sampled (top-k, top-p, seed); stops at a stop string, the end token or max_new_tokens."""
+    sampled (top-k, top-p, seed); stops at a stop string, the end token or max_new_tokens.
+
+    With ``compare_pristine``, the answer also carries ``pristine``: the same request
+    answered by the pristine model (no edit acting), so the two answers and
+    ``edits_fired`` show what the edits changed. Only under the edit memory (422
+    ``pristine_unavailable`` under a merged combination), and not with ``stream``."""
     stream = token_stream(live, body)
+    memory = pristine_memory(live, body) if body.compare_pristine else None
     slots.take()
     if body.stream:
         return EventSourceResponse(_events(live, stream, slots))
     try:
+        if memory is not None:
+            return await with_pristine(run_generation(live, stream), memory,
+                                       token_stream(live, body))
         return await run_generation(live, stream)
     finally:
         slots.give()
