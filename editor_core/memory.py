@@ -247,6 +247,18 @@ class EditMemory:
             _LOCAL.trial = previous
 
     @contextmanager
+    def pristine(self) -> Iterator[None]:
+        """Route this thread's forward passes on no entries at all: the pristine model's
+        answers, while every other thread keeps routing on the published memory (the
+        weights themselves are never rewritten, so nothing needs pausing)."""
+        previous = getattr(_LOCAL, "trial", None)
+        _LOCAL.trial = (self, _EMPTY)
+        try:
+            yield
+        finally:
+            _LOCAL.trial = previous
+
+    @contextmanager
     def session(self) -> Iterator[RoutingSession]:
         """A routing state for one decoding loop in this thread (rows = batch rows)."""
         previous = getattr(_LOCAL, "session", None)

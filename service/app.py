@@ -29,7 +29,8 @@ from .handlers import Handlers
 from .lifecycle import LiveService
 from .logs import valid_request_id
 from .metrics import ServiceMetrics
-from .routes import completions, edits, model, system
+from .console import install as install_console
+from .routes import completions, edits, events, model, system
 from .schemas import ErrorOut
 from .settings import ServiceSettings
 from .store import StoreError
@@ -63,6 +64,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(model.router)
     app.include_router(system.router)
     app.include_router(completions.router)
+    app.include_router(events.router)
+    install_console(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID",
                        validator=valid_request_id)

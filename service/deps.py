@@ -8,7 +8,8 @@ from fastapi import Depends, Request
 
 from .auth import Principal, require
 from .errors import ServiceError
-from .handlers import CompletionHandler, EditHandler, GenerationHandler, Handlers, SystemHandler
+from .handlers import (CompletionHandler, EditHandler, EditLogHandler, GenerationHandler,
+                       Handlers, SystemHandler)
 
 
 def handlers(request: Request) -> Handlers:
@@ -36,9 +37,14 @@ def _system(request: Request) -> SystemHandler:
     return handlers(request).system
 
 
+def _edit_log(request: Request) -> EditLogHandler:
+    return handlers(request).edit_log
+
+
 EditKey = Annotated[Principal, Depends(require("edit"))]
 ReadKey = Annotated[Principal, Depends(require("read"))]
 Edits = Annotated[EditHandler, Depends(_edits)]
 Generation = Annotated[GenerationHandler, Depends(_generation)]
 Completions = Annotated[CompletionHandler, Depends(_completions)]
 System = Annotated[SystemHandler, Depends(_system)]
+EditLog = Annotated[EditLogHandler, Depends(_edit_log)]

@@ -163,11 +163,25 @@ class GenerateIn(_Strict):
     stream: bool = Field(False, description="server-sent events: token events, then done")
     ignore_eos: bool = Field(False, description="never stop at the end token: generate "
                              "exactly max_new_tokens (unless a stop string comes first)")
+    compare_pristine: bool = Field(
+        False, description="also answer with the pristine model (no edit acting), decoded "
+        "with the same parameters and seed, beside the live answer (response field "
+        "pristine). Only under the edit memory, whose weights stay pristine; other "
+        "combinations answer 422 pristine_unavailable. Not with stream")
 
 
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
+
+
+class PristineOut(BaseModel):
+    """The pristine model's answer to the same request: what the model said before any
+    edit."""
+
+    text: str
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
 
 
 class GenerateOut(BaseModel):
@@ -179,6 +193,8 @@ class GenerateOut(BaseModel):
         default_factory=list, description="ids of the edits the edit memory applied to this "
         "generation, in order (one at each position; a better match takes over from an "
         "earlier one): why an answer differs from the pristine model's")
+    pristine: PristineOut | None = Field(
+        None, description="with compare_pristine: the pristine model's answer")
 
 
 class ScoreIn(_Strict):

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 
 from ..lifecycle import LiveService
 from .completions import CompletionHandler
+from .edit_log import EditLogHandler
 from .edits import EditHandler
 from .generation import GenerationHandler, QuerySlots
 from .system import SystemHandler
 
-__all__ = ["CompletionHandler", "EditHandler", "GenerationHandler", "Handlers", "QuerySlots",
+__all__ = ["CompletionHandler", "EditHandler", "EditLogHandler", "GenerationHandler", "Handlers", "QuerySlots",
            "SystemHandler"]
 
 
@@ -26,10 +27,11 @@ class Handlers:
     generation: GenerationHandler
     completions: CompletionHandler
     system: SystemHandler
+    edit_log: EditLogHandler
 
     @classmethod
     def build(cls, live: LiveService) -> Handlers:
         generation = GenerationHandler(
             live, QuerySlots(live.settings.limits.max_concurrent_generations))
         return cls(EditHandler(live), generation, CompletionHandler(live, generation),
-                   SystemHandler(live))
+                   SystemHandler(live), EditLogHandler(live))

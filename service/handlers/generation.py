@@ -23,6 +23,7 @@ from ..errors import ServiceError
 from ..lifecycle import LiveService
 from ..schemas import GenerateIn, GenerateOut, ScoreIn, ScoreOut, TargetScoreOut, Usage
 from .limits import check_tokens
+from .pristine import pristine_memory, with_pristine
 
 
 class QuerySlots:
@@ -68,12 +69,16 @@ class GenerationHandler:
             raise ServiceError(422, "prompt_too_long", str(exc)) from exc
 
     async def generate(self, body: GenerateIn) -> GenerateOut | AsyncIterator[dict]:
-        """The whole answer, or (``stream``) its server-sent events."""
+        """The whole answer (with ``compare_pristine``, the pristine model's beside it), or
+        (``stream``) its server-sent events."""
         stream = self.token_stream(body)
+        memory = pristine_memory(self.live, body) if body.compare_pristine else None
         self.slots.take()
         if body.stream:
             return self._events(stream)
         try:
+            if memory is not None:
+                return await with_pristine(self.run(stream), memory, self.token_stream(body))
             return await self.run(stream)
         finally:
             self.slots.give()

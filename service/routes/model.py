@@ -19,7 +19,12 @@ router = APIRouter(tags=["model"])
                         "body as without stream)"}}}})
 async def generate(body: GenerateIn, generation: Generation, _: ReadKey) -> Any:
     """Continue the prompt with the live (edited) model: greedy at temperature 0, else
-    sampled (top-k, top-p, seed); stops at a stop string, the end token or max_new_tokens."""
+    sampled (top-k, top-p, seed); stops at a stop string, the end token or max_new_tokens.
+
+    With ``compare_pristine``, the answer also carries ``pristine``: the same request
+    answered by the pristine model (no edit acting), so the two answers and
+    ``edits_fired`` show what the edits changed. Only under the edit memory (422
+    ``pristine_unavailable`` under a merged combination), and not with ``stream``."""
     answer = await generation.generate(body)
     return answer if isinstance(answer, GenerateOut) else EventSourceResponse(answer)
 
