@@ -90,14 +90,14 @@ class EditEngine:
 
     def __init__(self, editor: Editor, ledger: WeightLedger, store: EditStore,
                  metrics: ServiceMetrics, max_queued: int = 16,
-                 snapshot_every: int = 64, judge: EditJudge | None = None) -> None:
+                 refresh_every: int = 64, judge: EditJudge | None = None) -> None:
         self.editor = editor
         self.judge = judge  # None: edits are not judged (merged combinations)
         self.ledger = ledger
         self.store = store
         self.metrics = metrics
         self.max_queued = max_queued
-        self.follower = LogFollower(ledger, store, metrics, snapshot_every)
+        self.follower = LogFollower(ledger, store, metrics, refresh_every)
         self._lock = asyncio.Lock()
         self._queued = 0
 
