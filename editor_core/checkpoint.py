@@ -148,7 +148,9 @@ def save_routing(path: str | Path, routing: RoutingConfig) -> None:
     """Write the edit memory's calibrated routing beside the editor it was calibrated for."""
     meta = {"gate": routing.gate, "threshold": repr(routing.threshold),
             "subjectless_threshold": repr(routing.subjectless_threshold)}
-    tensors = {} if routing.mean is None else {"mean": routing.mean.contiguous()}
+    tensors = {name: t.contiguous() for name, t in (("mean", routing.mean),
+                                                    ("projection", routing.projection))
+               if t is not None}
     save_file(tensors, str(Path(path) / ROUTING_FILE), metadata=meta)
 
 
@@ -160,6 +162,6 @@ def load_routing(path: str | Path) -> RoutingConfig:
                                 "for this editor (instructedit calibrate-routing)")
     with safe_open(str(file), "pt") as f:
         meta = f.metadata()
-        mean = f.get_tensor("mean") if "mean" in f.keys() else None
+        found = {name: f.get_tensor(name) for name in ("mean", "projection") if name in f.keys()}
     return RoutingConfig(meta["gate"], float(meta["threshold"]),
-                         float(meta["subjectless_threshold"]), mean)
+                         float(meta["subjectless_threshold"]), **found)

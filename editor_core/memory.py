@@ -54,18 +54,31 @@ __all__ = ["EditMemory", "MemoryEntry", "RoutingConfig", "RoutingSession", "rout
 
 @dataclass(frozen=True)
 class RoutingConfig:
-    """How the memory routes: the gate module, the thresholds, the background mean.
+    """How the memory routes: the gate module, the thresholds, the key space.
 
     ``threshold`` applies to entries with a subject; ``subjectless_threshold`` to entries
     without one (they are eligible everywhere, so they must match more closely). ``mean``
     is the average gate input over background text, subtracted before the cosine (raw
-    activations are anisotropic). Calibrated per base model, saved with the editor.
+    activations are anisotropic). ``projection`` ([d, r]) maps centred gate inputs into a
+    key space learned so that rephrasings of one question lie close and other questions
+    about the same subject lie apart; without it the cosine is taken on the centred inputs.
+    Calibrated per base model, saved with the editor.
     """
 
     gate: str
     threshold: float = 0.8
     subjectless_threshold: float = 0.95
     mean: torch.Tensor | None = None
+    projection: torch.Tensor | None = None
+
+    def key_space(self, x: torch.Tensor) -> torch.Tensor:
+        """Gate inputs ([..., d]) as unit vectors of the key space the cosines are taken in."""
+        x = x.float()
+        if self.mean is not None:
+            x = x - self.mean
+        if self.projection is not None:
+            x = x @ self.projection
+        return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
 
 @dataclass(frozen=True)
@@ -202,10 +215,7 @@ class EditMemory:
 
     def entry(self, edit_id: str, delta: EditDelta) -> MemoryEntry:
         self.validate(delta)
-        keys = delta.routing.keys.float()
-        if self.config.mean is not None:
-            keys = keys - self.config.mean
-        keys = keys / keys.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        keys = self.config.key_space(delta.routing.keys)
         # the stored tensors themselves (shared with the ledger's copy, in the stored dtype)
         factors = {self._modules[name]: (f.u, f.d, float(f.step))
                    for name, f in delta.factors.items()}
@@ -390,10 +400,7 @@ class RoutingSession:
         threshold fires where none acts yet, and takes over from the acting one when its
         cosine beats every cosine the acting one reached. Returns the takeovers (chunk
         index, entry). Causal: a position's choice depends on positions up to it only."""
-        h = x[real].float()
-        if config.mean is not None:
-            h = h - config.mean
-        h = h / h.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        h = config.key_space(x[real])
         owners: list[str] = []
         blocks: list[torch.Tensor] = []
         starts: list[int] = []

@@ -1,27 +1,44 @@
-"""Calibrating the edit memory's routing for a base model, on training or validation data.
+"""Calibrating the edit memory's routing for a base model, on training and validation data.
 
-Two things are fitted, never on a stream that is later measured:
+Three things are fitted, never on a set that is later measured:
 
 - the **background mean** of the gate input, over every token of the given background
   prompts: subtracted before each cosine, because raw activations share a large common
   direction that makes unrelated prompts look alike;
-- the **threshold**: an edit's key (its prompt's last token) against, as positives, the
-  last token of the record's rephrases (what must fire), and as negatives every position of
-  its locality prompts about the same subject (what must not). The threshold maximises
-  the positives that fire minus ``false_fire_weight`` times the negatives that do. The
-  stricter threshold for edits without a subject is set where the negatives of *other*
-  subjects would fire at most ``subjectless_false_rate`` of the time.
+- the **key space** (with training records): a linear map of the centred gate input, fitted
+  so that an edit's key (its prompt's last token) and the last token of each of its
+  rephrases have cosine at least ``positive_margin``, while every position of a locality
+  prompt about the same subject stays below ``negative_margin``. At the gate, a rephrasing
+  that words the question differently ("The passport of X was issued by" for "X holds
+  citizenship of") can sit closer to another relation of the same subject than to its own
+  prompt; the map learns which directions tell questions apart;
+- the **threshold**: on the validation records, in the key space, the middle of the range
+  of thresholds that maximise the positives that fire minus ``false_fire_weight`` times the
+  negatives that do. The stricter threshold for edits without a subject is set where the
+  keys of *other* records would fire at most ``subjectless_false_rate`` of the time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from .data.records import EditCase
 from .editor import Editor
 from .memory import RoutingConfig, routing_keys
+
+
+@dataclass(frozen=True)
+class KeySpaceFit:
+    """How the key space is fitted (Adam on a [d, d] map that starts as the identity)."""
+
+    steps: int = 400
+    lr: float = 3e-3
+    positive_margin: float = 0.9
+    negative_margin: float = 0.4
+    seed: int = 0
 
 
 @torch.no_grad()
@@ -40,43 +57,97 @@ def _gate_inputs(editor: Editor, prompts: Sequence[str]) -> list[torch.Tensor]:
     return [f.cpu() for f in found]
 
 
-def _unit(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    x = x - mean
-    return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+@dataclass(frozen=True)
+class _Pairs:
+    """Gate inputs of records: each record's key, its rephrases' last tokens (positives)
+    and every position of its same-subject locality prompts (negatives), with the index
+    of the record each belongs to."""
+
+    keys: torch.Tensor
+    positives: torch.Tensor
+    positive_of: torch.Tensor
+    negatives: torch.Tensor
+    negative_of: torch.Tensor
+
+
+def _pairs(editor: Editor, records: Sequence[EditCase]) -> _Pairs:
+    keys, pos, pos_of, neg, neg_of = [], [], [], [], []
+    for record in records:
+        if not record.rephrases:
+            continue
+        k = routing_keys(editor.edit_model, editor.tokenizer, editor.gate,
+                         [record.prompt, *record.rephrases]).float()
+        keys.append(k[0])
+        pos += list(k[1:])
+        pos_of += [len(keys) - 1] * (len(k) - 1)
+        locality = [p.prompt for probes in record.locality.values() for p in probes
+                    if record.subject in p.prompt]
+        for states in _gate_inputs(editor, locality):
+            neg += list(states)
+            neg_of += [len(keys) - 1] * len(states)
+    if not keys:
+        raise ValueError("no record has rephrases to calibrate the routing on")
+    d = keys[0].shape[0]
+    return _Pairs(torch.stack(keys), torch.stack(pos), torch.tensor(pos_of),
+                  torch.stack(neg) if neg else torch.empty(0, d), torch.tensor(neg_of).long())
+
+
+def _cosines(config: RoutingConfig, keys: torch.Tensor, x: torch.Tensor,
+             owner: torch.Tensor) -> torch.Tensor:
+    return (config.key_space(keys)[owner] * config.key_space(x)).sum(-1)
+
+
+def fit_key_space(pairs: _Pairs, mean: torch.Tensor, fit: KeySpaceFit) -> torch.Tensor:
+    """The [d, d] map of centred gate inputs that puts rephrasings together and other
+    questions about the same subject apart (squared hinge on each cosine's margin)."""
+    torch.manual_seed(fit.seed)
+    projection = torch.eye(mean.shape[0]).requires_grad_(True)
+    optimiser = torch.optim.Adam([projection], lr=fit.lr)
+    for _ in range(fit.steps):
+        config = RoutingConfig("", mean=mean, projection=projection)
+        pos = _cosines(config, pairs.keys, pairs.positives, pairs.positive_of)
+        neg = _cosines(config, pairs.keys, pairs.negatives, pairs.negative_of)
+        loss = (torch.relu(fit.positive_margin - pos).pow(2).mean()
+                + (torch.relu(neg - fit.negative_margin).pow(2).mean() if len(neg) else 0))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    return projection.detach().contiguous()
 
 
 def calibrate_routing(editor: Editor, background: Sequence[str],
-                      records: Sequence[EditCase], *, false_fire_weight: float = 4.0,
+                      records: Sequence[EditCase], *,
+                      training_records: Sequence[EditCase] = (),
+                      fit: KeySpaceFit = KeySpaceFit(), false_fire_weight: float = 4.0,
                       subjectless_false_rate: float = 0.001) -> tuple[RoutingConfig, dict]:
-    """The routing for ``editor``'s model, and the figures it was chosen on."""
+    """The routing for ``editor``'s model (key space fitted on ``training_records`` when
+    given, thresholds on ``records``), and the figures it was chosen on."""
     mean = torch.cat(_gate_inputs(editor, background)).mean(0)
-    pos, neg, other = [], [], []
-    for record in records:
-        locality = [p.prompt for probes in record.locality.values() for p in probes
-                    if record.subject in p.prompt]
-        if not record.rephrases:
-            continue
-        keys = _unit(routing_keys(editor.edit_model, editor.tokenizer, editor.gate,
-                                  [record.prompt, *record.rephrases]), mean)
-        pos += (keys[1:] @ keys[0]).tolist()
-        for states in _gate_inputs(editor, locality):
-            neg.append(float((_unit(states, mean) @ keys[0]).max()))
-        other.append(keys[0])
+    projection = (fit_key_space(_pairs(editor, training_records), mean, fit)
+                  if training_records else None)
+    space = RoutingConfig(editor.gate, mean=mean, projection=projection)
+    pairs = _pairs(editor, records)
+    p = _cosines(space, pairs.keys, pairs.positives, pairs.positive_of)
+    n = _cosines(space, pairs.keys, pairs.negatives, pairs.negative_of)
+    n = n if len(n) else torch.tensor([-1.0])
     grid = [round(0.5 + 0.01 * i, 2) for i in range(50)]
-    p, n = torch.tensor(pos), torch.tensor(neg or [-1.0])
 
     def gain(t: float) -> float:
         return float((p >= t).float().mean() - false_fire_weight * (n >= t).float().mean())
 
-    threshold = max(grid, key=lambda t: (gain(t), -t))
-    keys = torch.stack(other)
+    best = max(gain(t) for t in grid)
+    plateau = [t for t in grid if gain(t) == best]
+    threshold = plateau[len(plateau) // 2]
+    keys = space.key_space(pairs.keys)
     cross = keys @ keys.T
     cross = cross[~torch.eye(len(keys), dtype=torch.bool)]
     strict = next((t for t in grid + [0.999]
                    if float((cross >= t).float().mean()) <= subjectless_false_rate), 0.999)
-    figures = {"threshold": threshold, "subjectless_threshold": strict,
-               "positives": len(pos), "negatives": len(neg),
+    figures = {"threshold": threshold, "threshold_range": [plateau[0], plateau[-1]],
+               "subjectless_threshold": strict, "key_space": "learned" if training_records
+               else "centred", "positives": len(p), "negatives": len(n),
                "positive_fire_rate": float((p >= threshold).float().mean()),
                "negative_fire_rate": float((n >= threshold).float().mean()),
                "cross_subject_fire_rate_strict": float((cross >= strict).float().mean())}
-    return RoutingConfig(editor.gate, threshold, max(strict, threshold), mean), figures
+    return RoutingConfig(editor.gate, threshold, max(strict, threshold), mean,
+                         projection), figures

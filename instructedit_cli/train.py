@@ -45,10 +45,14 @@ def calibrate_routing_cmd(
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
     data_dir: DataDir = Path("data/world"),
     tasks: TaskList = "counterfact,recent",
+    training_limit: Annotated[int, typer.Option(
+        help="training records the key space is fitted on (0: none, the centred gate "
+             "input)")] = 1500,
     threads: Threads = None,
 ) -> None:
     """Calibrate the edit memory's routing for an editor: background mean over the training
-    prompts, thresholds on the validation split (never on a measured set)."""
+    prompts, the key space fitted on the training split, thresholds on the validation split
+    (never on a measured set)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from editor_core.checkpoint import load_editor, save_routing
@@ -63,7 +67,8 @@ def calibrate_routing_cmd(
     train = load_task_records(data_dir, names, "train")
     validation = load_task_records(data_dir, names, "validation")
     background = [r.prompt for rs in train.values() for r in rs]
-    routing, figures = calibrate_routing(ed, background,
-                                         [r for rs in validation.values() for r in rs])
+    routing, figures = calibrate_routing(
+        ed, background, [r for rs in validation.values() for r in rs],
+        training_records=[r for rs in train.values() for r in rs][:training_limit])
     save_routing(editor, routing)
     typer.echo(json.dumps(figures, indent=2))

@@ -419,9 +419,8 @@ class Trainer:
         if log:
             log.close()
             plot_training_curves(self.out / "log.jsonl", self.out / "training_curves.png")
-        if self.dist.world > 1:  # every process waits for the last save, then leaves the
-            dist.barrier()       # group together (one exiting early can abort the others)
-            dist.destroy_process_group()
+        if self.dist.world > 1:  # no process exits while another still validates and saves
+            dist.barrier()
         return self._summary()
 
     def _validate_and_save(self, log) -> None:
