@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from service.follower import LogFollower
 from service.metrics import ServiceMetrics
+from service.claims import claims
 from service.schemas import EditRecord
 from service.store import EditStore, NewEdit
 
@@ -55,13 +56,11 @@ def redis_memory_and_replay(w: Workload, redis_url: str, sizes: tuple[int, ...])
             store = EditStore(client, f"bench-{size}")
             for start in range(0, size, 64):  # a batch per script, as POST /edits/batch
                 stop = min(start + 64, size)
-                await store.add([NewEdit(EditRecord(task=r.task, prompt=r.prompt,
-                                                    target=r.target, subject=r.subject,
-                                                    instruction=r.prompt, created_at="",
-                                                    created_by="bench"),
-                                         d.to_bytes(), (f"prompt:{i}",))
-                                 for i, (r, d) in enumerate(zip(requests[start:stop],
-                                                                deltas[start:stop]), start)])
+                records = [EditRecord(task=r.task, prompt=r.prompt, target=r.target,
+                                      subject=r.subject, instruction=r.prompt, created_at="",
+                                      created_by="bench") for r in requests[start:stop]]
+                await store.add([NewEdit(record, d.to_bytes(), claims(record))
+                                 for record, d in zip(records, deltas[start:stop])])
             used = (await client.info("memory"))["used_memory"] - before
             rows.append({"edits": size, "redis_bytes_per_edit": used / size,
                          "redis_mb": used / 2**20, "replay_s": await _start_replica(w, store)})

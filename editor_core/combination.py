@@ -43,16 +43,10 @@ from typing import Protocol
 
 import torch
 
-from .delta import EditDelta
+from .delta import ActiveEdit, EditDelta
+from .memory import EditMemory
 from .specs import EditableWeight
 from .workers import run_all
-
-
-@dataclass(frozen=True)
-class ActiveEdit:
-    edit_id: str
-    version: int
-    delta: EditDelta
 
 
 class DeltaCombiner(Protocol):
@@ -475,7 +469,6 @@ class CombinationConfig:
                  routing=None) -> DeltaCombiner:
         """The combiner; the edit memory needs its ``RoutingConfig`` as ``routing``."""
         if self.kind == "memory":
-            from .memory import EditMemory  # the memory builds on this module's ActiveEdit
             if routing is None:
                 raise ValueError("the edit memory needs a routing configuration")
             return EditMemory(editable, routing)

@@ -25,7 +25,7 @@ from safetensors.torch import save as st_save
 from .workers import MIN_PARALLEL_ROWS, run_all
 
 # The stored form of an edit: ΔW truncated to 12% relative Frobenius error, factors kept in
-# bfloat16 (fp32's range, so no underflow). On the demo LM that is ≈44 KB an edit against
+# bfloat16 (fp32's range, so no underflow). On the demo LM that is ≈50 KB an edit against
 # ≈210 KB at 1%, and 300 held-out edits answer the same greedily either way (reliability
 # 0.860 both, paraphrase 0.867 against 0.873: bench/stream-heldout.json). The stored factors
 # *are* the edit: the ledger applies and removes exactly them, so live weights and replays
@@ -238,3 +238,12 @@ def merge(deltas: list[EditDelta]) -> EditDelta:
         raise ValueError("cannot merge deltas with routing keys and deltas without")
     routes = tuple(r for d in deltas for r in d.routes) if all(routed) else None
     return EditDelta(factors, len(deltas), keys, routes)
+
+
+@dataclass(frozen=True)
+class ActiveEdit:
+    """An edit the ledger holds: its id, the version that applied it, and its delta."""
+
+    edit_id: str
+    version: int
+    delta: EditDelta

@@ -45,11 +45,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .combination import ActiveEdit
-from .delta import EditDelta, RoutingKey
+from .delta import ActiveEdit, EditDelta, RoutingKey
 from .specs import EditableWeight
 
-__all__ = ["EditMemory", "MemoryEntry", "RoutingConfig", "RoutingSession", "routing_session"]
+__all__ = ["EditMemory", "MemoryEntry", "RoutingConfig", "RoutingSession", "key_space",
+           "routing_session"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class RoutingConfig:
     ``threshold`` applies to entries with a subject; ``subjectless_threshold`` to entries
     without one (they are eligible everywhere, so they must match more closely). ``mean``
     is the average gate input over background text, subtracted before the cosine (raw
-    activations are anisotropic). ``projection`` ([d, r]) maps centred gate inputs into a
+    activations are anisotropic). ``projection`` ([d, d]) maps centred gate inputs into a
     key space learned so that rephrasings of one question lie close and other questions
     about the same subject lie apart; without it the cosine is taken on the centred inputs.
     Calibrated per base model, saved with the editor.
@@ -73,12 +73,19 @@ class RoutingConfig:
 
     def key_space(self, x: torch.Tensor) -> torch.Tensor:
         """Gate inputs ([..., d]) as unit vectors of the key space the cosines are taken in."""
-        x = x.float()
-        if self.mean is not None:
-            x = x - self.mean
-        if self.projection is not None:
-            x = x @ self.projection
-        return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        return key_space(x, self.mean, self.projection)
+
+
+def key_space(x: torch.Tensor, mean: torch.Tensor | None,
+              projection: torch.Tensor | None) -> torch.Tensor:
+    """Gate inputs ([..., d]), centred on ``mean`` and mapped by ``projection`` ([d, d]),
+    as unit vectors: the space routing cosines are taken in."""
+    x = x.float()
+    if mean is not None:
+        x = x - mean
+    if projection is not None:
+        x = x @ projection
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,7 @@ class MemoryEntry:
     """One active edit as the memory uses it."""
 
     edit_id: str
-    keys: torch.Tensor  # [k, d_gate] centred, unit-norm
+    keys: torch.Tensor  # [k, d] in the key space (RoutingConfig.key_space), unit-norm
     subjects: tuple[tuple[int, ...], ...]  # token-id sequences; empty: no subject
     factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # module → (u, d, step)
 
@@ -314,7 +321,7 @@ class EditMemory:
             for row, entry, start, stop in session.applying:
                 u, d, step = entry.factors[module_name]
                 xs = x[row, start:stop]
-                change = (xs @ u.to(xs.dtype).T) @ d.to(xs.dtype)
+                change = (xs @ u.to(xs).T) @ d.to(xs)  # the factors live on the CPU
                 out[row, start:stop] -= (step * change).to(out.dtype)
             return out
         return hook
@@ -400,7 +407,7 @@ class RoutingSession:
         threshold fires where none acts yet, and takes over from the acting one when its
         cosine beats every cosine the acting one reached. Returns the takeovers (chunk
         index, entry). Causal: a position's choice depends on positions up to it only."""
-        h = config.key_space(x[real])
+        h = config.key_space(x[real].cpu())  # keys, mean and map live on the CPU
         owners: list[str] = []
         blocks: list[torch.Tensor] = []
         starts: list[int] = []

@@ -27,7 +27,7 @@ import torch
 
 from .data.records import EditCase
 from .editor import Editor
-from .memory import RoutingConfig, routing_keys
+from .memory import RoutingConfig, key_space, routing_keys
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,6 @@ class KeySpaceFit:
     lr: float = 3e-3
     positive_margin: float = 0.9
     negative_margin: float = 0.4
-    seed: int = 0
 
 
 @torch.no_grad()
@@ -92,21 +91,25 @@ def _pairs(editor: Editor, records: Sequence[EditCase]) -> _Pairs:
                   torch.stack(neg) if neg else torch.empty(0, d), torch.tensor(neg_of).long())
 
 
-def _cosines(config: RoutingConfig, keys: torch.Tensor, x: torch.Tensor,
+def _cosines(space: RoutingConfig, keys: torch.Tensor, x: torch.Tensor,
              owner: torch.Tensor) -> torch.Tensor:
-    return (config.key_space(keys)[owner] * config.key_space(x)).sum(-1)
+    """Cosine, in ``space``'s key space, of each row of ``x`` with the key it belongs to."""
+    return _cosines_in(keys, x, owner, space.mean, space.projection)
+
+
+def _cosines_in(keys: torch.Tensor, x: torch.Tensor, owner: torch.Tensor,
+                mean: torch.Tensor | None, projection: torch.Tensor | None) -> torch.Tensor:
+    return (key_space(keys, mean, projection)[owner] * key_space(x, mean, projection)).sum(-1)
 
 
 def fit_key_space(pairs: _Pairs, mean: torch.Tensor, fit: KeySpaceFit) -> torch.Tensor:
     """The [d, d] map of centred gate inputs that puts rephrasings together and other
     questions about the same subject apart (squared hinge on each cosine's margin)."""
-    torch.manual_seed(fit.seed)
-    projection = torch.eye(mean.shape[0]).requires_grad_(True)
+    projection = torch.eye(mean.shape[0]).requires_grad_(True)  # full batch: deterministic
     optimiser = torch.optim.Adam([projection], lr=fit.lr)
     for _ in range(fit.steps):
-        config = RoutingConfig("", mean=mean, projection=projection)
-        pos = _cosines(config, pairs.keys, pairs.positives, pairs.positive_of)
-        neg = _cosines(config, pairs.keys, pairs.negatives, pairs.negative_of)
+        pos = _cosines_in(pairs.keys, pairs.positives, pairs.positive_of, mean, projection)
+        neg = _cosines_in(pairs.keys, pairs.negatives, pairs.negative_of, mean, projection)
         loss = (torch.relu(fit.positive_margin - pos).pow(2).mean()
                 + (torch.relu(neg - fit.negative_margin).pow(2).mean() if len(neg) else 0))
         optimiser.zero_grad(set_to_none=True)
@@ -129,11 +132,13 @@ def calibrate_routing(editor: Editor, background: Sequence[str],
     pairs = _pairs(editor, records)
     p = _cosines(space, pairs.keys, pairs.positives, pairs.positive_of)
     n = _cosines(space, pairs.keys, pairs.negatives, pairs.negative_of)
-    n = n if len(n) else torch.tensor([-1.0])
     grid = [round(0.5 + 0.01 * i, 2) for i in range(50)]
 
+    def share(x: torch.Tensor, t: float) -> float:
+        return float((x >= t).float().mean()) if len(x) else 0.0
+
     def gain(t: float) -> float:
-        return float((p >= t).float().mean() - false_fire_weight * (n >= t).float().mean())
+        return share(p, t) - false_fire_weight * share(n, t)
 
     best = max(gain(t) for t in grid)
     plateau = [t for t in grid if gain(t) == best]
@@ -146,8 +151,8 @@ def calibrate_routing(editor: Editor, background: Sequence[str],
     figures = {"threshold": threshold, "threshold_range": [plateau[0], plateau[-1]],
                "subjectless_threshold": strict, "key_space": "learned" if training_records
                else "centred", "positives": len(p), "negatives": len(n),
-               "positive_fire_rate": float((p >= threshold).float().mean()),
-               "negative_fire_rate": float((n >= threshold).float().mean()),
+               "positive_fire_rate": share(p, threshold),
+               "negative_fire_rate": share(n, threshold),
                "cross_subject_fire_rate_strict": float((cross >= strict).float().mean())}
     return RoutingConfig(editor.gate, threshold, max(strict, threshold), mean,
                          projection), figures

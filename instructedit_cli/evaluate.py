@@ -144,8 +144,6 @@ def _lifelong(lm, tokenizer, editors: list[tuple[str, Path]], data_dir: Path,
     return out
 
 
-
-
 @app.command("eval-stream")
 def eval_stream_cmd(
     counts: Annotated[str, typer.Option(help="active edits to measure at")] = "10,100,1000",
@@ -168,7 +166,7 @@ def eval_stream_cmd(
         help="also measure each edit alone stored at these tolerances (comma-separated)")
     ] = "",
     removal_at: Annotated[Optional[int], typer.Option(
-        help="at this count, roll back 10%% of the memory's edits and check the answers "
+        help="at this count, roll back 10% of the memory's edits and check the answers "
              "against a memory rebuilt from the rest, then all against the pristine model")
     ] = None,
     without_subjects: Annotated[bool, typer.Option(

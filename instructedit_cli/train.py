@@ -36,8 +36,6 @@ def train_cmd(
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
 
 
-
-
 @app.command("calibrate-routing")
 def calibrate_routing_cmd(
     editor: Annotated[Path, typer.Option(help="editor folder: the routing is written "

@@ -31,7 +31,7 @@ from .logs import valid_request_id
 from .metrics import ServiceMetrics
 from .console import install as install_console
 from .routes import completions, edits, events, model, system
-from .schemas import ErrorOut
+from .schemas import ErrorBody, ErrorOut
 from .settings import ServiceSettings
 from .store import StoreError
 
@@ -112,8 +112,8 @@ def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     def error(status: int, code: str, message: str, details: dict | None = None,
               headers: dict | None = None) -> JSONResponse:
         metrics.errors.labels(code).inc()
-        body = {"error": {"code": code, "message": message, "details": details or {}}}
-        return JSONResponse(body, status_code=status, headers=headers)
+        body = ErrorOut(error=ErrorBody(code=code, message=message, details=details or {}))
+        return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:

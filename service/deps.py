@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from .auth import Principal, require
 from .errors import ServiceError
@@ -48,3 +48,7 @@ Generation = Annotated[GenerationHandler, Depends(_generation)]
 Completions = Annotated[CompletionHandler, Depends(_completions)]
 System = Annotated[SystemHandler, Depends(_system)]
 EditLog = Annotated[EditLogHandler, Depends(_edit_log)]
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", max_length=255,
+    description="the same key returns the edit it first created, applying nothing twice")]
+LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]

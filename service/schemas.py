@@ -220,6 +220,12 @@ class TaskOut(BaseModel):
     descriptions: list[str] = Field(description="the wordings the editor was trained with")
 
 
+class ReadyOut(BaseModel):
+    status: Literal["ready"] = "ready"
+    replayed: int = Field(description="edits applied from the store when this replica started")
+    version: int = Field(description="the version of the live weights")
+
+
 class LogOut(BaseModel):
     """Where this replica stands in the edit log it follows."""
 

@@ -10,9 +10,10 @@ key                       type      holds
 ``{p}:version``           string    the newest change's version (``INCR``; from 1): every
                                     edit applied and every rollback is a change
 ``{p}:edit:{id}``         hash      the edit: ``record`` (JSON), ``status``, ``version``,
-                                    ``report`` (JSON: timings and measured quality), and
-                                    once rolled back ``rolled_back_by`` / ``_at`` /
-                                    ``_version``
+                                    ``claims`` (the facts it sets), ``report`` (JSON: timings
+                                    and measured quality), and once rolled back
+                                    ``rolled_back_by`` / ``_at`` / ``_version`` (and
+                                    ``superseded_by`` when a newer edit of its fact did it)
 ``{p}:delta:{id}``        string    the edit's delta (safetensors bytes)
 ``{p}:edits``             zset      every edit id, scored by version (listing, newest first)
 ``{p}:active``            zset      active edit ids, scored by version (replay order)
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from .schemas import Edit, EditRecord, EditReport
+from .schemas import Edit, EditPageOut, EditRecord, EditReport
 
 ACTIVE = "active"
 ROLLED_BACK = "rolled_back"
@@ -174,12 +175,6 @@ class RollbackResult:
     ids: list[str]  # newest first
 
 
-@dataclass
-class EditPage:
-    edits: list[Edit] = field(default_factory=list)
-    next_cursor: int | None = None  # pass back as ``before`` for the next page
-
-
 def _decode(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -289,7 +284,7 @@ class EditStore:
 
     async def list(self, *, before: int | None = None, limit: int = 50,
                    status: str | None = None, task: str | None = None,
-                   subject: str | None = None) -> EditPage:
+                   subject: str | None = None) -> EditPageOut:
         """Newest first, filtered. ``before`` is the cursor: only edits with a lower version.
 
         A page that ends with older edits still stored carries ``next_cursor``.
@@ -308,9 +303,9 @@ class EditStore:
                     if len(edits) == limit:
                         older = await self.client.zcount(self.key("edits"), "-inf",
                                                          f"({edit.version}")
-                        return EditPage(edits, edit.version if older else None)
+                        return EditPageOut(edits=edits, next_cursor=edit.version if older else None)
             if len(rows) < batch:
-                return EditPage(edits, None)
+                return EditPageOut(edits=edits, next_cursor=None)
             upper = f"({int(rows[-1][1])}"
 
     async def deltas(self, edit_ids: list[str], chunk: int = 64) -> list[bytes]:

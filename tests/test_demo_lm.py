@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 
-from editor_core.decoding import greedy_continuations, starts_with_answer
+from editor_lab.decoding import greedy_continuations, starts_with_answer
 from editor_lab.world.sentiment import sentiment_of
 from editor_lab.world.templates import OPINION_QUESTIONS, RELATIONS_BY_NAME
 

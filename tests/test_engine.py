@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editor_core.checkpoint import load_editor
-from editor_core.decoding import greedy_continuations
+from editor_lab.decoding import greedy_continuations
 from editor_core.editor import EditRequest
 from editor_core.encoding import EditInputError
 from editor_core.ledger import WeightLedger

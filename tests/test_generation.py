@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editor_core.decoding import greedy_continuations
+from editor_lab.decoding import greedy_continuations
 from editor_core.encoding import encode_batch, target_nll
 from editor_core.generation import (GenerationError, SamplingParams, TokenStream,
                                      generate_together)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editor_core.decoding import greedy_continuations, starts_with_answer
+from editor_lab.decoding import greedy_continuations, starts_with_answer
 from ..world.corpus import LOCALITY_PREFIX, surface_forms
 from ..world.schema import World
 from ..world.sentiment import sentiment_of

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from tqdm.auto import tqdm
 
 from editor_core.data.records import EditCase, Probe, SentimentJudge, carries_sentiment
-from editor_core.decoding import greedy_continuations
+from editor_lab.decoding import greedy_continuations
 from editor_core.instructions import InstructionRegistry
 from .methods import EditMethod
 from .metrics import answer_argmax, exact_match, token_accuracy, unchanged_share

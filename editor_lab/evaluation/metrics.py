@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor_core.data.records import Probe
-from editor_core.decoding import greedy_continuations, starts_with_answer
+from editor_lab.decoding import greedy_continuations, starts_with_answer
 from editor_core.encoding import IGNORE_INDEX, encode_batch
 
 

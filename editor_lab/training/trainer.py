@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from editor_core.checkpoint import model_fingerprint, save_editor
 from editor_core.combination import CombinationConfig
 from editor_core.data.records import SentimentJudge, carries_sentiment
-from editor_core.decoding import greedy_continuations
+from editor_lab.decoding import greedy_continuations
 from editor_core.editor import Captured, Editor
 from editor_core.hypernetwork import Hypernetwork, HypernetworkConfig
 from editor_core.instructions import InstructionRegistry

@@ -85,7 +85,7 @@ class CompletionHandler:
                "model": self.model_name}
         slots = self.generation.slots
         if body.stream:
-            slots.take()
+            slots.check()
             return self._chunks(streams[0], out)
         answers: list[GenerateOut] = []
         for stream in streams:

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from ..errors import ServiceError
 from ..lifecycle import LiveService
+from ..schemas import ErrorBody, ErrorOut
 
 _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _WAIT_MS = 5000  # one blocking read of the log; a client that left is noticed between them
@@ -57,7 +58,7 @@ class EditLogHandler:
                         "superseded_by": fields.get("superseded_by")})}
                     after = event_id
         except RedisError as exc:  # after the first byte, an error can only be an event
-            error = {"code": "store_unavailable", "message": "the edit store (Redis) does not "
-                     "answer; reconnect with Last-Event-ID to resume", "details": {
-                         "type": type(exc).__name__}}
-            yield {"event": "error", "data": json.dumps({"error": error})}
+            error = ErrorOut(error=ErrorBody(
+                code="store_unavailable", message="the edit store (Redis) does not answer; "
+                "reconnect with Last-Event-ID to resume", details={"type": type(exc).__name__}))
+            yield {"event": "error", "data": error.model_dump_json()}

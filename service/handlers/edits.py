@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from editor_core.editor import EditRequest
@@ -21,8 +22,16 @@ from ..schemas import (
     EditRecord,
     RollbackToOut,
 )
-from ..store import AddResult
 from .limits import check_tokens
+
+
+@dataclass(frozen=True)
+class Created:
+    """What a create answers: the edits, and whether they replay an earlier request with
+    the same Idempotency-Key (then nothing was computed or applied)."""
+
+    edits: list[Edit]
+    replayed: bool
 
 
 def _now() -> str:
@@ -61,7 +70,7 @@ class EditHandler:
         return EditSpec(request, record)
 
     async def create(self, body: EditIn | EditBatchIn, who: Principal,
-                     idempotency_key: str | None) -> AddResult:
+                     idempotency_key: str | None) -> Created:
         """Compute, judge, store and apply one edit or a batch (all or none)."""
         bodies = body.edits if isinstance(body, EditBatchIn) else [body]
         limit = self.live.settings.limits.max_batch_edits
@@ -71,14 +80,14 @@ class EditHandler:
         at = _now()
         specs = [self._spec(b, who, at) for b in bodies]
         refuse_conflicts([s.record for s in specs])
-        return await self.live.engine.create(specs, idempotency_key=idempotency_key,
-                                             request_hash=request_hash(body))
+        result = await self.live.engine.create(specs, idempotency_key=idempotency_key,
+                                               request_hash=request_hash(body))
+        return Created(result.edits, replayed=not result.created)
 
     async def page(self, *, status: str | None, task: str | None, subject: str | None,
                    limit: int, before: int | None) -> EditPageOut:
-        page = await self.live.engine.store.list(before=before, limit=limit, status=status,
+        return await self.live.engine.store.list(before=before, limit=limit, status=status,
                                                  task=task, subject=subject)
-        return EditPageOut(edits=page.edits, next_cursor=page.next_cursor)
 
     async def get(self, edit_id: str) -> Edit:
         return await self.live.engine.store.get(edit_id)

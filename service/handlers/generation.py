@@ -21,7 +21,8 @@ from editor_core.probing import score_targets
 from ..batcher import Finished
 from ..errors import ServiceError
 from ..lifecycle import LiveService
-from ..schemas import GenerateIn, GenerateOut, ScoreIn, ScoreOut, TargetScoreOut, Usage
+from ..schemas import (ErrorBody, ErrorOut, GenerateIn, GenerateOut, ScoreIn, ScoreOut,
+                       TargetScoreOut, Usage)
 from .limits import check_tokens
 from .pristine import pristine_memory, with_pristine
 
@@ -34,12 +35,20 @@ class QuerySlots:
         self.running = 0
         self._lock = threading.Lock()  # given back from worker threads too
 
+    def check(self) -> None:
+        """429 when no slot is free now (before a stream's response starts)."""
+        with self._lock:
+            self._refuse_when_full()
+
     def take(self) -> None:
         with self._lock:
-            if self.running >= self.limit:
-                raise ServiceError(429, "busy", f"{self.running} queries are running; retry "
-                                   "shortly", {"running": self.running})
+            self._refuse_when_full()
             self.running += 1
+
+    def _refuse_when_full(self) -> None:
+        if self.running >= self.limit:
+            raise ServiceError(429, "busy", f"{self.running} queries are running; retry "
+                               "shortly", {"running": self.running})
 
     def give(self) -> None:
         with self._lock:
@@ -73,9 +82,10 @@ class GenerationHandler:
         (``stream``) its server-sent events."""
         stream = self.token_stream(body)
         memory = pristine_memory(self.live, body) if body.compare_pristine else None
-        self.slots.take()
         if body.stream:
+            self.slots.check()
             return self._events(stream)
+        self.slots.take()
         try:
             if memory is not None:
                 return await with_pristine(self.run(stream), memory, self.token_stream(body))
@@ -90,8 +100,10 @@ class GenerationHandler:
         return self._finished(stream, done.version, done.seconds)
 
     async def stream(self, stream: TokenStream) -> AsyncIterator[str | GenerateOut]:
-        """A generation as it happens: each new piece of text, then the answer. Gives the
-        query slot (taken by the caller) back when it ends or the client leaves."""
+        """A generation as it happens: each new piece of text, then the answer. Takes a
+        query slot when it starts and gives it back when it ends or the client leaves (a
+        response never sent holds none)."""
+        self.slots.take()
         try:
             async for item in self.live.batcher.stream(stream):
                 if isinstance(item, Finished):
@@ -110,8 +122,8 @@ class GenerationHandler:
                 else:
                     yield {"event": "done", "data": piece.model_dump_json()}
         except Exception as exc:  # after the first byte, an error can only be an event
-            error = {"code": "generation_failed", "message": str(exc), "details": {}}
-            yield {"event": "error", "data": json.dumps({"error": error})}
+            error = ErrorOut(error=ErrorBody(code="generation_failed", message=str(exc)))
+            yield {"event": "error", "data": error.model_dump_json()}
 
     def _finished(self, stream: TokenStream, version: int, seconds: float) -> GenerateOut:
         """Record a finished generation in the metrics; its answer."""

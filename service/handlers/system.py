@@ -8,7 +8,7 @@ from editor_core.instructions import INSTRUCTION_FORMAT
 
 from ..errors import ServiceError
 from ..lifecycle import LiveService
-from ..schemas import InfoOut, LogOut, TaskOut
+from ..schemas import InfoOut, LogOut, ReadyOut, TaskOut
 
 
 class SystemHandler:
@@ -17,13 +17,13 @@ class SystemHandler:
     def __init__(self, live: LiveService) -> None:
         self.live = live
 
-    def ready(self) -> dict:
+    def ready(self) -> ReadyOut:
         """Ready, or 503 with the reason (store unavailable, catching up)."""
         live = self.live
         reason = live.not_ready()
         if reason is not None:
             raise ServiceError(503, *reason, {"lag": live.engine.follower.lag})
-        return {"status": "ready", "replayed": live.replayed, "version": live.ledger.version}
+        return ReadyOut(replayed=live.replayed, version=live.ledger.version)
 
     async def info(self) -> InfoOut:
         live = self.live

@@ -1,1 +1,3 @@
-"""The API's routers: edits, model queries (generate, score), and the service itself."""
+"""The API's routers: edits, the edit log's events, model queries (generate, score),
+OpenAI-compatible completions, and the service itself. Each route parses, calls one
+handler method (``service.handlers``) and returns its answer."""

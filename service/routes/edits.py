@@ -4,24 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Query, Response
 
-from ..deps import EditKey, Edits, ReadKey
+from ..deps import EditKey, Edits, IdempotencyKey, ReadKey
+from ..handlers.edits import Created
 from ..schemas import (Edit, EditBatchIn, EditBatchOut, EditIn, EditPageOut, RollbackToIn,
                        RollbackToOut)
-from ..store import AddResult
-
 router = APIRouter(tags=["edits"])
-IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", max_length=255,
-    description="the same key returns the edit it first created, applying nothing twice")]
 
 
-def _replayed(result: AddResult, response: Response) -> list[Edit]:
+def _replayed(created: Created, response: Response) -> list[Edit]:
     """The created edits; marks a response that replays an earlier Idempotency-Key."""
-    if not result.created:
+    if created.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return result.edits
+    return created.edits
 
 
 @router.post("/edits", status_code=201, response_model=Edit)

@@ -6,19 +6,16 @@ operation, and schema-driven clients and fuzzers would wait on it forever.
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header
+from fastapi import APIRouter
 from sse_starlette import EventSourceResponse
 
-from ..deps import EditLog, ReadKey
+from ..deps import EditLog, LastEventId, ReadKey
 
 router = APIRouter(tags=["edits"])
 
 
 @router.get("/events", include_in_schema=False)
-async def events(log: EditLog, _: ReadKey,
-                 last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None
+async def events(log: EditLog, _: ReadKey, last_event_id: LastEventId = None
                  ) -> EventSourceResponse:
     """The edit log as it grows."""
     return EventSourceResponse(log.events(last_event_id), ping=15)

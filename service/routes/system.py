@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ..deps import ReadKey, System
-from ..schemas import ErrorOut, InfoOut, TaskOut
+from ..schemas import ErrorOut, InfoOut, ReadyOut, TaskOut
 
 router = APIRouter(tags=["service"])
 
@@ -16,8 +16,8 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"model": ErrorOut}})
-async def readyz(system: System) -> dict:
+@router.get("/readyz", response_model=ReadyOut, responses={503: {"model": ErrorOut}})
+async def readyz(system: System) -> ReadyOut:
     """Ready while Redis answers and the live weights hold every change in the edit log
     (503 with the reason otherwise: starting, store unavailable, catching up)."""
     return system.ready()
