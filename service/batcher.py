@@ -1,8 +1,8 @@
 """Generations decoded together: concurrent requests share each forward pass.
 
 One worker thread owns generation. It takes the first waiting request, gathers whatever
-else arrives within ``window`` (up to ``max_batch``), and decodes them as one batch
-(``generate_together``) under the ledger's read lock — so a wave sees one version of the
+else arrives within ``window`` (up to ``generation_batch_size``), and decodes them as one
+batch (``generate_together``) under the ledger's read lock — so a wave sees one version of the
 weights, reported to all its requests. Requests that arrive during a wave form the next.
 A step costs little more for eight sequences than for one, which is where concurrent
 clients' throughput comes from; a lone request decodes as before.
@@ -40,13 +40,14 @@ class _Job:
 
 
 class GenerationBatcher:
-    """Decode requests in waves of up to ``max_batch``, gathered for ``window`` seconds."""
+    """Decode requests in waves of up to ``generation_batch_size``, gathered for ``window``
+    seconds (the setting ``generation_batch_window_ms``)."""
 
-    def __init__(self, model, ledger: WeightLedger, max_batch: int = 16,
+    def __init__(self, model, ledger: WeightLedger, generation_batch_size: int = 16,
                  window: float = 0.002) -> None:
         self.model = model
         self.ledger = ledger
-        self.max_batch = max_batch
+        self.generation_batch_size = generation_batch_size
         self.window = window
         self._waiting: queue.Queue[_Job | None] = queue.Queue()
         self._worker = threading.Thread(target=self._serve, name="generation", daemon=True)
@@ -81,7 +82,7 @@ class GenerationBatcher:
 
     def _gather(self, first: _Job) -> list[_Job]:
         wave, deadline = [first], time.monotonic() + self.window
-        while len(wave) < self.max_batch:
+        while len(wave) < self.generation_batch_size:
             try:
                 job = self._waiting.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:

@@ -89,14 +89,14 @@ class EditEngine:
     """One live model's edits: create, roll back, and rebuild from the store at startup."""
 
     def __init__(self, editor: Editor, ledger: WeightLedger, store: EditStore,
-                 metrics: ServiceMetrics, max_queued: int = 16,
+                 metrics: ServiceMetrics, max_queued_edits: int = 16,
                  refresh_every: int = 64, judge: EditJudge | None = None) -> None:
         self.editor = editor
         self.judge = judge  # None: edits are not judged (merged combinations)
         self.ledger = ledger
         self.store = store
         self.metrics = metrics
-        self.max_queued = max_queued
+        self.max_queued_edits = max_queued_edits
         self.follower = LogFollower(ledger, store, metrics, refresh_every)
         self._lock = asyncio.Lock()
         self._queued = 0
@@ -113,7 +113,7 @@ class EditEngine:
 
     async def _turn(self) -> asyncio.Lock:
         """Wait for the edit lock, refusing (429) when too many changes already wait."""
-        if self._queued >= self.max_queued:
+        if self._queued >= self.max_queued_edits:
             raise ServiceError(429, "busy", f"{self._queued} edits or rollbacks are already "
                                "waiting; retry shortly", {"queued": self._queued})
         self._queued += 1
