@@ -1,0 +1,99 @@
+"""``POST /edits`` on two versions of the code in one run: is a change slower, or the machine?
+
+    python -m bench.ab_post_edits --before 2c334b8 [--edits 240]
+
+Starts one service on the working tree and one on ``--before`` (a git worktree in a
+temporary folder, each with its own embedded Redis and its own shipped editor), then posts
+the same edits to both, alternating which goes first, and prints each side's one-shot p50
+and outcomes as JSON. Timings on a shared machine drift between runs; alternating in one
+run cancels that drift, so only the difference between the two versions is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from .workload import edit_requests
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _serve(root: Path, data: Path, port: int) -> subprocess.Popen:
+    """``instructedit serve`` from ``root`` (whichever module held the CLI then)."""
+    module = "instructedit_cli" if (root / "instructedit_cli").is_dir() else "service.cli"
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_WAIT_POLICY="PASSIVE")
+    log = (data.parent / f"{data.name}.log").open("wb")
+    return subprocess.Popen([sys.executable, "-m", module, "serve", "--port", str(port),
+                             "--data-dir", str(data), "--threads", "1"],
+                            cwd=root, env=env, stdout=log, stderr=log)
+
+
+def _wait_ready(base: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{base} did not become ready")
+
+
+def compare(before: str, n: int, seed: int = 7) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "before"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(old),
+                        before], check=True)
+        servers = {}
+        try:
+            for i, (name, root) in enumerate((("before", old), ("now", REPO))):
+                port = 18600 + i
+                servers[name] = (_serve(root, Path(tmp) / f"data-{name}", port),
+                                 f"http://127.0.0.1:{port}")
+            for _, base in servers.values():
+                _wait_ready(base)
+            times: dict[str, list[float]] = {name: [] for name in servers}
+            outcomes: dict[str, dict[str, int]] = {name: {} for name in servers}
+            with httpx.Client(timeout=60) as client:
+                for i, r in enumerate(edit_requests(n + 1, seed=seed)):
+                    for name in (("before", "now") if i % 2 == 0 else ("now", "before")):
+                        body = {"task": r.task, "prompt": r.prompt, "target": r.target,
+                                "subject": r.subject, "accept_partial": True}
+                        start = time.perf_counter()
+                        outcome = client.post(servers[name][1] + "/edits",
+                                              json=body).json().get("outcome")
+                        took = (time.perf_counter() - start) * 1e3
+                        outcomes[name][outcome] = outcomes[name].get(outcome, 0) + 1
+                        if i and outcome == "one_shot":  # the first is a warm-up
+                            times[name].append(took)
+        finally:
+            for proc, _ in servers.values():
+                proc.terminate()
+                proc.wait(30)
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)],
+                           check=False)
+        return {name: {"one_shot_p50_ms": round(statistics.median(t), 1), "one_shot": len(t),
+                       "outcomes": outcomes[name]} for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", required=True, help="the git revision to compare with")
+    parser.add_argument("--edits", type=int, default=240)
+    args = parser.parse_args()
+    print(json.dumps(compare(args.before, args.edits), indent=2))
+
+
+if __name__ == "__main__":
+    main()
