@@ -98,10 +98,17 @@ class WeightFactors:
 class RoutingKey:
     """Where the edit memory fires an edit: the gate module's input at the last token of
     the plain prompt and of each rephrase (``keys`` [k, d], pristine model), and the token
-    sequences of the subject and its aliases (none: the edit has no subject)."""
+    sequences of the subject and its aliases (none: the edit has no subject).
+
+    Once fired, the edit acts while the answer being written follows one of ``answers``
+    (the target's token ids with each accepted ending; none: an opinion edit, which has no
+    single answer) and stops at the first token that leaves them or that is one of ``ends``
+    (the line's end), so the text after its answer is the model's own."""
 
     keys: torch.Tensor
     subjects: tuple[tuple[int, ...], ...] = ()
+    answers: tuple[tuple[int, ...], ...] = ()
+    ends: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,8 @@ class EditDelta:
         if self.routes is not None:
             tensors["route.keys"] = self.routing.keys.contiguous()
             meta["route.subjects"] = json.dumps([list(s) for s in self.routing.subjects])
+            meta["route.answers"] = json.dumps([list(a) for a in self.routing.answers])
+            meta["route.ends"] = json.dumps(list(self.routing.ends))
         return st_save(tensors, metadata=meta)
 
     @classmethod
@@ -208,7 +217,9 @@ class EditDelta:
         routes = None
         if "route.keys" in tensors:
             subjects = tuple(tuple(s) for s in json.loads(meta.get("route.subjects", "[]")))
-            routes = (RoutingKey(tensors["route.keys"], subjects),)
+            answers = tuple(tuple(a) for a in json.loads(meta.get("route.answers", "[]")))
+            ends = tuple(json.loads(meta.get("route.ends", "[]")))
+            routes = (RoutingKey(tensors["route.keys"], subjects, answers, ends),)
         return cls(factors, 1, keys or None, routes)
 
 

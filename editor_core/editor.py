@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .answers import AnswerEndings
 from .combination import CombinationConfig
 from .data.records import EditCase
 from .delta import EditDelta, WeightFactors
@@ -118,6 +119,7 @@ class Editor:
         self._first_block = modules[_first_block_name(self.edit_model, self.editable)]
         self._dtype = next(self.edit_model.parameters()).dtype
         self._head = OutputHead.verified(self.edit_model)
+        self.endings = AnswerEndings(tokenizer, self.max_length)
 
     @property
     def follows_live_weights(self) -> bool:
@@ -265,15 +267,18 @@ class Editor:
     def routing(self, requests: Sequence[EditRequest]) -> tuple[RoutingKey, ...]:
         """Each request's routing key for the edit memory, on the editing model (the
         pristine copy under the pristine basis): keys at the last token of the plain prompt
-        and of each rephrase; token sequences of the subject and its aliases."""
+        and of each rephrase; token sequences of the subject and its aliases; the answer's
+        accepted token paths (none for an opinion edit) and the line's end tokens."""
         prompts = [p for r in requests for p in (r.prompt, *r.rephrases)]
         keys = routing_keys(self.edit_model, self.tokenizer, self.gate, prompts)
         out, start = [], 0
         for r in requests:
             n = 1 + len(r.rephrases)
             names = (r.subject, *r.aliases) if r.subject else ()
+            answers = () if r.sentiment else self.endings.answer_paths(r.prompt, r.target)
             out.append(RoutingKey(keys[start:start + n].contiguous(),
-                                  subject_token_ids(self.tokenizer, names)))
+                                  subject_token_ids(self.tokenizer, names), answers,
+                                  self.endings.line_ends()))
             start += n
         return tuple(out)
 

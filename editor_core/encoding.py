@@ -36,8 +36,10 @@ def join_prompt_target(prompt: str, target: str) -> tuple[str, int]:
 
 
 def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str,
-                max_length: int, keep_prefix: int = 0) -> tuple[list[int], list[int]]:
-    """(input ids, labels) of one prompt/target pair.
+                max_length: int, keep_prefix: int = 0, end_with_eos: bool = False
+                ) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one prompt/target pair; with ``end_with_eos`` the
+    end-of-sequence token follows the target as its last label (an answer that ends).
 
     If the pair is too long, prompt tokens are dropped from the left, but never a leading
     BOS, the first ``keep_prefix`` characters of the prompt (an instruction), or the target.
@@ -64,6 +66,11 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str,
     n_target = sum(label != IGNORE_INDEX for label in labels)
     if n_target == 0:
         raise EditInputError("the target produced no tokens")
+    if end_with_eos and tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+        labels.append(tokenizer.eos_token_id)
+        offsets.append((len(text), len(text)))
+        n_target += 1
     if len(ids) > max_length:
         # Protected head: a BOS and every token inside the kept prefix.
         lead = 0
@@ -83,11 +90,13 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str,
 
 
 def encode_batch(tokenizer: PreTrainedTokenizerBase, prompts: list[str], targets: list[str],
-                 max_length: int, keep_prefixes: list[int] | None = None) -> EncodedBatch:
+                 max_length: int, keep_prefixes: list[int] | None = None,
+                 end_with_eos: list[bool] | None = None) -> EncodedBatch:
     """Right-padded batch; padding is masked out of attention and of the labels."""
     keep = keep_prefixes or [0] * len(prompts)
-    pairs = [encode_pair(tokenizer, p, t, max_length, k)
-             for p, t, k in zip(prompts, targets, keep)]
+    eos = end_with_eos or [False] * len(prompts)
+    pairs = [encode_pair(tokenizer, p, t, max_length, k, e)
+             for p, t, k, e in zip(prompts, targets, keep, eos)]
     width = max(len(ids) for ids, _ in pairs)
     pad = tokenizer.pad_token_id
     if pad is None:

@@ -96,6 +96,8 @@ class MemoryEntry:
     keys: torch.Tensor  # [k, d] in the key space (RoutingConfig.key_space), unit-norm
     subjects: tuple[tuple[int, ...], ...]  # token-id sequences; empty: no subject
     factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # module → (u, d, step)
+    answers: tuple[tuple[int, ...], ...] = ()  # accepted answers' token ids (RoutingKey)
+    ends: tuple[int, ...] = ()  # tokens that end its line
 
 
 @dataclass(frozen=True)
@@ -226,7 +228,9 @@ class EditMemory:
         # the stored tensors themselves (shared with the ledger's copy, in the stored dtype)
         factors = {self._modules[name]: (f.u, f.d, float(f.step))
                    for name, f in delta.factors.items()}
-        return MemoryEntry(edit_id, keys.contiguous(), delta.routing.subjects, factors)
+        routing = delta.routing
+        return MemoryEntry(edit_id, keys.contiguous(), routing.subjects, factors,
+                           routing.answers, routing.ends)
 
     def __len__(self) -> int:
         return len(self._index.entries)
@@ -332,8 +336,10 @@ class _Row:
     ids: list[int] = field(default_factory=list)
     eligible: dict[str, int] = field(default_factory=dict)  # entry → first position
     fired: MemoryEntry | None = None  # the entry acting now
+    since: int = -1  # the position it fired at: its answer is written after it
     score: float = -2.0  # its best cosine so far
     acted: list[str] = field(default_factory=list)  # every entry that acted, in order
+    barred: dict[str, tuple[int, ...]] = field(default_factory=dict)  # done → its line ends
 
 
 class RoutingSession:
@@ -380,7 +386,8 @@ class RoutingSession:
 
     def route(self, x: torch.Tensor) -> None:
         """Fire entries at the chunk's gate inputs ``x`` ([B, T, d]); set what applies
-        where: the entry acting before the chunk, then each one that takes over in it."""
+        where: the entry acting before the chunk, then each one that takes over in it,
+        until its answer is written or leaves its target."""
         config, index = self.memory.config, self.index
         self.applying = []
         if not index.entries:
@@ -391,9 +398,9 @@ class RoutingSession:
             if not real:
                 continue
             acting, start = row.fired, real[0]
-            takeovers = (self._contest(row, x[r], real, positions, config, index)
-                         if row.eligible or index.subjectless else [])
-            for j, entry in takeovers:
+            if not (row.eligible or index.subjectless or acting is not None):
+                continue
+            for j, entry in self._walk(row, x[r], real, positions, config, index):
                 if acting is not None and j > start:
                     self.applying.append((r, acting, start, j))
                 acting, start = entry, j
@@ -401,12 +408,56 @@ class RoutingSession:
                 self.applying.append((r, acting, start, len(positions)))
 
     @staticmethod
-    def _contest(row: _Row, x: torch.Tensor, real: list[int], positions: list[int],
-                 config: RoutingConfig, index: _Index) -> list[tuple[int, MemoryEntry]]:
-        """Walk the chunk's positions in order: the best eligible entry at or above its
-        threshold fires where none acts yet, and takes over from the acting one when its
-        cosine beats every cosine the acting one reached. Returns the takeovers (chunk
-        index, entry). Causal: a position's choice depends on positions up to it only."""
+    def _walk(row: _Row, x: torch.Tensor, real: list[int], positions: list[int],
+              config: RoutingConfig, index: _Index) -> list[tuple[int, MemoryEntry | None]]:
+        """Walk the chunk's positions in order. The acting entry stops (None) at the first
+        token that leaves its answer; the best eligible entry at or above its threshold
+        fires where none acts, and takes over from the acting one when its cosine beats
+        every cosine the acting one reached. An entry that stopped does not fire again in
+        the row before its line ends. Returns the changes (chunk index, entry or None).
+        Causal: a position's choice depends on positions up to it only."""
+        contest = _Contest.of(row, x, real, [positions[j] for j in real], config, index) if (
+            row.eligible or index.subjectless) else None
+        changes: list[tuple[int, MemoryEntry | None]] = []
+        for t, j in enumerate(real):
+            pos = positions[j]
+            token = row.ids[pos]
+            if row.barred and any(token in ends for ends in row.barred.values()):
+                row.barred = {}
+            acting = row.fired
+            if acting is not None and pos > row.since:
+                state = _answer_state(acting, row.ids[row.since + 1:pos + 1])
+                if state != "writing":
+                    if state == "left":  # a partial answer: not again on this line
+                        row.barred[acting.edit_id] = acting.ends
+                    row.fired, row.score = None, -2.0
+                    changes.append((j, None))
+            if contest is None or not contest.ok[t]:
+                continue
+            found = contest.best(t, pos, row.barred)
+            if found is None:
+                continue
+            score, owner = found
+            if row.fired is not None and owner == row.fired.edit_id:
+                row.score = max(row.score, score)
+            elif row.fired is None or score > row.score:
+                row.fired, row.score, row.since = index.entries[owner], score, pos
+                row.acted.append(owner)
+                changes.append((j, row.fired))
+        return changes
+
+
+@dataclass(frozen=True)
+class _Contest:
+    """The cosines of one row's chunk positions with every key that may fire there."""
+
+    owners: list[str]
+    scores: list[list[float]]  # [T', keys]; -2 where a key may not fire
+    ok: list[bool]  # per position: some key may fire
+
+    @classmethod
+    def of(cls, row: _Row, x: torch.Tensor, real: list[int], at: list[int],
+           config: RoutingConfig, index: _Index) -> _Contest:
         h = config.key_space(x[real].cpu())  # keys, mean and map live on the CPU
         owners: list[str] = []
         blocks: list[torch.Tensor] = []
@@ -424,20 +475,36 @@ class RoutingSession:
             starts += [0] * len(index.subjectless_owner)
             limits += [config.subjectless_threshold] * len(index.subjectless_owner)
         sims = h @ torch.cat(blocks).T  # [T', keys]
-        pos = torch.tensor([positions[j] for j in real]).unsqueeze(1)
+        pos = torch.tensor(at).unsqueeze(1)
         ok = (sims >= torch.tensor(limits)) & (pos >= torch.tensor(starts))
         scores = torch.where(ok, sims, torch.tensor(-2.0)).tolist()
-        takeovers = []
-        for t in ok.any(1).nonzero().flatten().tolist():
-            best = max(range(len(owners)), key=lambda k: (scores[t][k], _neg(owners[k])))
-            score, owner = scores[t][best], owners[best]
-            if row.fired is not None and owner == row.fired.edit_id:
-                row.score = max(row.score, score)
-            elif row.fired is None or score > row.score:
-                row.fired, row.score = index.entries[owner], score
-                row.acted.append(owner)
-                takeovers.append((real[t], row.fired))
-        return takeovers
+        return cls(owners, scores, ok.any(1).tolist())
+
+    def best(self, t: int, pos: int, barred: dict[str, tuple[int, ...]]
+             ) -> tuple[float, str] | None:
+        """The best key that may fire at chunk position ``t`` (ties: the smaller id)."""
+        candidates = [k for k in range(len(self.owners))
+                      if self.scores[t][k] > -2.0 and self.owners[k] not in barred]
+        if not candidates:
+            return None
+        k = max(candidates, key=lambda k: (self.scores[t][k], _neg(self.owners[k])))
+        return self.scores[t][k], self.owners[k]
+
+
+def _answer_state(entry: MemoryEntry, answer: list[int]) -> str:
+    """Where ``answer`` (the tokens since the entry fired, the newest last) stands:
+    ``writing`` one of its accepted answers, ``done`` (the newest token ends the line or
+    follows a whole answer), or ``left`` them. The line-end token itself is not acted on:
+    what follows it is the model's own. An opinion edit writes until its line ends; an edit
+    with neither answers nor line ends (stored before they existed) always acts."""
+    if answer[-1] in entry.ends:
+        return "done"
+    if entry.answers:
+        n = len(answer)
+        if any(len(path) >= n and list(path[:n]) == answer for path in entry.answers):
+            return "writing"
+        return "done" if tuple(answer[:-1]) in entry.answers else "left"
+    return "writing"
 
 
 def _neg(edit_id: str) -> tuple[int, ...]:

@@ -34,15 +34,19 @@ class TargetScore:
 @torch.no_grad()
 def score_targets(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                   prompts: Sequence[str], targets: Sequence[str], max_length: int,
-                  batch_size: int = 32) -> list[TargetScore]:
-    """Score each ``targets[i]`` as the continuation of ``prompts[i]``, in one pass each."""
+                  batch_size: int = 32, end_with_eos: Sequence[bool] | None = None
+                  ) -> list[TargetScore]:
+    """Score each ``targets[i]`` as the continuation of ``prompts[i]`` (followed by the
+    end-of-sequence token where ``end_with_eos[i]``), in one pass each."""
     if len(prompts) != len(targets):
         raise ValueError("one target per prompt")
     device = next(model.parameters()).device
     scores: list[TargetScore] = []
     for start in range(0, len(prompts), batch_size):
         batch = encode_batch(tokenizer, list(prompts[start:start + batch_size]),
-                             list(targets[start:start + batch_size]), max_length)
+                             list(targets[start:start + batch_size]), max_length,
+                             end_with_eos=None if end_with_eos is None else
+                             list(end_with_eos[start:start + batch_size]))
         logits = model(input_ids=batch.input_ids.to(device),
                        attention_mask=batch.attention_mask.to(device),
                        use_cache=False).logits[:, :-1].float().cpu()

@@ -1,10 +1,12 @@
 """Edits that take: check the hypernetwork's one-shot delta, and fit it further when needed.
 
 The hypernetwork's single step is the right start — fast, and it generalises to paraphrases
-— but it does not always reach an improbable target. Here an edit is judged as the edit
-memory serves it: its change acts from the last token of the prompt on (where its routing
-key sits and where it fires), on the pristine model. It *holds* when, teacher-forced, every
-target token is the model's argmax — exactly when the greedy answer starts with the target.
+— but it does not always reach an improbable target, and it never learnt where an answer
+ends. Here an edit is judged as the edit memory serves it: its change acts from the last
+token of the prompt on (where its routing key sits and where it fires), on the pristine
+model, on the target followed by the ending the pristine model gives its own answers there
+(``answers.AnswerEndings``). It *holds* when, teacher-forced, every one of those tokens is
+the model's argmax — exactly when the greedy answer's line is the target and nothing more.
 
 When it does not hold, the stored factors themselves are fitted (Adam, each tensor's step
 relative to its own scale) on the prompt and the rephrases the request gives, with a KL term
@@ -13,7 +15,8 @@ should the change act there. Every forward pass sees the factors exactly as they
 stored (rounded to the stored dtype, straight-through), so an edit judged to hold holds as
 stored. The result keeps the one-shot delta's shape: the same low-rank factors, so it is
 stored, replayed and rolled back like any other edit. The fit stops as soon as the edit
-holds, or at the budget (steps and milliseconds), and says which happened.
+holds, or at its budget of steps — so whether an edit holds never depends on how busy the
+machine is — or, as a guard only, at a time cap, and says which happened.
 
 ``EditJudge`` is what the service runs before storing an edit: a trial on the live edit
 memory (the published entries plus the candidate, visible to the judging thread only), then
@@ -32,6 +35,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .answers import AnswerEndings, FittedAnswer
 from .delta import STORE_DTYPE, EditDelta, WeightFactors
 from .editor import EditRequest
 from .encoding import IGNORE_INDEX, encode_batch, label_nll
@@ -48,13 +52,16 @@ __all__ = ["EditFit", "EditJudge", "EditRefiner", "Judgement", "Outcome", "Refin
 class RefineConfig:
     """The budget and the fit of a refinement (``max_steps`` 0: judge, never refine).
 
+    ``max_steps`` is the budget; ``max_ms`` only guards against a stalled machine (an edit
+    stopped by it says so: ``EditFit.time_capped``).
+
     ``strategy``: ``adam`` fits the factors; ``scale`` only tries the one-shot change
     scaled by each of ``scales`` in turn (a forward pass each), the cheaper candidate it
     was measured against.
     """
 
     max_steps: int = 60
-    max_ms: float = 500.0
+    max_ms: float = 5000.0
     lr: float = 0.5  # Adam's step, relative to each factor tensor's RMS
     locality_weight: float = 1.0
     strategy: Literal["adam", "scale"] = "adam"
@@ -81,6 +88,7 @@ class EditFit:
     steps: int
     ms: float
     token_accuracy: float  # the least, over the fitted prompts, of the teacher-forced share
+    time_capped: bool = False  # stopped by the time guard, not by holding or the step budget
 
 
 class EditRefiner:
@@ -96,14 +104,15 @@ class EditRefiner:
         modules = dict(model.named_modules())
         self._modules = {w.name: modules[w.module_name] for w in editable}
 
-    def fit(self, delta: EditDelta, prompts: Sequence[str], target: str,
+    def fit(self, delta: EditDelta, prompts: Sequence[str], answers: Sequence[FittedAnswer],
             locality: Sequence[str] = ()) -> EditFit:
         """Judge ``delta`` (one request, in its stored form) on ``prompts`` (the plain
-        prompt first, then rephrases) and fit it when it does not hold."""
+        prompt first, then rephrases), each to be answered by its ``answers`` entry, and fit
+        it when it does not hold."""
         began = time.perf_counter()
         cfg = self.config
-        batch = encode_batch(self.tokenizer, list(prompts), [target] * len(prompts),
-                             self.max_length)
+        batch = encode_batch(self.tokenizer, list(prompts), [a.text for a in answers],
+                             self.max_length, end_with_eos=[a.eos for a in answers])
         device = next(self.model.parameters()).device
         ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
         labels = batch.labels.to(device)
@@ -117,7 +126,7 @@ class EditRefiner:
                 min=1e-8))} for u, d, _ in params.values() for t in (u, d)])
         if cfg.strategy == "scale":
             return self._scaled(delta, ids, mask, labels, starts, began)
-        steps, accuracy = 0, 0.0
+        steps, accuracy, capped = 0, 0.0, False
         while True:
             with torch.enable_grad():
                 stored = {n: (_as_stored(u), _as_stored(d), s) for n, (u, d, s) in params.items()}
@@ -127,8 +136,8 @@ class EditRefiner:
                 accuracy = _least_accuracy(logits, labels)
                 nll = label_nll(logits[:, :-1], labels[:, 1:])
                 sure = bool((-nll * _counted(labels)).exp().min() >= cfg.confidence)
-                spent = (time.perf_counter() - began) * 1e3
-                if (accuracy == 1.0 and sure) or steps >= cfg.max_steps or spent >= cfg.max_ms:
+                capped = _ms(began) >= cfg.max_ms
+                if (accuracy == 1.0 and sure) or steps >= cfg.max_steps or capped:
                     break
                 loss = nll.mean()
                 if away is not None and cfg.locality_weight > 0:
@@ -140,15 +149,18 @@ class EditRefiner:
         outcome: Outcome = ("one_shot" if steps == 0 else "refined") if accuracy == 1.0 \
             else "did_not_hold"
         fitted = delta if steps == 0 else _with_factors(delta, params)
-        return EditFit(fitted, outcome, steps, (time.perf_counter() - began) * 1e3, accuracy)
+        return EditFit(fitted, outcome, steps, _ms(began), accuracy,
+                       capped and accuracy < 1.0 and steps < cfg.max_steps)
 
     @torch.no_grad()
     def _scaled(self, delta: EditDelta, ids: torch.Tensor, mask: torch.Tensor,
                 labels: torch.Tensor, starts: torch.Tensor, began: float) -> EditFit:
         """The first of ``scales`` (the one-shot change times it) that holds, if any."""
         accuracy, steps, tried = 0.0, 0, delta
+        capped = False
         for scale in (1.0, *self.config.scales):
-            if steps > self.config.max_steps or _ms(began) >= self.config.max_ms:
+            capped = _ms(began) >= self.config.max_ms
+            if steps > self.config.max_steps or capped:
                 break
             tried = delta if scale == 1.0 else EditDelta(
                 {n: WeightFactors(f.u, f.d, f.step * scale, f.spans)
@@ -163,7 +175,8 @@ class EditRefiner:
             steps += scale != 1.0
         outcome: Outcome = ("one_shot" if tried is delta else "refined") if accuracy == 1.0 \
             else "did_not_hold"
-        return EditFit(tried, outcome, steps, _ms(began), accuracy)
+        return EditFit(tried, outcome, steps, _ms(began), accuracy,
+                       capped and accuracy < 1.0)
 
     # -- the change as the memory applies it, differentiably ------------------------------
     @contextmanager
@@ -246,13 +259,15 @@ def _with_factors(delta: EditDelta, params) -> EditDelta:
 @dataclass(frozen=True)
 class Judgement:
     """What the live model would answer with an edit, before it is stored: the delta to
-    store, whether its greedy answers start with the target, and what refining took."""
+    store, whether its greedy answers are exactly the target, and what refining took."""
 
     delta: EditDelta
     outcome: Outcome
     steps: int
     ms: float
     scores: tuple[TargetScore, ...]  # the prompt's, then each rephrase's, with the edit
+    answers: tuple[FittedAnswer, ...] = ()  # what each prompt was judged on
+    time_capped: bool = False  # refinement stopped by the time guard
 
     @property
     def holds(self) -> bool:
@@ -267,37 +282,42 @@ _TRIAL_ID = "\x00trial"
 class EditJudge:
     """Decides on the spot whether an edit holds on the live edit memory, refining it when
     it does not. The trial routes teacher-forced passes through the published memory plus
-    the candidate entry; routing is causal and per position, so every target token being
-    the argmax there is exactly a greedy answer that starts with the target."""
+    the candidate entry; routing is causal and per position, so every token of the target
+    and its ending being the argmax there is exactly a greedy answer whose line is the
+    target. The ending of each prompt's answer is the pristine model's choice."""
 
     def __init__(self, refiner: EditRefiner, model: PreTrainedModel, memory: EditMemory
                  ) -> None:
         self.refiner = refiner
         self.model = model
         self.memory = memory
+        self.endings = AnswerEndings(refiner.tokenizer, refiner.max_length)
 
     def judge(self, request: EditRequest, delta: EditDelta, locality: Sequence[str] = ()
               ) -> Judgement:
         began = time.perf_counter()
         prompts = [request.prompt, *request.rephrases]
-        scores = self._trial(delta, prompts, request.target)
+        answers = tuple(self.endings.choose(self.refiner.model, prompts, request.target))
+        scores = self._trial(delta, prompts, answers)
         held = _all_argmax(scores)
         if held and min(s.probability for s in scores) >= self.refiner.config.confidence:
-            return Judgement(delta, "one_shot", 0, _ms(began), scores)
-        fit = self.refiner.fit(delta, prompts, request.target, locality)
+            return Judgement(delta, "one_shot", 0, _ms(began), scores, answers)
+        fit = self.refiner.fit(delta, prompts, answers, locality)
         if not fit.steps:  # no budget to refine: the one-shot delta as it is
             return Judgement(delta, "one_shot" if held else "did_not_hold", 0, _ms(began),
-                             scores)
-        scores = self._trial(fit.delta, prompts, request.target)
+                             scores, answers, fit.time_capped)
+        scores = self._trial(fit.delta, prompts, answers)
         outcome: Outcome = "refined" if _all_argmax(scores) else "did_not_hold"
-        return Judgement(fit.delta, outcome, fit.steps, _ms(began), scores)
+        return Judgement(fit.delta, outcome, fit.steps, _ms(began), scores, answers,
+                         fit.time_capped)
 
-    def _trial(self, delta: EditDelta, prompts: list[str], target: str
+    def _trial(self, delta: EditDelta, prompts: list[str], answers: Sequence[FittedAnswer]
                ) -> tuple[TargetScore, ...]:
         refiner = self.refiner
         with self.memory.trial([self.memory.entry(_TRIAL_ID, delta)]):
             return tuple(score_targets(self.model, refiner.tokenizer, prompts,
-                                       [target] * len(prompts), refiner.max_length))
+                                       [a.text for a in answers], refiner.max_length,
+                                       end_with_eos=[a.eos for a in answers]))
 
 
 def _all_argmax(scores: Sequence[TargetScore]) -> bool:

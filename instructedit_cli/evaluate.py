@@ -234,7 +234,8 @@ def eval_single_cmd(
     real_zsre: Annotated[Path, typer.Option(help="real zsRE records (MEND's eval format)")
                          ] = Path("../shared/data/zsre_real_sample.json"),
     refine_max_steps: Annotated[int, typer.Option(help="refinement budget: steps")] = 60,
-    refine_max_ms: Annotated[float, typer.Option(help="refinement budget: ms")] = 500.0,
+    refine_max_ms: Annotated[float, typer.Option(
+        help="refinement's time guard (ms); the budget is the steps")] = 5000.0,
     refine_lr: Annotated[float, typer.Option(help="refinement's relative Adam step")] = 0.5,
     refine_strategy: Annotated[str, typer.Option(
         help="adam (fit the factors) or scale (try the one-shot change scaled up)")] = "adam",

@@ -10,7 +10,7 @@ them. If anything before the store step fails, neither the store nor the weights
 once stored, an edit reaches every replica's weights, this one's included, through the log.
 
 Before anything is stored, the edit memory judges each edit (``EditJudge``): it holds when
-the live model with the edit would answer its prompt and rephrases greedily with the
+the live model with the edit would answer its prompt and rephrases greedily with exactly the
 target; if the one-shot delta does not, it is refined within the budget. An edit that still
 does not hold is refused (422 ``edit_did_not_hold``) unless its request accepts a partial
 edit, and a refusal leaves the weights, the memory and the store as they were. The record
@@ -234,6 +234,7 @@ class EditEngine:
         details = [{"index": i, "prompt": specs[i].request.prompt,
                     "target": specs[i].request.target, "refine_steps": judged[i].steps,
                     "refine_ms": round(judged[i].ms, 1),
+                    "refine_time_capped": judged[i].time_capped,
                     "prompts": [{"prompt": p, "before": _score(b).model_dump(),
                                  "after": _score(a).model_dump()}
                                 for p, b, a in zip((specs[i].request.prompt,
@@ -308,7 +309,7 @@ class EditEngine:
 def _outcome(judged: Judgement) -> dict[str, Any]:
     """What the stored record says of the judgement."""
     return {"outcome": judged.outcome, "refine_steps": judged.steps,
-            "refine_ms": round(judged.ms, 1)}
+            "refine_ms": round(judged.ms, 1), "refine_time_capped": judged.time_capped}
 
 
 def _score(score: TargetScore) -> Score:

@@ -107,6 +107,9 @@ class EditRecord(EditIn):
         "not judged, under a merged combination)")
     refine_steps: int | None = Field(None, description="refinement steps taken (0: one-shot)")
     refine_ms: float | None = Field(None, description="time judging and refining took")
+    refine_time_capped: bool = Field(
+        False, description="refinement stopped at the time guard (refine_max_ms) before its "
+        "step budget: the outcome then depended on the machine's speed")
 
 
 class EditReport(BaseModel):

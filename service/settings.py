@@ -94,7 +94,10 @@ class ServiceSettings(RuntimeSettings):
     refine_max_steps: int = Field(
         60, ge=0, description="refinement steps an edit that does not hold may take "
         "(0: judge only, never refine)")
-    refine_max_ms: float = Field(500.0, gt=0, description="time an edit's refinement may take")
+    refine_max_ms: float = Field(
+        5000.0, gt=0, description="a guard only: refinement stops after this long even "
+        "within its steps (the edit then says refine_time_capped); the budget is the steps, "
+        "so whether an edit holds does not depend on how busy the machine is")
     refine_lr: float = Field(0.5, gt=0, description="refinement's Adam step, relative to each "
                              "factor tensor's scale")
     refine_locality_weight: float = Field(

@@ -7,6 +7,7 @@ import threading
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from editor_core.answers import FittedAnswer
 from editor_core.checkpoint import load_editor, load_routing
 from editor_core.combination import CombinationConfig
 from editor_core.delta import STORE_DTYPE, EditDelta
@@ -89,7 +90,8 @@ def test_the_locality_term_keeps_the_next_token_where_the_change_would_act(setup
     locality = ["The capital of Veiistan is"]
     fits = {w: EditRefiner(editor.edit_model, editor.tokenizer, editor.editable,
                            editor.max_length, RefineConfig(locality_weight=w)).fit(
-        delta, [UNFAMILIAR.prompt], UNFAMILIAR.target, locality) for w in (0.0, 10.0)}
+        delta, [UNFAMILIAR.prompt], [FittedAnswer(UNFAMILIAR.target + ".")], locality)
+        for w in (0.0, 10.0)}
     refiner = EditRefiner(editor.edit_model, editor.tokenizer, editor.editable,
                           editor.max_length)
     away = refiner._locality_batch(locality, "cpu")

@@ -1,0 +1,121 @@
+"""What an answer is, and how an edited answer ends.
+
+A reader takes a model's answer up to the end of its line (or of the sequence). An edit
+*holds* when that line is exactly its target — a trailing period allowed — not when it
+merely starts with it: " Argentinaaaa" is no answer anyone accepts. ``is_exact`` is that
+definition, the one every judge, evaluator and benchmark of the project uses;
+``starts_with_target`` is the looser prefix reading kept beside it.
+
+A target alone says nothing about where the answer stops, so an edit fitted on its target
+tokens only keeps pushing them (" Chile Chile Chile"). ``AnswerEndings`` closes the answer
+the way the model closes its own: a period or not, then a line end or the end of the
+sequence — whichever of those the pristine model finds likeliest after the target in that
+context. The judge fits the target with that ending, and the edit memory lets an edit act
+only while the answer being written is its target with one of those endings (the token
+paths ``answer_paths`` gives), so the text after the answer is the model's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .encoding import IGNORE_INDEX, encode_batch, encode_pair
+
+__all__ = ["AnswerEndings", "FittedAnswer", "answer_line", "is_exact", "starts_with_target"]
+
+
+def answer_line(text: str) -> str:
+    """The answer as a reader takes it: up to the end of its first line, trimmed."""
+    return text.split("\n", 1)[0].strip()
+
+
+def is_exact(text: str, target: str) -> bool:
+    """Whether the answer's line is exactly ``target`` (a trailing period allowed)."""
+    line, want = answer_line(text), target.strip()
+    if not want:
+        return False
+    return line == want or line == want + "." or (want.endswith(".") and line == want[:-1])
+
+
+def starts_with_target(text: str, target: str) -> bool:
+    """The looser reading: the answer starts with ``target`` (shown beside exact)."""
+    return bool(target.strip()) and text.strip().startswith(target.strip())
+
+
+@dataclass(frozen=True)
+class FittedAnswer:
+    """A target as an edit is judged and fitted on it: the target's text with its ending
+    (``text``), followed by the end-of-sequence token when ``eos``."""
+
+    text: str
+    eos: bool = False
+
+
+class AnswerEndings:
+    """The ways an answer may end for one tokenizer, and the choice among them."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.eos = tokenizer.eos_token_id
+        # (text after the target, then the end of sequence?) — the line ends a reader sees
+        self._endings = [(".\n", False), ("\n", False)]
+        if self.eos is not None:
+            self._endings += [(".", True), ("", True)]
+
+    def candidates(self, target: str) -> list[FittedAnswer]:
+        """The target with each ending (a target that ends in a period keeps only its own)."""
+        target = target.rstrip()
+        seen: list[FittedAnswer] = []
+        for text, eos in self._endings:
+            if target.endswith(".") and text.startswith("."):
+                text = text[1:]
+            answer = FittedAnswer(target + text, eos)
+            if answer not in seen:
+                seen.append(answer)
+        return seen
+
+    @torch.no_grad()
+    def choose(self, model: PreTrainedModel, prompts: Sequence[str], target: str
+               ) -> list[FittedAnswer]:
+        """For each prompt, the ending the (pristine) ``model`` finds likeliest after the
+        target: one batched teacher-forced pass over every prompt × candidate."""
+        options = self.candidates(target)
+        rows = [(p, o) for p in prompts for o in options]
+        batch = encode_batch(self.tokenizer, [p for p, _ in rows], [o.text for _, o in rows],
+                             self.max_length, end_with_eos=[o.eos for _, o in rows])
+        device = next(model.parameters()).device
+        logits = model(input_ids=batch.input_ids.to(device),
+                       attention_mask=batch.attention_mask.to(device),
+                       use_cache=False).logits[:, :-1].float().cpu()
+        labels = batch.labels[:, 1:]
+        counted = labels != IGNORE_INDEX
+        picked = torch.log_softmax(logits, -1).gather(
+            -1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        # the target's own tokens are shared by every candidate: their sum ranks the endings
+        logprob = (picked * counted).sum(1).view(len(prompts), len(options))
+        return [options[int(i)] for i in logprob.argmax(1)]
+
+    def answer_paths(self, prompt: str, target: str) -> tuple[tuple[int, ...], ...]:
+        """The token ids of every accepted answer (the target with each ending), as they
+        follow ``prompt``: the paths along which the edit memory lets the edit act."""
+        paths = []
+        for option in self.candidates(target):
+            ids, labels = encode_pair(self.tokenizer, prompt, option.text, self.max_length,
+                                      end_with_eos=option.eos)
+            path = tuple(t for t, label in zip(ids, labels) if label != IGNORE_INDEX)
+            if path not in paths:
+                paths.append(path)
+        return tuple(paths)
+
+    def line_ends(self) -> tuple[int, ...]:
+        """Token ids that end a line or the sequence."""
+        ends = {ids[-1] for text in ("\n", ".\n", " \n")
+                if (ids := self.tokenizer(text, add_special_tokens=False)["input_ids"])}
+        if self.eos is not None:
+            ends.add(self.eos)
+        return tuple(sorted(ends))
