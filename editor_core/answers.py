@@ -23,9 +23,11 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .encoding import IGNORE_INDEX, encode_batch, encode_pair
+from .encoding import IGNORE_INDEX, EncodedBatch, encode_batch, encode_pair
+from .probing import TargetScore
 
-__all__ = ["AnswerEndings", "FittedAnswer", "answer_line", "is_exact", "starts_with_target"]
+__all__ = ["AnswerCheck", "AnswerEndings", "FittedAnswer", "answer_line", "is_exact",
+           "starts_with_target"]
 
 
 def answer_line(text: str) -> str:
@@ -48,11 +50,26 @@ def starts_with_target(text: str, target: str) -> bool:
 
 @dataclass(frozen=True)
 class FittedAnswer:
-    """A target as an edit is judged and fitted on it: the target's text with its ending
-    (``text``), followed by the end-of-sequence token when ``eos``."""
+    """A target as an edit is judged and fitted on it: the target, the text of its ending,
+    then the end-of-sequence token when ``eos``."""
 
-    text: str
+    target: str
+    ending: str = ""
     eos: bool = False
+
+    @property
+    def text(self) -> str:
+        return self.target + self.ending
+
+
+@dataclass(frozen=True)
+class AnswerCheck:
+    """One prompt's answer, teacher-forced: the target's own tokens scored (``score``), and
+    whether the greedy answer is exactly the target — every target token the argmax, then
+    a line end, or a period and then a line end (``exact``)."""
+
+    score: TargetScore
+    exact: bool
 
 
 class AnswerEndings:
@@ -66,6 +83,14 @@ class AnswerEndings:
         self._endings = [(".\n", False), ("\n", False)]
         if self.eos is not None:
             self._endings += [(".", True), ("", True)]
+        words = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (" x", " x.")]
+        # the token a period after a word is (None where it merges with the word)
+        self.period = words[1][-1] if len(words[1]) == len(words[0]) + 1 else None
+        ends = {ids[-1] for text in ("\n", ".\n", " \n")
+                if (ids := tokenizer(text, add_special_tokens=False)["input_ids"])}
+        if self.eos is not None:
+            ends.add(self.eos)
+        self.ends = tuple(sorted(ends))  # tokens that end a line or the sequence
 
     def candidates(self, target: str) -> list[FittedAnswer]:
         """The target with each ending (a target that ends in a period keeps only its own)."""
@@ -74,7 +99,7 @@ class AnswerEndings:
         for text, eos in self._endings:
             if target.endswith(".") and text.startswith("."):
                 text = text[1:]
-            answer = FittedAnswer(target + text, eos)
+            answer = FittedAnswer(target, text, eos)
             if answer not in seen:
                 seen.append(answer)
         return seen
@@ -100,6 +125,43 @@ class AnswerEndings:
         logprob = (picked * counted).sum(1).view(len(prompts), len(options))
         return [options[int(i)] for i in logprob.argmax(1)]
 
+    def encode(self, prompts: Sequence[str], answers: Sequence[FittedAnswer]
+               ) -> tuple[EncodedBatch, list[int]]:
+        """The batch of prompts with their fitted answers, and each row's count of target
+        tokens (the rest of its labels are the ending)."""
+        batch = encode_batch(self.tokenizer, list(prompts), [a.text for a in answers],
+                             self.max_length, end_with_eos=[a.eos for a in answers])
+        whole = (batch.labels != IGNORE_INDEX).sum(1).tolist()
+        own = [sum(label != IGNORE_INDEX for label in
+                   encode_pair(self.tokenizer, p, a.target, self.max_length)[1])
+               for p, a in zip(prompts, answers)]
+        return batch, [min(n, o) for n, o in zip(whole, own)]
+
+    def check(self, logits: torch.Tensor, labels: torch.Tensor, targets: Sequence[int]
+              ) -> list[AnswerCheck]:
+        """Read each row of a teacher-forced pass (``logits`` [B, T, V] over ``labels``
+        from ``encode``, ``targets`` its target token counts)."""
+        logits, labels = logits[:, :-1].detach().float(), labels[:, 1:].to(logits.device)
+        best = logits.argmax(-1)
+        logp = torch.log_softmax(logits, -1).gather(
+            -1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        ends, period = set(self.ends), self.period
+        out = []
+        for row, n in enumerate(targets):
+            at = (labels[row] != IGNORE_INDEX).nonzero().flatten().tolist()
+            target, ending = at[:n], at[n:]
+            hits = [int(best[row, t]) == int(labels[row, t]) for t in target]
+            score = TargetScore(float(logp[row, target].sum()), len(target),
+                                sum(hits) / max(len(target), 1))
+            exact = all(hits)
+            if exact and ending:
+                first = int(best[row, ending[0]])
+                exact = first in ends or (
+                    first == period == int(labels[row, ending[0]]) and len(ending) > 1
+                    and int(best[row, ending[1]]) in ends)
+            out.append(AnswerCheck(score, exact))
+        return out
+
     def answer_paths(self, prompt: str, target: str) -> tuple[tuple[int, ...], ...]:
         """The token ids of every accepted answer (the target with each ending), as they
         follow ``prompt``: the paths along which the edit memory lets the edit act."""
@@ -111,11 +173,3 @@ class AnswerEndings:
             if path not in paths:
                 paths.append(path)
         return tuple(paths)
-
-    def line_ends(self) -> tuple[int, ...]:
-        """Token ids that end a line or the sequence."""
-        ends = {ids[-1] for text in ("\n", ".\n", " \n")
-                if (ids := self.tokenizer(text, add_special_tokens=False)["input_ids"])}
-        if self.eos is not None:
-            ends.add(self.eos)
-        return tuple(sorted(ends))

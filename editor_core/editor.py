@@ -278,7 +278,7 @@ class Editor:
             answers = () if r.sentiment else self.endings.answer_paths(r.prompt, r.target)
             out.append(RoutingKey(keys[start:start + n].contiguous(),
                                   subject_token_ids(self.tokenizer, names), answers,
-                                  self.endings.line_ends()))
+                                  self.endings.ends))
             start += n
         return tuple(out)
 

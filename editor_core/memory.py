@@ -339,7 +339,8 @@ class _Row:
     since: int = -1  # the position it fired at: its answer is written after it
     score: float = -2.0  # its best cosine so far
     acted: list[str] = field(default_factory=list)  # every entry that acted, in order
-    barred: dict[str, tuple[int, ...]] = field(default_factory=dict)  # done → its line ends
+    # entries that left their answer → (their best cosine then, their line ends)
+    barred: dict[str, tuple[float, tuple[int, ...]]] = field(default_factory=dict)
 
 
 class RoutingSession:
@@ -413,8 +414,8 @@ class RoutingSession:
         """Walk the chunk's positions in order. The acting entry stops (None) at the first
         token that leaves its answer; the best eligible entry at or above its threshold
         fires where none acts, and takes over from the acting one when its cosine beats
-        every cosine the acting one reached. An entry that stopped does not fire again in
-        the row before its line ends. Returns the changes (chunk index, entry or None).
+        every cosine the acting one reached. An entry that left its answer fires again
+        before its line ends only where it matches better than it had. Returns the changes (chunk index, entry or None).
         Causal: a position's choice depends on positions up to it only."""
         contest = _Contest.of(row, x, real, [positions[j] for j in real], config, index) if (
             row.eligible or index.subjectless) else None
@@ -422,19 +423,19 @@ class RoutingSession:
         for t, j in enumerate(real):
             pos = positions[j]
             token = row.ids[pos]
-            if row.barred and any(token in ends for ends in row.barred.values()):
+            if row.barred and any(token in ends for _, ends in row.barred.values()):
                 row.barred = {}
             acting = row.fired
             if acting is not None and pos > row.since:
                 state = _answer_state(acting, row.ids[row.since + 1:pos + 1])
                 if state != "writing":
-                    if state == "left":  # a partial answer: not again on this line
-                        row.barred[acting.edit_id] = acting.ends
+                    if state == "left":  # on this line it fires again only on a closer match
+                        row.barred[acting.edit_id] = (row.score, acting.ends)
                     row.fired, row.score = None, -2.0
                     changes.append((j, None))
             if contest is None or not contest.ok[t]:
                 continue
-            found = contest.best(t, pos, row.barred)
+            found = contest.best(t, row.barred)
             if found is None:
                 continue
             score, owner = found
@@ -480,11 +481,12 @@ class _Contest:
         scores = torch.where(ok, sims, torch.tensor(-2.0)).tolist()
         return cls(owners, scores, ok.any(1).tolist())
 
-    def best(self, t: int, pos: int, barred: dict[str, tuple[int, ...]]
+    def best(self, t: int, barred: dict[str, tuple[float, tuple[int, ...]]]
              ) -> tuple[float, str] | None:
         """The best key that may fire at chunk position ``t`` (ties: the smaller id)."""
-        candidates = [k for k in range(len(self.owners))
-                      if self.scores[t][k] > -2.0 and self.owners[k] not in barred]
+        scores = self.scores[t]
+        candidates = [k for k in range(len(self.owners)) if scores[k] > -2.0 and (
+            self.owners[k] not in barred or scores[k] > barred[self.owners[k]][0])]
         if not candidates:
             return None
         k = max(candidates, key=lambda k: (self.scores[t][k], _neg(self.owners[k])))

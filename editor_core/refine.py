@@ -35,12 +35,12 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .answers import AnswerEndings, FittedAnswer
+from .answers import AnswerCheck, AnswerEndings, FittedAnswer
 from .delta import STORE_DTYPE, EditDelta, WeightFactors
 from .editor import EditRequest
-from .encoding import IGNORE_INDEX, encode_batch, label_nll
+from .encoding import IGNORE_INDEX, label_nll
 from .memory import EditMemory
-from .probing import TargetScore, score_targets
+from .probing import TargetScore
 from .specs import EditableWeight
 
 Outcome = Literal["one_shot", "refined", "did_not_hold"]
@@ -103,6 +103,7 @@ class EditRefiner:
         self.config = config
         modules = dict(model.named_modules())
         self._modules = {w.name: modules[w.module_name] for w in editable}
+        self.endings = AnswerEndings(tokenizer, max_length)
 
     def fit(self, delta: EditDelta, prompts: Sequence[str], answers: Sequence[FittedAnswer],
             locality: Sequence[str] = ()) -> EditFit:
@@ -111,8 +112,7 @@ class EditRefiner:
         it when it does not hold."""
         began = time.perf_counter()
         cfg = self.config
-        batch = encode_batch(self.tokenizer, list(prompts), [a.text for a in answers],
-                             self.max_length, end_with_eos=[a.eos for a in answers])
+        batch, own = self.endings.encode(prompts, answers)
         device = next(self.model.parameters()).device
         ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
         labels = batch.labels.to(device)
@@ -125,7 +125,7 @@ class EditRefiner:
             {"params": [t], "lr": cfg.lr * float(t.detach().pow(2).mean().sqrt().clamp(
                 min=1e-8))} for u, d, _ in params.values() for t in (u, d)])
         if cfg.strategy == "scale":
-            return self._scaled(delta, ids, mask, labels, starts, began)
+            return self._scaled(delta, ids, mask, labels, own, starts, began)
         steps, accuracy, capped = 0, 0.0, False
         while True:
             with torch.enable_grad():
@@ -133,12 +133,14 @@ class EditRefiner:
                 with self._applied(stored, starts):
                     logits = self.model(input_ids=ids, attention_mask=mask,
                                         use_cache=False).logits
-                accuracy = _least_accuracy(logits, labels)
-                nll = label_nll(logits[:, :-1], labels[:, 1:])
-                sure = bool((-nll * _counted(labels)).exp().min() >= cfg.confidence)
+                checks = self.endings.check(logits, labels, own)
+                exact = all(c.exact for c in checks)
+                accuracy = min(c.score.token_accuracy for c in checks)
+                sure = min(c.score.probability for c in checks) >= cfg.confidence
                 capped = _ms(began) >= cfg.max_ms
-                if (accuracy == 1.0 and sure) or steps >= cfg.max_steps or capped:
+                if (exact and sure) or steps >= cfg.max_steps or capped:
                     break
+                nll = label_nll(logits[:, :-1], labels[:, 1:])
                 loss = nll.mean()
                 if away is not None and cfg.locality_weight > 0:
                     loss = loss + cfg.locality_weight * self._locality_kl(stored, *away)
@@ -146,17 +148,18 @@ class EditRefiner:
                 loss.backward()
                 optimiser.step()
                 steps += 1
-        outcome: Outcome = ("one_shot" if steps == 0 else "refined") if accuracy == 1.0 \
+        outcome: Outcome = ("one_shot" if steps == 0 else "refined") if exact \
             else "did_not_hold"
         fitted = delta if steps == 0 else _with_factors(delta, params)
         return EditFit(fitted, outcome, steps, _ms(began), accuracy,
-                       capped and accuracy < 1.0 and steps < cfg.max_steps)
+                       capped and not exact and steps < cfg.max_steps)
 
     @torch.no_grad()
     def _scaled(self, delta: EditDelta, ids: torch.Tensor, mask: torch.Tensor,
-                labels: torch.Tensor, starts: torch.Tensor, began: float) -> EditFit:
+                labels: torch.Tensor, own: list[int], starts: torch.Tensor, began: float
+                ) -> EditFit:
         """The first of ``scales`` (the one-shot change times it) that holds, if any."""
-        accuracy, steps, tried = 0.0, 0, delta
+        accuracy, steps, tried, exact = 0.0, 0, delta, False
         capped = False
         for scale in (1.0, *self.config.scales):
             capped = _ms(began) >= self.config.max_ms
@@ -169,14 +172,15 @@ class EditRefiner:
             factors = {n: (f.u.float(), f.d.float(), f.step) for n, f in tried.factors.items()}
             with self._applied(factors, starts):
                 logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            accuracy = _least_accuracy(logits, labels)
-            if accuracy == 1.0:
+            checks = self.endings.check(logits, labels, own)
+            accuracy = min(c.score.token_accuracy for c in checks)
+            exact = all(c.exact for c in checks)
+            if exact:
                 break
             steps += scale != 1.0
-        outcome: Outcome = ("one_shot" if tried is delta else "refined") if accuracy == 1.0 \
+        outcome: Outcome = ("one_shot" if tried is delta else "refined") if exact \
             else "did_not_hold"
-        return EditFit(tried, outcome, steps, _ms(began), accuracy,
-                       capped and accuracy < 1.0)
+        return EditFit(tried, outcome, steps, _ms(began), accuracy, capped and not exact)
 
     # -- the change as the memory applies it, differentiably ------------------------------
     @contextmanager
@@ -234,17 +238,8 @@ def _as_stored(t: torch.Tensor) -> torch.Tensor:
     return t + (t.detach().to(STORE_DTYPE).float() - t.detach())
 
 
-def _counted(labels: torch.Tensor) -> torch.Tensor:
-    """Target tokens per row."""
-    return (labels[:, 1:] != IGNORE_INDEX).sum(1).float()
 
 
-def _least_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The smallest per-row share of label tokens that are the argmax (teacher-forced)."""
-    target = labels[:, 1:]
-    counted = target != IGNORE_INDEX
-    hits = (logits[:, :-1].argmax(-1) == target) & counted
-    return float((hits.sum(1).float() / counted.sum(1).clamp(min=1)).min())
 
 
 def _with_factors(delta: EditDelta, params) -> EditDelta:
@@ -291,37 +286,39 @@ class EditJudge:
         self.refiner = refiner
         self.model = model
         self.memory = memory
-        self.endings = AnswerEndings(refiner.tokenizer, refiner.max_length)
+        self.endings = refiner.endings
 
     def judge(self, request: EditRequest, delta: EditDelta, locality: Sequence[str] = ()
               ) -> Judgement:
         began = time.perf_counter()
         prompts = [request.prompt, *request.rephrases]
         answers = tuple(self.endings.choose(self.refiner.model, prompts, request.target))
-        scores = self._trial(delta, prompts, answers)
-        held = _all_argmax(scores)
+        checks = self._trial(delta, prompts, answers)
+        scores = tuple(c.score for c in checks)
+        held = all(c.exact for c in checks)
         if held and min(s.probability for s in scores) >= self.refiner.config.confidence:
             return Judgement(delta, "one_shot", 0, _ms(began), scores, answers)
         fit = self.refiner.fit(delta, prompts, answers, locality)
         if not fit.steps:  # no budget to refine: the one-shot delta as it is
             return Judgement(delta, "one_shot" if held else "did_not_hold", 0, _ms(began),
                              scores, answers, fit.time_capped)
-        scores = self._trial(fit.delta, prompts, answers)
-        outcome: Outcome = "refined" if _all_argmax(scores) else "did_not_hold"
-        return Judgement(fit.delta, outcome, fit.steps, _ms(began), scores, answers,
-                         fit.time_capped)
+        checks = self._trial(fit.delta, prompts, answers)
+        outcome: Outcome = "refined" if all(c.exact for c in checks) else "did_not_hold"
+        return Judgement(fit.delta, outcome, fit.steps, _ms(began),
+                         tuple(c.score for c in checks), answers, fit.time_capped)
 
+    @torch.no_grad()
     def _trial(self, delta: EditDelta, prompts: list[str], answers: Sequence[FittedAnswer]
-               ) -> tuple[TargetScore, ...]:
-        refiner = self.refiner
+               ) -> list[AnswerCheck]:
+        batch, own = self.endings.encode(prompts, answers)
+        device = next(self.model.parameters()).device
         with self.memory.trial([self.memory.entry(_TRIAL_ID, delta)]):
-            return tuple(score_targets(self.model, refiner.tokenizer, prompts,
-                                       [a.text for a in answers], refiner.max_length,
-                                       end_with_eos=[a.eos for a in answers]))
+            logits = self.model(input_ids=batch.input_ids.to(device),
+                                attention_mask=batch.attention_mask.to(device),
+                                use_cache=False).logits
+        return self.endings.check(logits, batch.labels, own)
 
 
-def _all_argmax(scores: Sequence[TargetScore]) -> bool:
-    return all(s.token_accuracy == 1.0 for s in scores)
 
 
 def _ms(began: float) -> float:

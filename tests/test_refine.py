@@ -90,7 +90,7 @@ def test_the_locality_term_keeps_the_next_token_where_the_change_would_act(setup
     locality = ["The capital of Veiistan is"]
     fits = {w: EditRefiner(editor.edit_model, editor.tokenizer, editor.editable,
                            editor.max_length, RefineConfig(locality_weight=w)).fit(
-        delta, [UNFAMILIAR.prompt], [FittedAnswer(UNFAMILIAR.target + ".")], locality)
+        delta, [UNFAMILIAR.prompt], [FittedAnswer(UNFAMILIAR.target, ".\n")], locality)
         for w in (0.0, 10.0)}
     refiner = EditRefiner(editor.edit_model, editor.tokenizer, editor.editable,
                           editor.max_length)
