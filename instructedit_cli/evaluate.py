@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from editor_lab.evaluation import SETS_DIR
 from service.settings import DEMO_EDITOR_PATH, DEMO_LM_PATH
 
 from .app import DataDir, SentimentJudgeName, TaskList, Threads, app, judge_named, named_path, setup
@@ -226,13 +227,16 @@ def eval_stream_cmd(
 def eval_single_cmd(
     sets: Annotated[str, typer.Option(
         help="what to edit: tasks of the split, 'unfamiliar' (new people named with "
-             "syllables the world never uses) and 'zsre-real' (--real-zsre's records)")
-    ] = "counterfact,recent,convsent,zsre,unfamiliar,zsre-real",
+             "syllables the world never uses), 'zsre-real' (--real-zsre's records) and "
+             "'real-text' (--real-text's facts about real-world entities)")
+    ] = "counterfact,recent,convsent,zsre,unfamiliar,zsre-real,real-text",
     split: Annotated[str, typer.Option(help="which split of the tasks")] = "test",
     limit: Annotated[Optional[int], typer.Option(
         help="a deterministic sample of this many edits per set")] = None,
     real_zsre: Annotated[Path, typer.Option(help="real zsRE records (MEND's eval format)")
                          ] = Path("../shared/data/zsre_real_sample.json"),
+    real_text: Annotated[Path, typer.Option(help="hand-written real-world facts (KnowEdit "
+                                            "CounterFact format)")] = SETS_DIR / "real_text.json",
     refine_max_steps: Annotated[int, typer.Option(help="refinement budget: steps")] = 60,
     refine_max_ms: Annotated[float, typer.Option(
         help="refinement's time guard (ms); the budget is the steps")] = 5000.0,
@@ -268,13 +272,15 @@ def eval_single_cmd(
 
     setup(threads)
     names = [n.strip() for n in sets.split(",")]
-    tasks = [n for n in names if n not in ("unfamiliar", "zsre-real")]
+    tasks = [n for n in names if n not in ("unfamiliar", "zsre-real", "real-text")]
     records = dict(load_task_records(data_dir, tasks, split)) if tasks else {}
     if "unfamiliar" in names:
         records["unfamiliar"] = unfamiliar_stream(build_world(WorldConfig()), limit or 100,
                                                   seed)
     if "zsre-real" in names:
         records["zsre-real"] = load_edit_records(real_zsre, "zsre")  # warns of what it skips
+    if "real-text" in names:
+        records["real-text"] = load_edit_records(real_text, "counterfact")
     if limit is not None:
         records = {k: random.Random(seed).sample(list(r), min(limit, len(r)))
                    for k, r in records.items()}

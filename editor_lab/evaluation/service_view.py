@@ -6,8 +6,9 @@ merged ``ridge`` and ``sum`` it replaced — each on its own copy of the model. 
 a seeded sample of the active edits is asked, greedily, through the service's generation
 path:
 
-- reliability: the answer to the plain prompt, up to the end of its line, starts with the
-  target; paraphrase: the same on a reserved rephrase no edit was given;
+- reliability: the answer to the plain prompt, up to the end of its line, is exactly the
+  target (``answers.is_exact``; a trailing period allowed); paraphrase: the same on a
+  reserved rephrase no edit was given; "starts with the target" goes beside each;
 - locality: the greedy answers of namesake ("neighbour"), same-subject and random prompts
   are those of the pristine model — the first neighbour and random probe of each sampled
   edit, and every same-subject probe of a second sample among the edits that have them. A
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
+from editor_core.answers import is_exact, starts_with_target
 from editor_core.combination import ActiveEdit, CombinationConfig
 from editor_core.data.records import EditCase, Probe
 from editor_core.delta import EditDelta
@@ -64,7 +66,8 @@ def answer(model: PreTrainedModel, tokenizer, prompt: str, target: str | None = 
 
 
 def holds(text: str, target: str) -> bool:
-    return text.strip().startswith(target.strip())
+    """The user's measure: the answer's line is exactly the target."""
+    return is_exact(text, target)
 
 
 def _subject_named(prompt: str, record: EditCase) -> bool:
@@ -302,7 +305,7 @@ def _kept(stream: Sequence[EditCase], probes: list[tuple[int, str, Probe]], n: i
 def _measure(arm: _Arm, tokenizer, max_length: int, stream: Sequence[EditCase],
              picked: Sequence[int], n: int, probes: list[tuple[str, Probe]],
              pristine: dict[str, str]) -> dict:
-    rel = para = own = 0
+    rel = para = own = rel_prefix = para_prefix = 0
     loc = {k: [0, 0] for k in LOCALITY_KINDS}
     records = [stream[i] for i in picked]
     with arm.ledger.reading():
@@ -311,14 +314,17 @@ def _measure(arm: _Arm, tokenizer, max_length: int, stream: Sequence[EditCase],
         for i, r in zip(picked, records):
             plain = answer(arm.model, tokenizer, r.prompt, r.target_new)
             rel += holds(plain.text, r.target_new)
+            rel_prefix += starts_with_target(plain.text, r.target_new)
             own += plain.edits_fired == (_edit_id(i),)
-            para += holds(answer(arm.model, tokenizer, r.rephrases[-1], r.target_new).text,
-                          r.target_new)
+            other = answer(arm.model, tokenizer, r.rephrases[-1], r.target_new).text
+            para += holds(other, r.target_new)
+            para_prefix += starts_with_target(other, r.target_new)
         for kind, p in probes:
             loc[kind][0] += answer(arm.model, tokenizer, p.prompt).text == pristine[p.prompt]
             loc[kind][1] += 1
     m = len(picked)
     return {"edits": n, "sampled": m, "reliability": rel / m, "paraphrase": para / m,
+            "reliability_prefix": rel_prefix / m, "paraphrase_prefix": para_prefix / m,
             "teacher_forced_reliability": sum(s.token_accuracy for s in tf) / m,
             "routed_to_own_edit": own / m if arm.name == "memory" else None,
             **{f"{k}_locality": (a / b if b else None) for k, (a, b) in loc.items()},

@@ -4,11 +4,15 @@ needed) one, and FT-L, side by side on the same records.
 Each record's edit is made alone on the pristine model and measured greedily through the
 service's generation path, teacher-forced beside:
 
-- reliability: the answer to the plain prompt, up to the end of its line, starts with the
-  target (ConvSent: with one of the record's labelled answers of the new sentiment, first
-  clause); paraphrase: the same on the record's last rephrase, never fitted;
+- reliability: the answer to the plain prompt, up to the end of its line, is exactly the
+  target (``answers.is_exact``; ConvSent: opens with one of the record's labelled answers of
+  the new sentiment, first clause); paraphrase: the same on the record's last rephrase,
+  never fitted, and, split by form, on every rephrase no request carried (held-out
+  statement and question); "starts with the target" (``_prefix``) goes beside;
+- alias: the same on the record's Subject_Aliasing probes (its subject by another name);
 - locality: the greedy answers of the first neighbour, same-subject and random probe are
-  those of the unedited model;
+  those of the unedited model; a changed answer that is not exactly the target is counted
+  as *mangled*;
 - edit score: the mean of reliability, paraphrase and the locality kinds measured.
 
 "one-shot" is the hypernetwork's stored delta in the edit memory; "judged" is what the
@@ -22,6 +26,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from editor_core.answers import starts_with_target
 from editor_core.combination import CombinationConfig
 from editor_core.data.records import EditCase, carries_sentiment
 from editor_core.editor import EditRequest, Editor
@@ -35,12 +40,13 @@ from .service_view import _probes, answer, holds
 ARMS = ("one-shot", "judged", "FT-L")
 
 
-def carries_target(text: str, record: EditCase) -> bool:
-    """The greedy answer gives the edit's target (ConvSent: its new sentiment, judged by
-    the record's own labelled answers)."""
+def carries_target(text: str, record: EditCase, exact: bool = True) -> bool:
+    """The greedy answer is exactly the edit's target (``exact`` False: starts with it;
+    ConvSent: carries its new sentiment, judged by the record's own labelled answers)."""
     if record.task == "convsent" and record.answers:
         return carries_sentiment(text, record)
-    return holds(text, record.target_new)
+    return holds(text, record.target_new) if exact else starts_with_target(
+        text, record.target_new)
 
 
 def evaluate_single(editor: Editor, routing: RoutingConfig,
@@ -75,14 +81,15 @@ def evaluate_single(editor: Editor, routing: RoutingConfig,
             delta = editor.compute(request).compressed()
             judged = judge.judge(request, delta)
             outcomes[judged.outcome] = outcomes.get(judged.outcome, 0) + 1
+            outcomes["time_capped"] = outcomes.get("time_capped", 0) + judged.time_capped
             for arm, chosen in (("one-shot", delta), ("judged", judged.delta)):
                 ledger.apply("e", chosen)
-                rows[arm].append(_measure(editor, record, probes, pristine))
+                rows[arm].append(_measure(editor, record, probes, pristine, len(given)))
                 rows[arm][-1]["ms"] = judged.ms if arm == "judged" else 0.0
                 ledger.remove("e")
             ftl.apply(record, given)
             try:
-                rows["FT-L"].append(_measure(editor, record, probes, pristine))
+                rows["FT-L"].append(_measure(editor, record, probes, pristine, len(given)))
             finally:
                 ftl.restore()
         out[name] = {arm: _summary(r) for arm, r in rows.items()}
@@ -90,18 +97,39 @@ def evaluate_single(editor: Editor, routing: RoutingConfig,
     return out
 
 
-def _measure(editor: Editor, record: EditCase, probes, pristine: dict[str, str]) -> dict:
+def _measure(editor: Editor, record: EditCase, probes, pristine: dict[str, str],
+             given: int) -> dict:
     model, tokenizer = editor.model, editor.tokenizer
     [tf] = score_targets(model, tokenizer, [record.prompt], [record.target_new],
                          editor.max_length)
-    row = {"reliability": carries_target(
-               answer(model, tokenizer, record.prompt, record.target_new).text, record),
+    plain = answer(model, tokenizer, record.prompt, record.target_new).text
+    row = {"reliability": carries_target(plain, record),
+           "reliability_prefix": carries_target(plain, record, exact=False),
            "teacher_forced_reliability": tf.token_accuracy}
-    if record.rephrases:
-        row["paraphrase"] = carries_target(
-            answer(model, tokenizer, record.rephrases[-1], record.target_new).text, record)
+    held_out = {"statement": [], "question": []}
+    for i, prompt in enumerate(record.rephrases):
+        if i < given and i < len(record.rephrases) - 1:
+            continue  # the request carried it
+        text = answer(model, tokenizer, prompt, record.target_new).text
+        held_out["question" if prompt.rstrip().endswith("?") else "statement"].append(
+            carries_target(text, record))
+        if i == len(record.rephrases) - 1:
+            row["paraphrase"] = carries_target(text, record)
+            row["paraphrase_prefix"] = carries_target(text, record, exact=False)
+    for form, hits in held_out.items():
+        if hits:
+            row[f"held_out_{form}"] = sum(hits) / len(hits)
+    aliased = record.portability.get("Subject_Aliasing", ())
+    if aliased:  # the subject named by an alias no request listed
+        row["alias"] = sum(carries_target(answer(model, tokenizer, p.prompt,
+                                                 record.target_new).text, record)
+                           for p in aliased) / len(aliased)
+    mangled = 0
     for kind, probe in probes.items():
-        row[f"{kind}_locality"] = answer(model, tokenizer, probe.prompt).text == pristine[kind]
+        text = answer(model, tokenizer, probe.prompt).text
+        row[f"{kind}_locality"] = text == pristine[kind]
+        mangled += text != pristine[kind] and not carries_target(text, record)
+    row["mangled"] = mangled
     return row
 
 
@@ -124,8 +152,11 @@ def _summary(rows: list[dict]) -> dict:
 
 
 def single_table(results: dict[str, dict[str, dict]]) -> str:
-    cols = ("reliability", "paraphrase", "teacher_forced_reliability", "neighbour_locality",
-            "same_subject_locality", "random_locality", "edit_score")
+    cols = ("reliability", "paraphrase", "held_out_statement", "held_out_question",
+            "reliability_prefix", "paraphrase_prefix", "teacher_forced_reliability",
+            "alias", "neighbour_locality", "same_subject_locality", "random_locality",
+            "mangled",
+            "edit_score")
     lines = ["| set | method | edits | " + " | ".join(c.replace("_", " ") for c in cols)
              + " | outcomes (one-shot / refined / did not hold) | judge ms p50 / p95 |",
              "|---|---|---|" + "---|" * (len(cols) + 2)]
@@ -134,7 +165,8 @@ def single_table(results: dict[str, dict[str, dict]]) -> str:
             cells = [f"{f[c]:.3f}" if c in f else "—" for c in cols]
             o = f.get("outcomes")
             outcome = "" if o is None else (f"{o.get('one_shot', 0)} / {o.get('refined', 0)} "
-                                            f"/ {o.get('did_not_hold', 0)}")
+                                            f"/ {o.get('did_not_hold', 0)} "
+                                            f"({o.get('time_capped', 0)} time-capped)")
             timing = f"{f['ms_p50']:.0f} / {f['ms_p95']:.0f}" if arm == "judged" else ""
             lines.append(f"| {name} | {arm} | {f['edits']} | " + " | ".join(cells)
                          + f" | {outcome} | {timing} |")
