@@ -15,9 +15,10 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from editor_core.answers import is_exact
 from editor_core.data.records import Probe
-from editor_lab.decoding import greedy_continuations, starts_with_answer
 from editor_core.encoding import IGNORE_INDEX, encode_batch
+from editor_lab.decoding import greedy_continuations
 
 
 @torch.no_grad()
@@ -65,11 +66,12 @@ def unchanged_share(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor
 
 def exact_match(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                 probes: Sequence[Probe], batch_size: int = 64) -> list[float]:
-    """Greedy decoding from each prompt starts with its answer (1.0) or not (0.0)."""
+    """The greedy answer's line is exactly the probe's answer (1.0) or not (0.0)."""
     if not probes:
         return []
     longest = max(len(tokenizer(" " + p.answer, add_special_tokens=False)["input_ids"])
                   for p in probes)
-    outs = greedy_continuations(model, tokenizer, [p.prompt for p in probes], longest + 1,
+    # room for the answer, a period and the line's end
+    outs = greedy_continuations(model, tokenizer, [p.prompt for p in probes], longest + 3,
                                 batch_size)
-    return [float(starts_with_answer(o, p.answer)) for o, p in zip(outs, probes)]
+    return [float(is_exact(o, p.answer)) for o, p in zip(outs, probes)]
