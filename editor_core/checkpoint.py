@@ -24,6 +24,7 @@ from .editor import Editor
 from .hypernetwork import Hypernetwork, HypernetworkConfig
 from .instructions import InstructionRegistry
 from .memory import RoutingConfig
+from .relation_forms import RelationForms
 from .specs import EditableWeight, resolve_editable
 
 FORMAT_VERSION = 1
@@ -136,9 +137,11 @@ def load_editor(path: str | Path, model: PreTrainedModel, tokenizer: PreTrainedT
     hyper.to(device)
     registry = InstructionRegistry.from_json(config["instructions"])
     combination = CombinationConfig(**config.get("combination", {"kind": "sum"}))
-    return Editor(model, tokenizer, hyper, registry,
-                  use_instructions=config.get("use_instructions", True),
-                  fp32_replica=fp32_replica, combination=combination, basis=basis)
+    editor = Editor(model, tokenizer, hyper, registry,
+                    use_instructions=config.get("use_instructions", True),
+                    fp32_replica=fp32_replica, combination=combination, basis=basis)
+    editor.relation_forms = RelationForms.load(path)
+    return editor
 
 
 ROUTING_FILE = "routing.safetensors"

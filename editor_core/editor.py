@@ -42,6 +42,7 @@ from .head import OutputHead
 from .hypernetwork import Hypernetwork
 from .instructions import InstructionRegistry
 from .memory import RoutingKey, routing_keys, subject_token_ids
+from .relation_forms import RelationForms
 from .specs import EditableWeight
 from .workers import run_all
 
@@ -57,7 +58,9 @@ class EditRequest:
     ``subject`` names the entity (or, for ConvSent, the topic); ``sentiment`` is ConvSent's
     target opinion; ``description`` replaces the task's own instruction wording.
     ``rephrases`` and ``aliases`` (other names of the subject) give the edit memory more
-    routing keys and subject spellings.
+    routing keys and subject spellings. ``derived`` are wordings the service derived from
+    the relation's known forms (``relation_forms``): routing keys and rows of the fit, but
+    never a reason to refuse the edit.
     """
 
     task: str
@@ -68,6 +71,7 @@ class EditRequest:
     sentiment: str | None = None
     rephrases: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
+    derived: tuple[str, ...] = ()
 
     @classmethod
     def from_record(cls, record: EditCase, description: str | None = None) -> EditRequest:
@@ -120,6 +124,7 @@ class Editor:
         self._dtype = next(self.edit_model.parameters()).dtype
         self._head = OutputHead.verified(self.edit_model)
         self.endings = AnswerEndings(tokenizer, self.max_length)
+        self.relation_forms = RelationForms()  # the editor folder's catalogue, if it ships one
 
     @property
     def follows_live_weights(self) -> bool:
@@ -269,11 +274,11 @@ class Editor:
         pristine copy under the pristine basis): keys at the last token of the plain prompt
         and of each rephrase; token sequences of the subject and its aliases; the answer's
         accepted token paths (none for an opinion edit) and the line's end tokens."""
-        prompts = [p for r in requests for p in (r.prompt, *r.rephrases)]
+        prompts = [p for r in requests for p in (r.prompt, *r.rephrases, *r.derived)]
         keys = routing_keys(self.edit_model, self.tokenizer, self.gate, prompts)
         out, start = [], 0
         for r in requests:
-            n = 1 + len(r.rephrases)
+            n = 1 + len(r.rephrases) + len(r.derived)
             names = (r.subject, *r.aliases) if r.subject else ()
             answers = () if r.sentiment else self.endings.answer_paths(r.prompt, r.target)
             out.append(RoutingKey(keys[start:start + n].contiguous(),

@@ -106,10 +106,12 @@ class EditRefiner:
         self.endings = AnswerEndings(tokenizer, max_length)
 
     def fit(self, delta: EditDelta, prompts: Sequence[str], answers: Sequence[FittedAnswer],
-            locality: Sequence[str] = ()) -> EditFit:
+            locality: Sequence[str] = (), required: int | None = None) -> EditFit:
         """Judge ``delta`` (one request, in its stored form) on ``prompts`` (the plain
-        prompt first, then rephrases), each to be answered by its ``answers`` entry, and fit
-        it when it does not hold."""
+        prompt first, then rephrases, then derived wordings), each to be answered by its
+        ``answers`` entry, and fit it when it does not hold. Only the first ``required``
+        prompts (all by default) decide whether it holds; the fit goes on until all do."""
+        required = len(prompts) if required is None else required
         began = time.perf_counter()
         cfg = self.config
         batch, own = self.endings.encode(prompts, answers)
@@ -134,11 +136,12 @@ class EditRefiner:
                     logits = self.model(input_ids=ids, attention_mask=mask,
                                         use_cache=False).logits
                 checks = self.endings.check(logits, labels, own)
-                exact = all(c.exact for c in checks)
-                accuracy = min(c.score.token_accuracy for c in checks)
-                sure = min(c.score.probability for c in checks) >= cfg.confidence
+                exact = all(c.exact for c in checks[:required])
+                accuracy = min(c.score.token_accuracy for c in checks[:required])
+                sure = min(c.score.probability for c in checks[:required]) >= cfg.confidence
                 capped = _ms(began) >= cfg.max_ms
-                if (exact and sure) or steps >= cfg.max_steps or capped:
+                if (exact and sure and all(c.exact for c in checks[required:])
+                        or steps >= cfg.max_steps or capped):
                     break
                 nll = label_nll(logits[:, :-1], labels[:, 1:])
                 loss = nll.mean()
@@ -291,21 +294,24 @@ class EditJudge:
     def judge(self, request: EditRequest, delta: EditDelta, locality: Sequence[str] = ()
               ) -> Judgement:
         began = time.perf_counter()
-        prompts = [request.prompt, *request.rephrases]
+        required = [request.prompt, *request.rephrases]
+        prompts = [*required, *request.derived]
+        n = len(required)
         answers = tuple(self.endings.choose(self.refiner.model, prompts, request.target))
         checks = self._trial(delta, prompts, answers)
-        scores = tuple(c.score for c in checks)
-        held = all(c.exact for c in checks)
-        if held and min(s.probability for s in scores) >= self.refiner.config.confidence:
-            return Judgement(delta, "one_shot", 0, _ms(began), scores, answers)
-        fit = self.refiner.fit(delta, prompts, answers, locality)
+        scores = tuple(c.score for c in checks[:n])
+        held = all(c.exact for c in checks[:n])
+        if held and all(c.exact for c in checks[n:]) and min(
+                s.probability for s in scores) >= self.refiner.config.confidence:
+            return Judgement(delta, "one_shot", 0, _ms(began), scores, answers[:n])
+        fit = self.refiner.fit(delta, prompts, answers, locality, required=n)
         if not fit.steps:  # no budget to refine: the one-shot delta as it is
             return Judgement(delta, "one_shot" if held else "did_not_hold", 0, _ms(began),
-                             scores, answers, fit.time_capped)
-        checks = self._trial(fit.delta, prompts, answers)
+                             scores, answers[:n], fit.time_capped)
+        checks = self._trial(fit.delta, required, answers[:n])
         outcome: Outcome = "refined" if all(c.exact for c in checks) else "did_not_hold"
         return Judgement(fit.delta, outcome, fit.steps, _ms(began),
-                         tuple(c.score for c in checks), answers, fit.time_capped)
+                         tuple(c.score for c in checks), answers[:n], fit.time_capped)
 
     @torch.no_grad()
     def _trial(self, delta: EditDelta, prompts: list[str], answers: Sequence[FittedAnswer]

@@ -40,6 +40,21 @@ def build_world_cmd(
                    f"{by_split['test']} |")
 
 
+@app.command("relation-forms")
+def relation_forms_cmd(
+    out: Annotated[Path, typer.Option(help="the editor folder to write relations.json in")
+                   ] = Path("checkpoints/demo-editor"),
+) -> None:
+    """Write the demo world's training wordings of each relation as the editor's relation
+    catalogue (the wordings evaluation holds out are left out)."""
+    from editor_lab.world.templates import training_relation_forms
+
+    forms = training_relation_forms()
+    forms.save(out)
+    typer.echo(f"{len(forms.forms)} relations, "
+               f"{sum(len(t) for t in forms.forms.values())} wordings -> {out}")
+
+
 @app.command("build-demo-lm")
 def build_demo_lm_cmd(
     out: Annotated[Path, typer.Option(help="output folder (Hugging Face format)")] = DEMO_LM_PATH,

@@ -105,6 +105,10 @@ class EditRecord(EditIn):
         "greedily on the prompt and rephrases; refined: it did after refinement; "
         "did_not_hold: it did not, kept because the request accepted a partial edit (null: "
         "not judged, under a merged combination)")
+    derived_rephrases: list[str] = Field(
+        default_factory=list, description="other wordings of the fact the service derived "
+        "from the relation's known forms (the editor's relations.json): routing keys and "
+        "fitted beside the prompt, never a reason to refuse the edit")
     refine_steps: int | None = Field(None, description="refinement steps taken (0: one-shot)")
     refine_ms: float | None = Field(None, description="time judging and refining took")
     refine_time_capped: bool = Field(

@@ -176,7 +176,9 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
     editor.combination = CombinationConfig("memory")  # deltas carry their routing keys
     with_keys = "ridge" in settings.combinations
     requests = [EditRequest(r.task, r.prompt, r.target_new,
-                            subject=None if settings.without_subjects else r.subject)
+                            subject=None if settings.without_subjects else r.subject,
+                            derived=editor.relation_forms.derive(
+                                r.meta.get("relation"), r.subject, [r.prompt]))
                 for r in stream]
     rng = random.Random(settings.seed)
     samples = {n: rng.sample(range(n), min(settings.sample, n)) for n in order}

@@ -75,9 +75,11 @@ def evaluate_single(editor: Editor, routing: RoutingConfig,
             pristine = {k: answer(editor.model, editor.tokenizer, p.prompt).text
                         for k, p in probes.items()}
             given = record.rephrases[:-1][:given_rephrases]
+            derived = editor.relation_forms.derive(record.meta.get("relation"),
+                                                   record.subject, [record.prompt, *given])
             request = EditRequest(record.task, record.prompt, record.target_new,
                                   subject=record.subject, sentiment=record.sentiment,
-                                  rephrases=given)
+                                  rephrases=given, derived=derived)
             delta = editor.compute(request).compressed()
             judged = judge.judge(request, delta)
             outcomes[judged.outcome] = outcomes.get(judged.outcome, 0) + 1

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from editor_core.relation_forms import RelationForms
+
 
 @dataclass(frozen=True)
 class Template:
@@ -283,3 +285,9 @@ INDUSTRIES: tuple[str, ...] = (
     "steel",
     "tourism",
 )
+
+
+def training_relation_forms() -> RelationForms:
+    """Each relation's training wordings (reserved ones left out) as an editor's catalogue."""
+    return RelationForms({r.name: tuple(t.text for t in r.templates if not t.reserved)
+                          for r in RELATIONS})

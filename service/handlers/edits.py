@@ -58,15 +58,18 @@ class EditHandler:
         for prompt in (body.prompt, *body.rephrases, *body.locality_prompts):
             check_tokens(self.live.tokenizer, prompt, limits.max_prompt_tokens, "prompt")
         check_tokens(self.live.tokenizer, body.target, limits.max_target_tokens, "target")
+        derived = editor.relation_forms.derive(body.relation, body.subject,
+                                               [body.prompt, *body.rephrases])
         request = EditRequest(body.task, body.prompt, body.target, subject=body.subject,
                               description=body.description, sentiment=body.sentiment,
-                              rephrases=tuple(body.rephrases), aliases=tuple(body.aliases))
+                              rephrases=tuple(body.rephrases), aliases=tuple(body.aliases),
+                              derived=derived)
         try:
             instruction = editor.edit_input(request)
         except InstructionError as exc:
             raise ServiceError(422, "invalid_edit", str(exc)) from exc
         record = EditRecord(**body.model_dump(), instruction=instruction, created_at=at,
-                            created_by=who.name)
+                            created_by=who.name, derived_rephrases=list(derived))
         return EditSpec(request, record)
 
     async def create(self, body: EditIn | EditBatchIn, who: Principal,
