@@ -103,3 +103,28 @@ def test_accept_partial_keeps_the_edit_marked_as_such(redis_socket, tmp_path) ->
 def test_refinement_settings_are_validated(steps: int) -> None:
     with pytest.raises(ValueError):
         ServiceSettings(refine_max_steps=steps)
+
+
+def test_an_edit_naming_a_known_relation_is_fitted_on_its_other_wordings_too(
+        redis_socket, tmp_path) -> None:
+    from editor_core.answers import is_exact
+    from editor_core.relation_forms import RelationForms
+    from service.settings import DEMO_EDITOR_PATH
+
+    forms = RelationForms.load(DEMO_EDITOR_PATH).forms["citizenship"]
+    sent = {**KNOWN, "relation": "citizenship",
+            "rephrases": ["What is the nationality of Plyndti Brynta?"]}
+    with TestClient(create_app(_settings(redis_socket, tmp_path))) as client:
+        created = client.post("/edits", json=sent)
+        assert created.status_code == 201, created.text
+        derived = created.json()["derived_rephrases"]
+        assert derived == [t.replace("{s}", "Plyndti Brynta") for t in forms
+                           if t.replace("{s}", "Plyndti Brynta") not in (
+                               sent["prompt"], *sent["rephrases"])]
+        assert len(derived) == len(forms) - 2
+        for prompt in (sent["prompt"], *sent["rephrases"]):
+            answer = client.post("/generate", json={"prompt": prompt, "max_new_tokens": 12}
+                                 ).json()["text"]
+            assert is_exact(answer, "Veiistan"), answer  # the whole line, nothing after
+        unnamed = client.post("/edits", json={**UNFAMILIAR, "relation": "no such relation"})
+        assert unnamed.status_code == 201 and unnamed.json()["derived_rephrases"] == []
