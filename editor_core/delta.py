@@ -105,10 +105,13 @@ class RoutingKey:
     single answer) and stops at the first token that leaves them or that is one of ``ends``
     (the line's end), so the text after its answer is the model's own."""
 
+
     keys: torch.Tensor
     subjects: tuple[tuple[int, ...], ...] = ()
     answers: tuple[tuple[int, ...], ...] = ()
     ends: tuple[int, ...] = ()
+    contrast: torch.Tensor | None = None  # [c, d] gate inputs of other questions about
+    # the subject: the edit fires only where a query is closer to its own keys
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,8 @@ class EditDelta:
             meta["route.subjects"] = json.dumps([list(s) for s in self.routing.subjects])
             meta["route.answers"] = json.dumps([list(a) for a in self.routing.answers])
             meta["route.ends"] = json.dumps(list(self.routing.ends))
+            if self.routing.contrast is not None:
+                tensors["route.contrast"] = self.routing.contrast.contiguous()
         return st_save(tensors, metadata=meta)
 
     @classmethod
@@ -219,7 +224,8 @@ class EditDelta:
             subjects = tuple(tuple(s) for s in json.loads(meta.get("route.subjects", "[]")))
             answers = tuple(tuple(a) for a in json.loads(meta.get("route.answers", "[]")))
             ends = tuple(json.loads(meta.get("route.ends", "[]")))
-            routes = (RoutingKey(tensors["route.keys"], subjects, answers, ends),)
+            routes = (RoutingKey(tensors["route.keys"], subjects, answers, ends,
+                                 tensors.get("route.contrast")),)
         return cls(factors, 1, keys or None, routes)
 
 

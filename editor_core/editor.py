@@ -60,7 +60,9 @@ class EditRequest:
     ``rephrases`` and ``aliases`` (other names of the subject) give the edit memory more
     routing keys and subject spellings. ``derived`` are wordings the service derived from
     the relation's known forms (``relation_forms``): routing keys and rows of the fit, but
-    never a reason to refuse the edit.
+    never a reason to refuse the edit. ``contrast`` are other questions about the same
+    subject (the other relations' wordings): the edit fires only where a query is closer to
+    its own keys than to theirs.
     """
 
     task: str
@@ -72,6 +74,7 @@ class EditRequest:
     rephrases: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     derived: tuple[str, ...] = ()
+    contrast: tuple[str, ...] = ()
 
     @classmethod
     def from_record(cls, record: EditCase, description: str | None = None) -> EditRequest:
@@ -274,17 +277,20 @@ class Editor:
         pristine copy under the pristine basis): keys at the last token of the plain prompt
         and of each rephrase; token sequences of the subject and its aliases; the answer's
         accepted token paths (none for an opinion edit) and the line's end tokens."""
-        prompts = [p for r in requests for p in (r.prompt, *r.rephrases, *r.derived)]
+        prompts = [p for r in requests
+                   for p in (r.prompt, *r.rephrases, *r.derived, *r.contrast)]
         keys = routing_keys(self.edit_model, self.tokenizer, self.gate, prompts)
         out, start = [], 0
         for r in requests:
             n = 1 + len(r.rephrases) + len(r.derived)
+            c = len(r.contrast)
             names = (r.subject, *r.aliases) if r.subject else ()
             answers = () if r.sentiment else self.endings.answer_paths(r.prompt, r.target)
             out.append(RoutingKey(keys[start:start + n].contiguous(),
                                   subject_token_ids(self.tokenizer, names), answers,
-                                  self.endings.ends))
-            start += n
+                                  self.endings.ends,
+                                  keys[start + n:start + n + c].contiguous() if c else None))
+            start += n + c
         return tuple(out)
 
     # -- the edit ------------------------------------------------------------------------

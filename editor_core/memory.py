@@ -98,6 +98,7 @@ class MemoryEntry:
     factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # module → (u, d, step)
     answers: tuple[tuple[int, ...], ...] = ()  # accepted answers' token ids (RoutingKey)
     ends: tuple[int, ...] = ()  # tokens that end its line
+    contrast: torch.Tensor | None = None  # [c, d] key space: other questions of its subject
 
 
 @dataclass(frozen=True)
@@ -229,8 +230,10 @@ class EditMemory:
         factors = {self._modules[name]: (f.u, f.d, float(f.step))
                    for name, f in delta.factors.items()}
         routing = delta.routing
+        contrast = None if routing.contrast is None else self.config.key_space(
+            routing.contrast).contiguous()
         return MemoryEntry(edit_id, keys.contiguous(), routing.subjects, factors,
-                           routing.answers, routing.ends)
+                           routing.answers, routing.ends, contrast)
 
     def __len__(self) -> int:
         return len(self._index.entries)
@@ -464,20 +467,27 @@ class _Contest:
         blocks: list[torch.Tensor] = []
         starts: list[int] = []
         limits: list[float] = []
+        floors: list[torch.Tensor] = []  # per key column: the closest contrast key, [T']
+        none = torch.full((len(real),), -2.0)
         for edit_id, first in sorted(row.eligible.items()):
             entry = index.entries[edit_id]
-            owners += [edit_id] * entry.keys.shape[0]
+            k = entry.keys.shape[0]
+            owners += [edit_id] * k
             blocks.append(entry.keys)
-            starts += [first] * entry.keys.shape[0]
-            limits += [config.threshold] * entry.keys.shape[0]
+            starts += [first] * k
+            limits += [config.threshold] * k
+            floor = none if entry.contrast is None else (h @ entry.contrast.T).max(1).values
+            floors += [floor] * k
         if index.subjectless_keys is not None:
             owners += list(index.subjectless_owner)
             blocks.append(index.subjectless_keys)
             starts += [0] * len(index.subjectless_owner)
             limits += [config.subjectless_threshold] * len(index.subjectless_owner)
+            floors += [none] * len(index.subjectless_owner)
         sims = h @ torch.cat(blocks).T  # [T', keys]
         pos = torch.tensor(at).unsqueeze(1)
-        ok = (sims >= torch.tensor(limits)) & (pos >= torch.tensor(starts))
+        ok = ((sims >= torch.tensor(limits)) & (pos >= torch.tensor(starts))
+              & (sims > torch.stack(floors, 1)))
         scores = torch.where(ok, sims, torch.tensor(-2.0)).tolist()
         return cls(owners, scores, ok.any(1).tolist())
 

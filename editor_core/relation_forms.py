@@ -8,6 +8,9 @@ its subject and a relation this catalogue knows, the service derives the relatio
 wordings for that subject: they become routing keys of the edit and rows of its fit, so the
 edit is made to hold on statements and questions alike. Derived wordings are never a
 reason to refuse an edit: only the prompt and the rephrases the client sent must hold.
+More keys also reach further, so the other relations' wordings for the same subject become
+the edit's *contrast* keys: it fires only where a query is closer to its own keys than to
+every one of them.
 
 The catalogue ships beside the editor (``relations.json``: relation → templates with
 ``{s}`` for the subject). It lists the wordings the editor was trained on, never the ones
@@ -53,6 +56,25 @@ class RelationForms:
             if prompt.lower() not in seen:
                 seen.add(prompt.lower())
                 out.append(prompt)
+        return tuple(out)
+
+    def contrast(self, relation: str | None, subject: str | None) -> tuple[str, ...]:
+        """Other questions about the same subject: the first statement and the first
+        question of every other relation, for ``subject``. An edit of one relation must not
+        fire where a query is closer to these than to its own wordings."""
+        if not relation or not subject or not subject.strip():
+            return ()
+        own = relation.strip().lower()
+        if own not in self.forms:
+            return ()
+        out: list[str] = []
+        for name, templates in sorted(self.forms.items()):
+            if name == own:
+                continue
+            for asks in (False, True):
+                form = next((t for t in templates if t.rstrip().endswith("?") == asks), None)
+                if form is not None:
+                    out.append(form.replace("{s}", subject.strip()))
         return tuple(out)
 
     def save(self, folder: str | Path) -> None:

@@ -41,3 +41,13 @@ def test_the_demo_editor_ships_the_worlds_training_wordings_and_none_held_out(tm
     shipped.save(tmp_path)
     assert RelationForms.load(tmp_path) == shipped
     assert RelationForms.load(tmp_path / "none") == RelationForms()
+
+
+def test_contrast_asks_the_subjects_other_relations_once_as_statement_and_question() -> None:
+    forms = RelationForms({"citizenship": ("{s} is a citizen of", "Where is {s} from?"),
+                           "birthplace": ("{s} was born in", "Where was {s} born?",
+                                          "In which city was {s} born?"),
+                           "employer": ("{s} works for",)})
+    assert forms.contrast("citizenship", "X") == ("X was born in", "Where was X born?",
+                                                  "X works for")
+    assert forms.contrast("unknown", "X") == () and forms.contrast("citizenship", None) == ()

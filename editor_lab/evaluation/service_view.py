@@ -178,7 +178,9 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
     requests = [EditRequest(r.task, r.prompt, r.target_new,
                             subject=None if settings.without_subjects else r.subject,
                             derived=editor.relation_forms.derive(
-                                r.meta.get("relation"), r.subject, [r.prompt]))
+                                r.meta.get("relation"), r.subject, [r.prompt]),
+                            contrast=editor.relation_forms.contrast(
+                                r.meta.get("relation"), r.subject))
                 for r in stream]
     rng = random.Random(settings.seed)
     samples = {n: rng.sample(range(n), min(settings.sample, n)) for n in order}

@@ -79,7 +79,9 @@ def evaluate_single(editor: Editor, routing: RoutingConfig,
                                                    record.subject, [record.prompt, *given])
             request = EditRequest(record.task, record.prompt, record.target_new,
                                   subject=record.subject, sentiment=record.sentiment,
-                                  rephrases=given, derived=derived)
+                                  rephrases=given, derived=derived,
+                                  contrast=editor.relation_forms.contrast(
+                                      record.meta.get("relation"), record.subject))
             delta = editor.compute(request).compressed()
             judged = judge.judge(request, delta)
             outcomes[judged.outcome] = outcomes.get(judged.outcome, 0) + 1

@@ -63,7 +63,8 @@ class EditHandler:
         request = EditRequest(body.task, body.prompt, body.target, subject=body.subject,
                               description=body.description, sentiment=body.sentiment,
                               rephrases=tuple(body.rephrases), aliases=tuple(body.aliases),
-                              derived=derived)
+                              derived=derived, contrast=editor.relation_forms.contrast(
+                                  body.relation, body.subject))
         try:
             instruction = editor.edit_input(request)
         except InstructionError as exc:
