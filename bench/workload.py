@@ -16,6 +16,7 @@ from editor_core.delta import EditDelta
 from editor_core.editor import EditRequest, Editor
 from editor_core.ledger import WeightLedger
 from editor_core.memory import RoutingConfig
+from editor_core.relation_forms import RelationForms
 from editor_lab.world import WorldConfig, build_world
 from editor_lab.world.stream import new_person_names, unfamiliar_stream
 from editor_lab.world.templates import RELATIONS
@@ -26,9 +27,19 @@ DEMO_EDITOR = REPO / "checkpoints" / "demo-editor"
 
 
 def edit_requests(n: int, seed: int = 0) -> list[EditRequest]:
-    """``n`` edits, no fact twice: known people's facts (citizenship, then birthplace,
-    employer, profession) changed to another object, then the same relations set for new
-    people named from the world's name parts."""
+    """``n`` edits as the service builds them from ``edit_bodies`` (the demo editor's
+    relation catalogue derives each one's other wordings and contrast keys)."""
+    forms = RelationForms.load(DEMO_EDITOR)
+    return [EditRequest(b["task"], b["prompt"], b["target"], subject=b["subject"],
+                        derived=forms.derive(b["relation"], b["subject"], [b["prompt"]]),
+                        contrast=forms.contrast(b["relation"], b["subject"]))
+            for b in edit_bodies(n, seed)]
+
+
+def edit_bodies(n: int, seed: int = 0) -> list[dict]:
+    """``n`` ``POST /edits`` bodies, no fact twice: known people's facts (citizenship, then
+    birthplace, employer, profession) changed to another object, then the same relations
+    set for new people named from the world's name parts; each names its relation."""
     world = build_world(WorldConfig())
     rng = random.Random(seed)
     people = [p.name for p in world.of_kind("person", seen=True)]
@@ -44,15 +55,17 @@ def edit_requests(n: int, seed: int = 0) -> list[EditRequest]:
     for person, relation in facts[:n]:
         objects = [world.entities[o].name if o in world.entities else o
                    for o in world.objects_of_kind(relation.object_kind)]
-        out.append(EditRequest("counterfact", relation.templates[0].prompt(person),
-                               rng.choice(objects), subject=person))
+        out.append({"task": "counterfact", "prompt": relation.templates[0].prompt(person),
+                    "target": rng.choice(objects), "subject": person,
+                    "relation": relation.name})
     return out
 
 
-def unfamiliar_requests(n: int, seed: int = 0) -> list[EditRequest]:
-    """``n`` insertions about people named with syllables the world never uses: edits the
-    one-shot delta often misses, so the service refines many of them."""
-    return [EditRequest(r.task, r.prompt, r.target_new, subject=r.subject)
+def unfamiliar_bodies(n: int, seed: int = 0) -> list[dict]:
+    """``n`` ``POST /edits`` bodies inserting facts about people named with syllables the
+    world never uses: edits the one-shot delta often misses, so the service refines many."""
+    return [{"task": r.task, "prompt": r.prompt, "target": r.target_new,
+             "subject": r.subject, "relation": r.meta["relation"]}
             for r in unfamiliar_stream(build_world(WorldConfig()), n, seed)]
 
 

@@ -86,6 +86,9 @@ class AnswerEndings:
         words = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (" x", " x.")]
         # the token a period after a word is (None where it merges with the word)
         self.period = words[1][-1] if len(words[1]) == len(words[0]) + 1 else None
+        newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+        # the token a line end is, alone (what an ending of "\n" is fitted with)
+        self.ends_of_line = tuple(newline[-1:])
         ends = {ids[-1] for text in ("\n", ".\n", " \n")
                 if (ids := tokenizer(text, add_special_tokens=False)["input_ids"])}
         if self.eos is not None:
@@ -108,22 +111,34 @@ class AnswerEndings:
     def choose(self, model: PreTrainedModel, prompts: Sequence[str], target: str
                ) -> list[FittedAnswer]:
         """For each prompt, the ending the (pristine) ``model`` finds likeliest after the
-        target: one batched teacher-forced pass over every prompt × candidate."""
-        options = self.candidates(target)
-        rows = [(p, o) for p in prompts for o in options]
-        batch = encode_batch(self.tokenizer, [p for p, _ in rows], [o.text for _, o in rows],
-                             self.max_length, end_with_eos=[o.eos for _, o in rows])
+        target. One teacher-forced row per prompt — the target, then a period — reads all
+        four: the line end or end of sequence after the target, and after the period."""
+        options = [o for o in self.candidates(target)
+                   if self.period is not None or not o.ending.startswith(".")]
+        period = not target.rstrip().endswith(".") and self.period is not None
+        batch = encode_batch(self.tokenizer, list(prompts),
+                             [target.rstrip() + ("." if period else "")] * len(prompts),
+                             self.max_length)
         device = next(model.parameters()).device
         logits = model(input_ids=batch.input_ids.to(device),
                        attention_mask=batch.attention_mask.to(device),
-                       use_cache=False).logits[:, :-1].float().cpu()
-        labels = batch.labels[:, 1:]
-        counted = labels != IGNORE_INDEX
-        picked = torch.log_softmax(logits, -1).gather(
-            -1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        # the target's own tokens are shared by every candidate: their sum ranks the endings
-        logprob = (picked * counted).sum(1).view(len(prompts), len(options))
-        return [options[int(i)] for i in logprob.argmax(1)]
+                       use_cache=False).logits.float().cpu()
+        logp = torch.log_softmax(logits, -1)
+        newline = self.ends_of_line[0]
+        out = []
+        for row in range(len(prompts)):
+            at = (batch.labels[row] != IGNORE_INDEX).nonzero().flatten().tolist()
+            after = at[-1] - 1 if period else at[-1]  # where the token after the target
+            scores = []                                # is predicted
+            for option in options:
+                where, score = after, 0.0
+                if option.ending.startswith("."):
+                    score += float(logp[row, where, self.period])
+                    where += 1
+                score += float(logp[row, where, self.eos if option.eos else newline])
+                scores.append(score)
+            out.append(options[max(range(len(options)), key=scores.__getitem__)])
+        return out
 
     def encode(self, prompts: Sequence[str], answers: Sequence[FittedAnswer]
                ) -> tuple[EncodedBatch, list[int]]:
