@@ -488,7 +488,9 @@ class _Contest:
         pos = torch.tensor(at).unsqueeze(1)
         ok = ((sims >= torch.tensor(limits)) & (pos >= torch.tensor(starts))
               & (sims > torch.stack(floors, 1)))
-        scores = torch.where(ok, sims, torch.tensor(-2.0)).tolist()
+        # to 1e-5: a key computed in a padded batch differs from the same prompt's key
+        # computed alone in the last bits, and such near-ties must break by edit id
+        scores = torch.where(ok, sims, torch.tensor(-2.0)).mul(1e5).round().div(1e5).tolist()
         return cls(owners, scores, ok.any(1).tolist())
 
     def best(self, t: int, barred: dict[str, tuple[float, tuple[int, ...]]]
