@@ -45,25 +45,17 @@ def calibrate_routing_cmd(
     tasks: TaskList = "counterfact,recent",
     training_limit: Annotated[int, typer.Option(
         help="training records the key space is fitted on (0: none, the centred gate "
-             "input)")] = 800,
-    unfamiliar: Annotated[int, typer.Option(
-        help="people named with syllables the world never uses, added to the key space's "
-             "training records and to the threshold's validation records (one record per "
-             "person and relation, in training wordings only)")] = 150,
+             "input)")] = 1500,
     threads: Threads = None,
 ) -> None:
     """Calibrate the edit memory's routing for an editor: background mean over the training
     prompts, the key space fitted on the training split, thresholds on the validation split
-    (never on a measured set). The records ask each fact in every training wording of its
-    relation — statements and questions — so that a question lies beside its statement."""
+    (never on a measured set)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from editor_core.checkpoint import load_editor, save_routing
     from editor_core.routing_calibration import calibrate_routing
     from editor_lab.training.examples import load_task_records
-    from editor_lab.world import WorldConfig, build_world
-    from editor_lab.world.export import TASK_RELATIONS
-    from editor_lab.world.stream import unfamiliar_people, unfamiliar_stream, wording_records
 
     setup(threads)
     lm = AutoModelForCausalLM.from_pretrained(model).eval()
@@ -73,21 +65,8 @@ def calibrate_routing_cmd(
     train = load_task_records(data_dir, names, "train")
     validation = load_task_records(data_dir, names, "validation")
     background = [r.prompt for rs in train.values() for r in rs]
-    # Seeds 101 and 102 draw the calibration's own people; evaluation sets use other seeds,
-    # and the names of the reported unfamiliar set (seed 1) are left out.
-    reported = {r.subject for r in unfamiliar_stream(build_world(WorldConfig()), 300, 1)}
-    extra = {split: [(name, relation) for name in unfamiliar_people(
-        unfamiliar, 101 + i, reported) for relation in TASK_RELATIONS["recent"]]
-             for i, split in enumerate(("train", "validation"))}
-
-    def records(split: dict) -> list:
-        pairs = [(r.subject, r.meta["relation"]) for rs in split.values() for r in rs
-                 if r.meta.get("relation") in TASK_RELATIONS["recent"]]
-        return wording_records(list(dict.fromkeys(pairs)))
-
-    training = records(train)[:training_limit]
     routing, figures = calibrate_routing(
-        ed, background, records(validation) + wording_records(extra["validation"]),
-        training_records=training + wording_records(extra["train"]) if training else ())
+        ed, background, [r for rs in validation.values() for r in rs],
+        training_records=[r for rs in train.values() for r in rs][:training_limit])
     save_routing(editor, routing)
     typer.echo(json.dumps(figures, indent=2))

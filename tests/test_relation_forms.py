@@ -52,19 +52,3 @@ def test_contrast_asks_the_subjects_other_relations_once_as_statement_and_questi
                                                   "X works for")
     assert forms.contrast("unknown", "X") == () and forms.contrast("citizenship", None) == ()
 
-
-def test_calibration_records_ask_each_fact_in_every_training_wording_only() -> None:
-    from editor_lab.world.stream import unfamiliar_people, wording_records
-    from editor_lab.world.templates import RELATIONS_BY_NAME
-
-    [name] = unfamiliar_people(1, seed=101)
-    assert unfamiliar_people(3, seed=101, exclude={name})[0] != name
-    [record] = wording_records([(name, "citizenship")])
-    training = [t.prompt(name) for t in RELATIONS_BY_NAME["citizenship"].templates
-                if not t.reserved]
-    assert [record.prompt, *record.rephrases] == training
-    assert any(p.endswith("?") for p in record.rephrases)  # questions beside statements
-    others = [p.prompt for p in record.locality["Relation_Specificity"]]
-    assert len(others) == 6 and all(name in p for p in others)
-    reserved = {t.prompt(name) for r in RELATIONS for t in r.templates if t.reserved}
-    assert not reserved & {record.prompt, *record.rephrases, *others}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -216,32 +216,3 @@ def asks_edited_fact(prompt: str, record: EditCase) -> bool:
     if relation is None:
         return True
     return any(t.prompt(record.subject) == prompt for t in relation.templates)
-
-
-def unfamiliar_people(n: int, seed: int, exclude: Collection[str] = ()) -> list[str]:
-    """``n`` distinct full names of syllables the world never uses (none in ``exclude``)."""
-    rng = random.Random(seed)
-    names: list[str] = []
-    while len(names) < n:
-        name = f"{unfamiliar_name(rng, rng.choice((2, 3)))} {unfamiliar_name(rng, 2)}"
-        if name not in names and name not in exclude:
-            names.append(name)
-    return names
-
-
-def wording_records(pairs: Sequence[tuple[str, str]]) -> list[EditCase]:
-    """Routing calibration records from (subject, relation) pairs, in training wordings
-    only: the relation's first statement is the prompt, every other training wording —
-    statements and questions — a rephrase, and each other person relation's first
-    statement and first question the same-subject prompts. No held-out wording is used."""
-    people = [RELATIONS_BY_NAME[r] for r in TASK_RELATIONS["recent"]]
-    out = []
-    for subject, name in pairs:
-        relation = RELATIONS_BY_NAME[name]
-        wordings = [t.prompt(subject) for t in relation.templates if not t.reserved]
-        others = tuple(Probe(r.of_form(form, reserved=False)[0].prompt(subject), "?")
-                       for r in people if r.name != name for form in ("statement", "question"))
-        out.append(EditCase("recent", subject, wordings[0], "?", rephrases=tuple(wordings[1:]),
-                            locality={"Relation_Specificity": others},
-                            meta={"relation": name}))
-    return out
