@@ -12,9 +12,10 @@ More keys also reach further, so the other relations' wordings for the same subj
 the edit's *contrast* keys: it fires only where a query is closer to its own keys than to
 every one of them.
 
-The catalogue ships beside the editor (``relations.json``: relation → templates with
-``{s}`` for the subject). It lists the wordings the editor was trained on, never the ones
-an evaluation holds out.
+The catalogue ships beside the editor (``relations.json``: relation → the kind of subject
+it asks about and its templates, with ``{s}`` for the subject). It lists the wordings the
+editor was trained on, never the ones an evaluation holds out. Contrast keys come from the
+relations asked of the same kind of subject only.
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ RELATION_FORMS_FILE = "relations.json"
 
 @dataclass(frozen=True)
 class RelationForms:
-    """relation name → its wordings, each a template with ``{s}`` for the subject."""
+    """relation name → its wordings, each a template with ``{s}`` for the subject; and
+    relation name → the kind of subject it asks about (relations without one contrast with
+    every other relation)."""
 
     forms: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    subject_kinds: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for relation, templates in self.forms.items():
@@ -67,9 +71,10 @@ class RelationForms:
         own = relation.strip().lower()
         if own not in self.forms:
             return ()
+        kind = self.subject_kinds.get(own)
         out: list[str] = []
         for name, templates in sorted(self.forms.items()):
-            if name == own:
+            if name == own or (kind is not None and self.subject_kinds.get(name, kind) != kind):
                 continue
             for asks in (False, True):
                 form = next((t for t in templates if t.rstrip().endswith("?") == asks), None)
@@ -78,7 +83,8 @@ class RelationForms:
         return tuple(out)
 
     def save(self, folder: str | Path) -> None:
-        data = {name: list(templates) for name, templates in sorted(self.forms.items())}
+        data = {name: {"subject": self.subject_kinds.get(name), "forms": list(templates)}
+                for name, templates in sorted(self.forms.items())}
         (Path(folder) / RELATION_FORMS_FILE).write_text(json.dumps(data, indent=2) + "\n")
 
     @classmethod
@@ -88,4 +94,6 @@ class RelationForms:
         if not file.exists():
             return cls()
         data = json.loads(file.read_text())
-        return cls({name.lower(): tuple(templates) for name, templates in data.items()})
+        return cls({name.lower(): tuple(entry["forms"]) for name, entry in data.items()},
+                   {name.lower(): entry["subject"] for name, entry in data.items()
+                    if entry.get("subject")})

@@ -51,4 +51,7 @@ def test_contrast_asks_the_subjects_other_relations_once_as_statement_and_questi
     assert forms.contrast("citizenship", "X") == ("X was born in", "Where was X born?",
                                                   "X works for")
     assert forms.contrast("unknown", "X") == () and forms.contrast("citizenship", None) == ()
+    kinds = RelationForms(forms.forms, {"citizenship": "person", "birthplace": "person",
+                                        "employer": "company"})
+    assert kinds.contrast("citizenship", "X") == ("X was born in", "Where was X born?")
 

@@ -290,4 +290,4 @@ INDUSTRIES: tuple[str, ...] = (
 def training_relation_forms() -> RelationForms:
     """Each relation's training wordings (reserved ones left out) as an editor's catalogue."""
     return RelationForms({r.name: tuple(t.text for t in r.templates if not t.reserved)
-                          for r in RELATIONS})
+                          for r in RELATIONS}, {r.name: r.subject_kind for r in RELATIONS})
