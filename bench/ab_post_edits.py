@@ -1,6 +1,6 @@
 """``POST /edits`` on two versions of the code in one run: is a change slower, or the machine?
 
-    python -m bench.ab_post_edits --before 2c334b8 [--edits 240]
+    python -m bench.ab_post_edits --before 2c334b8 [--edits 240] [--no-relation]
 
 Starts one service on the working tree and one on ``--before`` (a git worktree in a
 temporary folder, each with its own embedded Redis and its own shipped editor), then posts
@@ -50,7 +50,7 @@ def _wait_ready(base: str, timeout: float = 300) -> None:
     raise TimeoutError(f"{base} did not become ready")
 
 
-def compare(before: str, n: int, seed: int = 7) -> dict:
+def compare(before: str, n: int, seed: int = 7, relation: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "before"
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(old),
@@ -69,6 +69,8 @@ def compare(before: str, n: int, seed: int = 7) -> dict:
                 for i, r in enumerate(edit_bodies(n + 1, seed=seed)):
                     for name in (("before", "now") if i % 2 == 0 else ("now", "before")):
                         body = {**r, "accept_partial": True}
+                        if not relation:  # no relation: no derived wordings, no contrast
+                            del body["relation"]
                         start = time.perf_counter()
                         outcome = client.post(servers[name][1] + "/edits",
                                               json=body).json().get("outcome")
@@ -90,8 +92,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", required=True, help="the git revision to compare with")
     parser.add_argument("--edits", type=int, default=240)
+    parser.add_argument("--no-relation", action="store_true",
+                        help="post the edits without their relation")
     args = parser.parse_args()
-    print(json.dumps(compare(args.before, args.edits), indent=2))
+    print(json.dumps(compare(args.before, args.edits, relation=not args.no_relation),
+                     indent=2))
 
 
 if __name__ == "__main__":

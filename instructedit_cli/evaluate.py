@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from editor_core.relation_forms import RelationForms
 from editor_lab.evaluation import SETS_DIR
 from service.settings import DEMO_EDITOR_PATH, DEMO_LM_PATH
 
@@ -170,6 +171,9 @@ def eval_stream_cmd(
         help="at this count, roll back 10% of the memory's edits and check the answers "
              "against a memory rebuilt from the rest, then all against the pristine model")
     ] = None,
+    relation_wordings: Annotated[bool, typer.Option(
+        help="key and fit edits that name a known relation on its other wordings too, "
+             "with contrast keys (the service's relation_wordings)")] = True,
     without_subjects: Annotated[bool, typer.Option(
         help="send the edits without their subject (the memory gates on activations alone)")
     ] = False,
@@ -214,6 +218,8 @@ def eval_stream_cmd(
     lm = AutoModelForCausalLM.from_pretrained(model).eval()
     tokenizer = AutoTokenizer.from_pretrained(model)
     ed = load_editor(editor, lm, tokenizer, basis="pristine")
+    if not relation_wordings:
+        ed.relation_forms = RelationForms()
     result = evaluate_stream(ed, load_routing(editor), stream, settings, asks_edited_fact)
     result.settings["stream"] = stream_kind
     if json_path is not None:
@@ -250,6 +256,9 @@ def eval_single_cmd(
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
     data_dir: DataDir = Path("data/world"),
     seed: Annotated[int, typer.Option(help="samples and the unfamiliar set")] = 1,
+    relation_wordings: Annotated[bool, typer.Option(
+        help="key and fit edits that name a known relation on its other wordings too, "
+             "with contrast keys (the service's relation_wordings)")] = True,
     given_rephrases: Annotated[int, typer.Option(
         help="rephrases each request carries (fitted by every arm); the last is never "
              "given and measures paraphrase")] = 0,
@@ -287,6 +296,8 @@ def eval_single_cmd(
     lm = AutoModelForCausalLM.from_pretrained(model).eval()
     tokenizer = AutoTokenizer.from_pretrained(model)
     ed = load_editor(editor, lm, tokenizer, basis="pristine")
+    if not relation_wordings:
+        ed.relation_forms = RelationForms()
     refine = RefineConfig(refine_max_steps, refine_max_ms, refine_lr, strategy=refine_strategy,
                           confidence=refine_confidence)
     results = evaluate_single(ed, load_routing(editor), records, refine,

@@ -33,6 +33,7 @@ from editor_core.refine import EditJudge, EditRefiner
 from editor_core.editor import Editor
 from editor_core.generation import SamplingParams, TokenStream
 from editor_core.ledger import WeightLedger
+from editor_core.relation_forms import RelationForms
 
 from .batcher import GenerationBatcher
 from .engine import EditEngine
@@ -71,6 +72,8 @@ class LiveService:
             "pristine" if combination.kind in ("memory", "ridge") else "current")
         editor = load_editor(settings.editor, model, tokenizer, basis=basis)
         editor.combination = combination
+        if not settings.relation_wordings:
+            editor.relation_forms = RelationForms()
         fingerprint = model_fingerprint(model, editor.editable, tokenizer)
         routing = load_routing(settings.editor) if combination.needs_routing else None
         ledger = WeightLedger.for_editor(editor, combination.combiner(

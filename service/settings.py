@@ -91,6 +91,11 @@ class ServiceSettings(RuntimeSettings):
         "auto", description="which weights a new edit is computed on: 'pristine' (edits "
         "independent, rollback as if never made), 'current' (the live weights), or 'auto' "
         "(pristine for memory and ridge, current for sum)")
+    relation_wordings: bool = Field(
+        True, description="an edit naming its subject and a relation of the editor's "
+        "catalogue (relations.json) is also keyed and fitted on the relation's other "
+        "wordings, with the subject's other relations as contrast keys (false: the "
+        "prompt and the request's rephrases only)")
     refine_max_steps: int = Field(
         60, ge=0, description="refinement steps an edit that does not hold may take "
         "(0: judge only, never refine)")
