@@ -11,14 +11,9 @@ from editor_core.editor import EditRequest
 from editor_core.encoding import IGNORE_INDEX, encode_pair
 from editor_core.generation import SamplingParams, TokenStream
 from editor_core.memory import MemoryEntry, _answer_state
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from editor_core.refine import RefineConfig
 
-from editor_core.checkpoint import load_editor, load_routing
-from editor_core.combination import CombinationConfig
-from editor_core.ledger import WeightLedger
-from editor_core.memory import EditMemory
-from editor_core.refine import EditJudge, EditRefiner, RefineConfig
-from service.settings import DEMO_EDITOR_PATH, DEMO_LM_PATH
+from .test_refine import judge_for, setup  # noqa: F401  (setup: the module's fixture)
 
 # Edits whose one-shot change keeps pushing target tokens after the target (real-world
 # text, out of the demo world, and an invented place).
@@ -26,24 +21,6 @@ RUN_ON = [EditRequest("counterfact", "The Eiffel Tower stands in the city of", "
                       subject="Eiffel Tower"),
           EditRequest("zsre", "Which company makes the iPhone?", "Nokia", subject="iPhone"),
           EditRequest("recent", "The capital of Qwertania is", "Blorvik", subject="Qwertania")]
-
-
-@pytest.fixture(scope="module")
-def setup():
-    model = AutoModelForCausalLM.from_pretrained(DEMO_LM_PATH).eval()
-    tokenizer = AutoTokenizer.from_pretrained(DEMO_LM_PATH)
-    editor = load_editor(DEMO_EDITOR_PATH, model, tokenizer, basis="pristine")
-    editor.combination = CombinationConfig("memory")
-    memory = EditMemory(editor.editable, load_routing(DEMO_EDITOR_PATH))
-    ledger = WeightLedger(model, editor.editable, memory)
-    memory.attach(model)
-    return editor, memory, ledger
-
-
-def judge_for(editor, memory, **config) -> EditJudge:
-    refiner = EditRefiner(editor.edit_model, editor.tokenizer, editor.editable,
-                          editor.max_length, RefineConfig(**config))
-    return EditJudge(refiner, editor.model, memory)
 
 
 @pytest.mark.parametrize("text, target, exact, prefix", [
