@@ -551,16 +551,23 @@ def routing_keys(model: nn.Module, tokenizer, gate: str, prompts: Sequence[str]
     def hook(m, args):
         if threading.get_ident() == owner:
             found.append(args[0].detach())
+            raise _GateReached  # the layers above the gate are not needed
 
     handle = module.register_forward_pre_hook(hook)
     try:
         with torch.no_grad():
             getattr(model, "base_model", model)(input_ids=ids, attention_mask=mask,
                                                 use_cache=False)
+    except _GateReached:
+        pass
     finally:
         handle.remove()
     last = torch.tensor([len(e) - 1 for e in encoded], device=device)
     return found[0][torch.arange(len(encoded), device=device), last].float().cpu()
+
+
+class _GateReached(Exception):
+    """Ends a keys-only forward pass at the gate (nothing after it is computed)."""
 
 
 def subject_token_ids(tokenizer, names: Sequence[str]) -> tuple[tuple[int, ...], ...]:

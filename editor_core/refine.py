@@ -297,7 +297,7 @@ class EditJudge:
         required = [request.prompt, *request.rephrases]
         prompts = [*required, *request.derived]
         n = len(required)
-        answers = tuple(self.endings.choose(self.refiner.model, prompts, request.target))
+        answers = self._endings(prompts, n, request.target)
         checks = self._trial(delta, prompts, answers)
         scores = tuple(c.score for c in checks[:n])
         held = all(c.exact for c in checks[:n])
@@ -312,6 +312,19 @@ class EditJudge:
         outcome: Outcome = "refined" if all(c.exact for c in checks) else "did_not_hold"
         return Judgement(fit.delta, outcome, fit.steps, _ms(began),
                          tuple(c.score for c in checks), answers[:n], fit.time_capped)
+
+    def _endings(self, prompts: list[str], required: int, target: str
+                 ) -> tuple[FittedAnswer, ...]:
+        """Each prompt's fitted answer: chosen for every required prompt and for the first
+        derived wording of each form (statement, question); the other derived wordings
+        take their form's choice."""
+        form = [p.rstrip().endswith("?") for p in prompts]
+        asked = [i for i in range(len(prompts))
+                 if i < required or form[i] not in form[:i]]
+        chosen = dict(zip(asked, self.endings.choose(self.refiner.model,
+                                                     [prompts[i] for i in asked], target)))
+        by_form = {form[i]: a for i, a in reversed(list(chosen.items()))}
+        return tuple(chosen.get(i, by_form.get(form[i])) for i in range(len(prompts)))
 
     @torch.no_grad()
     def _trial(self, delta: EditDelta, prompts: list[str], answers: Sequence[FittedAnswer]
