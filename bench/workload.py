@@ -32,7 +32,8 @@ def edit_requests(n: int, seed: int = 0) -> list[EditRequest]:
     forms = RelationForms.load(DEMO_EDITOR)
     return [EditRequest(b["task"], b["prompt"], b["target"], subject=b["subject"],
                         derived=forms.derive(b["relation"], b["subject"], [b["prompt"]]),
-                        contrast=forms.contrast(b["relation"], b["subject"]))
+                        contrast=forms.contrast(b["relation"], b["subject"]),
+                        relation=b["relation"])
             for b in edit_bodies(n, seed)]
 
 

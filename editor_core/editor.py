@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .aliases import AliasFinder
 from .answers import AnswerEndings
 from .combination import CombinationConfig
 from .data.records import EditCase
@@ -62,7 +63,8 @@ class EditRequest:
     the relation's known forms (``relation_forms``): routing keys and rows of the fit, but
     never a reason to refuse the edit. ``contrast`` are other questions about the same
     subject (the other relations' wordings): the edit fires only where a query is closer to
-    its own keys than to theirs.
+    its own keys than to theirs. ``relation`` names the fact's relation (the catalogue's
+    name), which tells what kind of entity the subject is.
     """
 
     task: str
@@ -75,6 +77,7 @@ class EditRequest:
     aliases: tuple[str, ...] = ()
     derived: tuple[str, ...] = ()
     contrast: tuple[str, ...] = ()
+    relation: str | None = None
 
     @classmethod
     def from_record(cls, record: EditCase, description: str | None = None) -> EditRequest:
@@ -128,6 +131,8 @@ class Editor:
         self._head = OutputHead.verified(self.edit_model)
         self.endings = AnswerEndings(tokenizer, self.max_length)
         self.relation_forms = RelationForms()  # the editor folder's catalogue, if it ships one
+        # the names the model knows for an edit's subject (None: only the names sent)
+        self.alias_finder: AliasFinder | None = AliasFinder(self)
 
     @property
     def follows_live_weights(self) -> bool:

@@ -174,6 +174,9 @@ def eval_stream_cmd(
     relation_wordings: Annotated[bool, typer.Option(
         help="key and fit edits that name a known relation on its other wordings too, "
              "with contrast keys (the service's relation_wordings)")] = True,
+    alias_search: Annotated[bool, typer.Option(
+        help="widen edits with the other names the model knows for their subject (the "
+             "service's alias_search)")] = True,
     without_subjects: Annotated[bool, typer.Option(
         help="send the edits without their subject (the memory gates on activations alone)")
     ] = False,
@@ -220,6 +223,8 @@ def eval_stream_cmd(
     ed = load_editor(editor, lm, tokenizer, basis="pristine")
     if not relation_wordings:
         ed.relation_forms = RelationForms()
+    if not alias_search:
+        ed.alias_finder = None
     result = evaluate_stream(ed, load_routing(editor), stream, settings, asks_edited_fact)
     result.settings["stream"] = stream_kind
     if json_path is not None:
@@ -259,6 +264,9 @@ def eval_single_cmd(
     relation_wordings: Annotated[bool, typer.Option(
         help="key and fit edits that name a known relation on its other wordings too, "
              "with contrast keys (the service's relation_wordings)")] = True,
+    alias_search: Annotated[bool, typer.Option(
+        help="widen edits with the other names the model knows for their subject (the "
+             "service's alias_search)")] = True,
     given_rephrases: Annotated[int, typer.Option(
         help="rephrases each request carries (fitted by every arm); the last is never "
              "given and measures paraphrase")] = 0,
@@ -298,6 +306,8 @@ def eval_single_cmd(
     ed = load_editor(editor, lm, tokenizer, basis="pristine")
     if not relation_wordings:
         ed.relation_forms = RelationForms()
+    if not alias_search:
+        ed.alias_finder = None
     refine = RefineConfig(refine_max_steps, refine_max_ms, refine_lr, strategy=refine_strategy,
                           confidence=refine_confidence)
     results = evaluate_single(ed, load_routing(editor), records, refine,

@@ -153,6 +153,9 @@ class EditEngine:
                                            "request")
                     return seen
             timings: dict[str, float] = {}
+            if self.editor.alias_finder is not None:
+                with self._timed(timings, "aliases"):
+                    specs = await asyncio.to_thread(self._with_aliases, specs)
             await self.follower.sync()  # compute on (and measure) the newest weights
             earlier = await self._newest_active(max(s.record.check_earlier for s in specs))
             try:  # nothing is stored or applied yet: a refusal changes nothing
@@ -206,6 +209,17 @@ class EditEngine:
             return AddResult(edits, True, request_hash, result.superseded)
         finally:
             lock.release()
+
+    def _with_aliases(self, specs: list[EditSpec]) -> list[EditSpec]:
+        """Each edit widened with the names the model knows for its subject (recorded)."""
+        out = []
+        for spec in specs:
+            request = self.editor.alias_finder.widen(spec.request)
+            found = request.aliases[len(spec.request.aliases):]
+            out.append(spec if not found else EditSpec(request, spec.record.model_copy(
+                update={"derived_aliases": list(found),
+                        "derived_rephrases": list(request.derived)})))
+        return out
 
     def _compute(self, specs: list[EditSpec]) -> list[EditDelta]:
         batch = self.editor.compute([s.request for s in specs])

@@ -74,6 +74,8 @@ class LiveService:
         editor.combination = combination
         if not settings.relation_wordings:
             editor.relation_forms = RelationForms()
+        if not settings.alias_search:
+            editor.alias_finder = None
         fingerprint = model_fingerprint(model, editor.editable, tokenizer)
         routing = load_routing(settings.editor) if combination.needs_routing else None
         ledger = WeightLedger.for_editor(editor, combination.combiner(

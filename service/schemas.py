@@ -109,6 +109,11 @@ class EditRecord(EditIn):
         default_factory=list, description="other wordings of the fact the service derived "
         "from the relation's known forms (the editor's relations.json): routing keys and "
         "fitted beside the prompt, never a reason to refuse the edit")
+    derived_aliases: list[str] = Field(
+        default_factory=list, description="other names of the subject the model itself "
+        "knows, found at edit time (its answers about each agree with those about the "
+        "subject): the edit fires on them too, and the prompt and the relation's first "
+        "question with each name are among derived_rephrases")
     refine_steps: int | None = Field(None, description="refinement steps taken (0: one-shot)")
     refine_ms: float | None = Field(None, description="time judging and refining took")
     refine_time_capped: bool = Field(

@@ -96,6 +96,11 @@ class ServiceSettings(RuntimeSettings):
         "catalogue (relations.json) is also keyed and fitted on the relation's other "
         "wordings, with the subject's other relations as contrast keys (false: the "
         "prompt and the request's rephrases only)")
+    alias_search: bool = Field(
+        True, description="at edit time, ask the model for the other names it knows for "
+        "the subject (an edit naming its subject and a catalogued relation); names whose "
+        "facts agree with the subject's become aliases of the edit (false: only the "
+        "aliases the request lists)")
     refine_max_steps: int = Field(
         60, ge=0, description="refinement steps an edit that does not hold may take "
         "(0: judge only, never refine)")

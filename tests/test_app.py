@@ -53,7 +53,8 @@ def test_edit_generate_rollback_and_restart_over_http(settings: ServiceSettings)
         edit = created.json()
         assert edit["version"] == 1 and edit["status"] == "active"
         assert PROMPT in edit["instruction"] and edit["created_by"] == "anonymous"
-        assert set(edit["timings_ms"]) == {"compute", "judge", "measure", "persist", "apply"}
+        assert set(edit["timings_ms"]) == {"aliases", "compute", "judge", "measure", "persist",
+                                          "apply"}
         assert edit["outcome"] in ("one_shot", "refined") and not edit["accept_partial"]
         assert (edit["refine_steps"] == 0) == (edit["outcome"] == "one_shot")
         quality = edit["quality"]

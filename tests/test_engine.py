@@ -72,7 +72,7 @@ def test_edit_persists_replays_after_restart_and_rolls_back_exactly(redis_socket
     assert quality.prompt.after.probability > quality.prompt.before.probability
     assert quality.prompt.after.token_accuracy == 1.0
     assert len(quality.rephrases) == 1 and quality.locality[0].prompt.startswith("Ply")
-    assert set(added.timings_ms) == {"compute", "measure", "persist", "apply"}
+    assert set(added.timings_ms) == {"aliases", "compute", "measure", "persist", "apply"}
     assert first.answer().startswith(TARGET)
     # The restarted replica rebuilds the same live weights from the store.
     assert replayed == 1 and second.ledger.live_digest() == first.ledger.live_digest()

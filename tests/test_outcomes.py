@@ -105,7 +105,7 @@ def test_refinement_settings_are_validated(steps: int) -> None:
         ServiceSettings(refine_max_steps=steps)
 
 
-def test_an_edit_naming_a_known_relation_is_fitted_on_its_other_wordings_too(
+def test_an_edit_naming_a_known_relation_holds_in_its_other_wordings_and_by_alias(
         redis_socket, tmp_path) -> None:
     from editor_core.answers import is_exact
     from editor_core.relation_forms import RelationForms
@@ -117,12 +117,16 @@ def test_an_edit_naming_a_known_relation_is_fitted_on_its_other_wordings_too(
     with TestClient(create_app(_settings(redis_socket, tmp_path))) as client:
         created = client.post("/edits", json=sent)
         assert created.status_code == 201, created.text
-        derived = created.json()["derived_rephrases"]
+        edit = created.json()
+        derived, question = edit["derived_rephrases"], forms[3]
         assert derived == [t.replace("{s}", "Plyndti Brynta") for t in forms
                            if t.replace("{s}", "Plyndti Brynta") not in (
-                               sent["prompt"], *sent["rephrases"])]
-        assert len(derived) == len(forms) - 2
-        for prompt in (sent["prompt"], *sent["rephrases"]):
+                               sent["prompt"], *sent["rephrases"])] + [
+            "P. Brynta is a citizen of", question.replace("{s}", "P. Brynta")]
+        assert len(derived) == len(forms) and question.endswith("?")
+        assert edit["derived_aliases"] == ["P. Brynta"]  # the model's own name for the person
+        assert "aliases" in edit["timings_ms"]
+        for prompt in (sent["prompt"], *sent["rephrases"], "P. Brynta holds citizenship of"):
             answer = client.post("/generate", json={"prompt": prompt, "max_new_tokens": 12}
                                  ).json()["text"]
             assert is_exact(answer, "Veiistan"), answer  # the whole line, nothing after

@@ -180,8 +180,12 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
                             derived=editor.relation_forms.derive(
                                 r.meta.get("relation"), r.subject, [r.prompt]),
                             contrast=editor.relation_forms.contrast(
-                                r.meta.get("relation"), r.subject))
+                                r.meta.get("relation"), r.subject),
+                            relation=r.meta.get("relation"))
                 for r in stream]
+    if editor.alias_finder is not None:
+        requests = [editor.alias_finder.widen(r) for r in tqdm(requests, desc="aliases",
+                                                                unit="edit")]
     rng = random.Random(settings.seed)
     samples = {n: rng.sample(range(n), min(settings.sample, n)) for n in order}
     with_subject_probes = [i for i, r in enumerate(stream)
@@ -310,6 +314,7 @@ def _measure(arm: _Arm, tokenizer, max_length: int, stream: Sequence[EditCase],
              picked: Sequence[int], n: int, probes: list[tuple[str, Probe]],
              pristine: dict[str, str]) -> dict:
     rel = para = own = rel_prefix = para_prefix = 0
+    aliased = [0, 0]  # exact answers, alias probes
     loc = {k: [0, 0] for k in LOCALITY_KINDS}
     records = [stream[i] for i in picked]
     with arm.ledger.reading():
@@ -323,6 +328,10 @@ def _measure(arm: _Arm, tokenizer, max_length: int, stream: Sequence[EditCase],
             other = answer(arm.model, tokenizer, r.rephrases[-1], r.target_new).text
             para += holds(other, r.target_new)
             para_prefix += starts_with_target(other, r.target_new)
+            for probe in r.portability.get("Subject_Aliasing", ()):  # an alias no one sent
+                aliased[0] += holds(answer(arm.model, tokenizer, probe.prompt,
+                                           r.target_new).text, r.target_new)
+                aliased[1] += 1
         for kind, p in probes:
             loc[kind][0] += answer(arm.model, tokenizer, p.prompt).text == pristine[p.prompt]
             loc[kind][1] += 1
@@ -331,6 +340,7 @@ def _measure(arm: _Arm, tokenizer, max_length: int, stream: Sequence[EditCase],
             "reliability_prefix": rel_prefix / m, "paraphrase_prefix": para_prefix / m,
             "teacher_forced_reliability": sum(s.token_accuracy for s in tf) / m,
             "routed_to_own_edit": own / m if arm.name == "memory" else None,
+            "alias": aliased[0] / aliased[1] if aliased[1] else None, "alias_probes": aliased[1],
             **{f"{k}_locality": (a / b if b else None) for k, (a, b) in loc.items()},
             **{f"{k}_probes": b for k, (_, b) in loc.items()}}
 
@@ -390,15 +400,16 @@ def _removal_check(arm: _Arm, tokenizer, max_length: int, settings: StreamSettin
 
 
 def stream_table(result: StreamResult) -> str:
-    head = ("| combination | active edits | reliability | paraphrase | teacher-forced rel. "
-            "| own edit fired | neighbour loc. | same-subject loc. | random loc. "
-            "| probes counted (neighbour / same-subject / random) | probes excluded |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| combination | active edits | reliability | paraphrase | alias (probes) "
+            "| teacher-forced rel. | own edit fired | neighbour loc. | same-subject loc. "
+            "| random loc. | probes counted (neighbour / same-subject / random) "
+            "| probes excluded |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [head]
     for name, by_count in result.figures.items():
         for n, f in by_count.items():
             rows.append(
                 f"| {name} | {n} | {f['reliability']:.3f} | {f['paraphrase']:.3f} | "
+                f"{_fmt(f.get('alias'))} ({f.get('alias_probes', 0)}) | "
                 f"{f['teacher_forced_reliability']:.3f} | {_fmt(f['routed_to_own_edit'])} | "
                 f"{_fmt(f['neighbour_locality'])} | {_fmt(f['same_subject_locality'])} | "
                 f"{_fmt(f['random_locality'])} | {f['neighbour_probes']} / "
@@ -408,7 +419,7 @@ def stream_table(result: StreamResult) -> str:
         for tolerance, a in by_tolerance.items():
             stored = "" if tolerance == "default" else f", stored at {tolerance}"
             rows.append(f"| each alone{stored} | {n} ({a['sampled']} sampled) | "
-                        f"{a['reliability']:.3f} | {a['paraphrase']:.3f} | | | | | | | |")
+                        f"{a['reliability']:.3f} | {a['paraphrase']:.3f} | | | | | | | | |")
     table = "\n".join(rows)
     judged = {n: f["outcomes"] for n, f in result.figures.get("memory", {}).items()
               if "outcomes" in f}

@@ -22,6 +22,7 @@ prompt only); FT-L takes Adam steps on the editable weights themselves.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from tqdm import tqdm
@@ -81,7 +82,12 @@ def evaluate_single(editor: Editor, routing: RoutingConfig,
                                   subject=record.subject, sentiment=record.sentiment,
                                   rephrases=given, derived=derived,
                                   contrast=editor.relation_forms.contrast(
-                                      record.meta.get("relation"), record.subject))
+                                      record.meta.get("relation"), record.subject),
+                                  relation=record.meta.get("relation"))
+            searched = time.perf_counter()
+            if editor.alias_finder is not None:
+                request = editor.alias_finder.widen(request)
+            alias_ms = (time.perf_counter() - searched) * 1000
             delta = editor.compute(request).compressed()
             judged = judge.judge(request, delta)
             outcomes[judged.outcome] = outcomes.get(judged.outcome, 0) + 1
@@ -90,6 +96,7 @@ def evaluate_single(editor: Editor, routing: RoutingConfig,
                 ledger.apply("e", chosen)
                 rows[arm].append(_measure(editor, record, probes, pristine, len(given)))
                 rows[arm][-1]["ms"] = judged.ms if arm == "judged" else 0.0
+                rows[arm][-1]["alias_ms"] = alias_ms if arm == "judged" else 0.0
                 ledger.remove("e")
             ftl.apply(record, given)
             try:
@@ -147,11 +154,12 @@ def _summary(rows: list[dict]) -> dict:
     parts = [p for p in parts if p is not None]
     means["edit_score"] = sum(parts) / len(parts)
     means["edits"] = len(rows)
-    if "ms" in means:
-        timed = sorted(r["ms"] for r in rows)
-        means["ms_p50"] = timed[len(timed) // 2]
-        means["ms_p95"] = timed[min(len(timed) - 1, int(len(timed) * 0.95))]
-        del means["ms"]
+    for key in ("ms", "alias_ms"):
+        if key in means:
+            timed = sorted(r[key] for r in rows)
+            means[f"{key}_p50"] = timed[len(timed) // 2]
+            means[f"{key}_p95"] = timed[min(len(timed) - 1, int(len(timed) * 0.95))]
+            del means[key]
     return means
 
 
@@ -162,8 +170,9 @@ def single_table(results: dict[str, dict[str, dict]]) -> str:
             "mangled",
             "edit_score")
     lines = ["| set | method | edits | " + " | ".join(c.replace("_", " ") for c in cols)
-             + " | outcomes (one-shot / refined / did not hold) | judge ms p50 / p95 |",
-             "|---|---|---|" + "---|" * (len(cols) + 2)]
+             + " | outcomes (one-shot / refined / did not hold) | judge ms p50 / p95 "
+             "| alias search ms p50 / p95 |",
+             "|---|---|---|" + "---|" * (len(cols) + 3)]
     for name, arms in results.items():
         for arm, f in arms.items():
             cells = [f"{f[c]:.3f}" if c in f else "—" for c in cols]
@@ -172,6 +181,8 @@ def single_table(results: dict[str, dict[str, dict]]) -> str:
                                             f"/ {o.get('did_not_hold', 0)} "
                                             f"({o.get('time_capped', 0)} time-capped)")
             timing = f"{f['ms_p50']:.0f} / {f['ms_p95']:.0f}" if arm == "judged" else ""
+            search = (f"{f['alias_ms_p50']:.0f} / {f['alias_ms_p95']:.0f}"
+                      if arm == "judged" and "alias_ms_p50" in f else "")
             lines.append(f"| {name} | {arm} | {f['edits']} | " + " | ".join(cells)
-                         + f" | {outcome} | {timing} |")
+                         + f" | {outcome} | {timing} | {search} |")
     return "\n".join(lines)

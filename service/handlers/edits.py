@@ -64,7 +64,7 @@ class EditHandler:
                               description=body.description, sentiment=body.sentiment,
                               rephrases=tuple(body.rephrases), aliases=tuple(body.aliases),
                               derived=derived, contrast=editor.relation_forms.contrast(
-                                  body.relation, body.subject))
+                                  body.relation, body.subject), relation=body.relation)
         try:
             instruction = editor.edit_input(request)
         except InstructionError as exc:
