@@ -50,7 +50,8 @@ class AliasSearch:
 class AliasFinder:
     """Finds the names an editor's model (pristine under the pristine basis) knows for a
     subject, and widens edit requests with them. Answers are cached per subject and kind of
-    subject: the model they come from never changes while it serves."""
+    subject: the pristine model never changes while it serves (under the current basis,
+    a subject keeps the names found on the weights of its first edit)."""
 
     def __init__(self, editor: Editor, search: AliasSearch | None = None,
                  cache_size: int = 4096) -> None:
@@ -129,13 +130,14 @@ class AliasFinder:
         if not candidates:
             return ()
         editor = self.editor
-        prompts = [p.replace("{s}", c) for c in candidates for p in probes]
-        scores = score_targets(editor.edit_model, editor.tokenizer, prompts,
-                               [" " + f for _ in candidates for f in facts], editor.max_length,
-                               batch_size=64)
-        n = len(probes)
-        agree = [c for i, c in enumerate(candidates)
-                 if all(s.token_accuracy == 1.0 for s in scores[i * n:(i + 1) * n])]
+        agree = candidates
+        for probe, fact in zip(probes, facts):  # one fact at a time: most names fail the first
+            scores = score_targets(editor.edit_model, editor.tokenizer,
+                                   [probe.replace("{s}", c) for c in agree],
+                                   [" " + fact] * len(agree), editor.max_length, batch_size=64)
+            agree = [c for c, score in zip(agree, scores) if score.token_accuracy == 1.0]
+            if not agree:
+                return ()
         # a name wrapped around another accepted one ("F F. Zundsound") adds nothing
         return tuple(c for c in agree if not any(o != c and o in c for o in agree))
 
