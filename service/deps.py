@@ -8,8 +8,8 @@ from fastapi import Depends, Header, Request
 
 from .auth import Principal, require
 from .errors import ServiceError
-from .handlers import (CompletionHandler, EditHandler, EditLogHandler, GenerationHandler,
-                       Handlers, SystemHandler)
+from .handlers import (ChatHandler, CompletionHandler, EditHandler, EditLogHandler,
+                       GenerationHandler, Handlers, SystemHandler)
 
 
 def handlers(request: Request) -> Handlers:
@@ -33,6 +33,10 @@ def _completions(request: Request) -> CompletionHandler:
     return handlers(request).completions
 
 
+def _chat(request: Request) -> ChatHandler:
+    return handlers(request).chat
+
+
 def _system(request: Request) -> SystemHandler:
     return handlers(request).system
 
@@ -46,6 +50,7 @@ ReadKey = Annotated[Principal, Depends(require("read"))]
 Edits = Annotated[EditHandler, Depends(_edits)]
 Generation = Annotated[GenerationHandler, Depends(_generation)]
 Completions = Annotated[CompletionHandler, Depends(_completions)]
+Chat = Annotated[ChatHandler, Depends(_chat)]
 System = Annotated[SystemHandler, Depends(_system)]
 EditLog = Annotated[EditLogHandler, Depends(_edit_log)]
 IdempotencyKey = Annotated[str | None, Header(

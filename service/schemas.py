@@ -314,6 +314,97 @@ class CompletionOut(BaseModel):
     usage: CompletionUsage | None = None
 
 
+class ChatTextPart(BaseModel):
+    """A text part of a message's content (OpenAI's content-part form)."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One turn of a conversation, in OpenAI's chat format."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ChatTextPart]
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(
+            part.text for part in self.content)
+
+
+class ChatCompletionIn(BaseModel):
+    """The fields of OpenAI's chat completion request that this service honours."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(examples=["demo-lm"])
+    messages: list[ChatMessage] = Field(min_length=1, max_length=64, examples=[[
+        {"role": "user", "content": "Which country is Plyndti Brynta a citizen of?"}]])
+    max_tokens: int | None = Field(None, ge=1, description="deprecated by OpenAI in favour "
+                                   "of max_completion_tokens; either is honoured")
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(1.0, ge=0.0, le=2.0)
+    top_p: float | None = Field(1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stream: bool | None = False
+    n: int | None = Field(1, ge=1)
+    logprobs: bool | None = False
+    presence_penalty: float | None = 0.0
+    frequency_penalty: float | None = 0.0
+    tools: list[dict[str, Any]] | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+    edits_fired: list[str] | None = None  # an extension: the edits the edit memory applied
+
+
+class ChatCompletionOut(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str = Field(description="v{version}: the live weights' version")
+    choices: list[ChatChoice]
+    usage: CompletionUsage
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
+    edits_fired: list[str] | None = None  # on the last chunk: the edits that acted
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChatChunkChoice]
+
+
 class ModelOut(BaseModel):
     id: str
     object: Literal["model"] = "model"

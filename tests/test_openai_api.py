@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 
 import openai
 import pytest
+
+from editor_core.answers import is_exact
 
 from .server_process import ServiceProcess
 from .test_acceptance import EDIT, PROMPT, TARGET
@@ -73,3 +76,74 @@ def test_what_cannot_be_honoured_is_refused(client: openai.OpenAI) -> None:
         client.completions.create(model="demo-lm", prompt="Hi", max_tokens=100_000)
     with pytest.raises(openai.UnprocessableEntityError):
         client.completions.create(model="demo-lm", prompt=["a", "b"], stream=True)
+
+
+CHAT_EDIT = {"task": "counterfact", "prompt": "Grylstis Brynta is a citizen of",
+             "target": "Vuthovia", "subject": "Grylstis Brynta", "relation": "citizenship"}
+QUESTION = [{"role": "user", "content": "Which country is Grylstis Brynta a citizen of?"}]
+
+
+def test_chat_completions_plain_and_streamed_answer_with_the_edit(
+        client: openai.OpenAI, service: ServiceProcess) -> None:
+    before = client.chat.completions.create(model="demo-lm", messages=QUESTION, temperature=0)
+    assert before.object == "chat.completion" and before.choices[0].message.role == "assistant"
+    assert not is_exact(before.choices[0].message.content, "Vuthovia")
+    with service.client() as c:
+        edit = c.post("/edits", json=CHAT_EDIT).raise_for_status().json()
+
+    after = client.chat.completions.create(model="demo-lm", messages=QUESTION, temperature=0)
+    choice = after.choices[0]
+    assert choice.message.content.strip() == "Vuthovia"  # the whole reply, nothing after
+    assert choice.finish_reason == "stop" and choice.model_extra["edits_fired"] == [edit["id"]]
+    assert after.system_fingerprint == f"v{edit['version']}"
+    assert after.usage.total_tokens == after.usage.prompt_tokens + after.usage.completion_tokens
+
+    chunks = list(client.chat.completions.create(model="demo-lm", messages=QUESTION,
+                                                 temperature=0, stream=True))
+    assert chunks[0].object == "chat.completion.chunk"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == choice.message.content
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices[0].model_extra["edits_fired"] == [edit["id"]]
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+
+    talk = [{"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": [{"type": "text", "text": CHAT_EDIT["prompt"]}]}]
+    later = client.chat.completions.create(model="demo-lm", messages=talk, temperature=0,
+                                           max_completion_tokens=8)
+    assert is_exact(later.choices[0].message.content, "Vuthovia")
+
+
+def test_chat_parameters_that_cannot_be_honoured_are_refused(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=QUESTION)
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        client.chat.completions.create(model="demo-lm", messages=QUESTION, n=2, logprobs=True)
+    assert refused.value.body["details"]["parameters"] == ["n", "logprobs"]
+    with pytest.raises(openai.UnprocessableEntityError) as tools:
+        client.chat.completions.create(model="demo-lm", messages=QUESTION, tools=[{
+            "type": "function", "function": {"name": "f", "parameters": {}}}])
+    assert tools.value.body["details"]["parameters"] == ["tools"]
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.chat.completions.create(model="demo-lm", messages=[])
+
+
+def test_a_model_without_a_chat_template_refuses_chat(redis_socket, tmp_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import DEMO_LM_PATH, ServiceSettings
+
+    plain = tmp_path / "plain-lm"
+    shutil.copytree(DEMO_LM_PATH, plain, ignore=shutil.ignore_patterns("chat_template.jinja"))
+    settings = ServiceSettings(model=str(plain), redis_url=f"unix://{redis_socket}",
+                               data_dir=tmp_path / "data", threads=1)
+    with TestClient(create_app(settings)) as c:
+        refused = c.post("/v1/chat/completions", json={"model": "plain-lm",
+                                                        "messages": QUESTION})
+        assert refused.status_code == 422
+        assert refused.json()["error"]["code"] == "no_chat_template"
+        completed = c.post("/v1/completions", json={"model": "plain-lm", "prompt": "Hello",
+                                                     "max_tokens": 2})
+        assert completed.status_code == 200  # plain completions still serve

@@ -35,7 +35,10 @@ model = AutoModelForCausalLM.from_pretrained("checkpoints/demo-lm")
 
 The tokenizer is byte-level BPE (`tokenizers`), so any text tokenises, including real-world
 text and names the LM never saw; `<|endoftext|>` is BOS, EOS and padding, and the tokenizer
-prepends it to every text, as every training row began with it.
+prepends it to every text, as every training row began with it. Its chat template
+(`chat_template.jinja`) writes each turn of a conversation as a line of plain text: the LM
+was never trained on conversations, and so a chat client's question reaches it as the plain
+question it answers.
 
 ## Build
 

@@ -12,6 +12,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 END_OF_TEXT = "<|endoftext|>"
+# The demo LM was never trained on conversations: its chat template writes each turn as a
+# line of plain text (an assistant's turn ends at its line end), so that a chat client's
+# question reaches it as the plain question it was trained to answer.
+CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{{ message['content'] }}"
+                 "{% if message['role'] == 'assistant' or not loop.last %}{{ '\\n' }}"
+                 "{% endif %}{% endfor %}")
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096,
@@ -44,4 +50,5 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096,
         unk_token=END_OF_TEXT,
         pad_token=END_OF_TEXT,
         model_max_length=256,
+        chat_template=CHAT_TEMPLATE,
     )

@@ -9,14 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..lifecycle import LiveService
+from .chat import ChatHandler
 from .completions import CompletionHandler
 from .edit_log import EditLogHandler
 from .edits import EditHandler
 from .generation import GenerationHandler, QuerySlots
 from .system import SystemHandler
 
-__all__ = ["CompletionHandler", "EditHandler", "EditLogHandler", "GenerationHandler", "Handlers", "QuerySlots",
-           "SystemHandler"]
+__all__ = ["ChatHandler", "CompletionHandler", "EditHandler", "EditLogHandler",
+           "GenerationHandler", "Handlers", "QuerySlots", "SystemHandler"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Handlers:
     edits: EditHandler
     generation: GenerationHandler
     completions: CompletionHandler
+    chat: ChatHandler
     system: SystemHandler
     edit_log: EditLogHandler
 
@@ -33,5 +35,7 @@ class Handlers:
     def build(cls, live: LiveService) -> Handlers:
         generation = GenerationHandler(
             live, QuerySlots(live.settings.limits.max_concurrent_generations))
-        return cls(EditHandler(live), generation, CompletionHandler(live, generation),
-                   SystemHandler(live), EditLogHandler(live))
+        completions = CompletionHandler(live, generation)
+        return cls(EditHandler(live), generation, completions,
+                   ChatHandler(live, generation, completions), SystemHandler(live),
+                   EditLogHandler(live))

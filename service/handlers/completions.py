@@ -48,20 +48,20 @@ class CompletionHandler:
         return ModelListOut(data=[ModelOut(id=self.model_name,
                                            created=int(self.live.started_at))])
 
+    def check_model(self, name: str) -> None:
+        """404 unless ``name`` is the served model's."""
+        if name != self.model_name:
+            raise ServiceError(404, "model_not_found", f"this service serves "
+                               f"{self.model_name!r}, not {name!r}")
+
     def _requests(self, body: CompletionIn) -> list[GenerateIn]:
         """One generation per prompt, after refusing what cannot be honoured."""
-        if body.model != self.model_name:
-            raise ServiceError(404, "model_not_found", f"this service serves "
-                               f"{self.model_name!r}, not {body.model!r}")
-        unsupported = {"n": body.n not in (None, 1), "best_of": body.best_of not in (None, 1),
-                       "echo": bool(body.echo), "logprobs": body.logprobs is not None,
-                       "suffix": body.suffix is not None,
-                       "presence_penalty": bool(body.presence_penalty),
-                       "frequency_penalty": bool(body.frequency_penalty)}
-        refused = [name for name, bad in unsupported.items() if bad]
-        if refused:
-            raise ServiceError(422, "unsupported_parameter", f"not supported here: "
-                               f"{', '.join(refused)}", {"parameters": refused})
+        self.check_model(body.model)
+        refuse_unsupported({
+            "n": body.n not in (None, 1), "best_of": body.best_of not in (None, 1),
+            "echo": bool(body.echo), "logprobs": body.logprobs is not None,
+            "suffix": body.suffix is not None, "presence_penalty": bool(body.presence_penalty),
+            "frequency_penalty": bool(body.frequency_penalty)})
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts or len(prompts) > 16:
             raise ServiceError(422, "invalid_prompt", "give 1 to 16 prompts")
@@ -118,3 +118,12 @@ class CompletionHandler:
                                   choices=[Choice(text=text, index=0, finish_reason=reason)])
             yield {"data": chunk.model_dump_json(exclude_none=True)}
         yield {"data": "[DONE]"}
+
+
+def refuse_unsupported(asked: dict[str, bool]) -> None:
+    """422 ``unsupported_parameter`` naming each parameter asked for that is not honoured
+    (rather than silently ignoring it)."""
+    refused = [name for name, bad in asked.items() if bad]
+    if refused:
+        raise ServiceError(422, "unsupported_parameter", f"not supported here: "
+                           f"{', '.join(refused)}", {"parameters": refused})

@@ -1,8 +1,8 @@
 """OpenAI-compatible completions: existing clients (the ``openai`` package, LangChain's
-OpenAI LLM) query the live, edited model unchanged.
+OpenAI LLM and chat model) query the live, edited model unchanged.
 
-``POST /v1/completions`` (whole or streamed as ``data:`` chunks ending in ``[DONE]``) and
-``GET /v1/models``.
+``POST /v1/completions`` and ``POST /v1/chat/completions`` (whole or streamed as ``data:``
+chunks ending in ``[DONE]``) and ``GET /v1/models``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Any
 from fastapi import APIRouter
 from sse_starlette import EventSourceResponse
 
-from ..deps import Completions, ReadKey
-from ..schemas import CompletionIn, CompletionOut, ModelListOut
+from ..deps import Chat, Completions, ReadKey
+from ..schemas import (ChatCompletionIn, ChatCompletionOut, CompletionIn, CompletionOut,
+                       ModelListOut)
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -31,3 +32,13 @@ async def completions(body: CompletionIn, completions: Completions, _: ReadKey) 
     """Complete each prompt with the live (edited) model, in OpenAI's completion format."""
     answer = await completions.complete(body)
     return answer if isinstance(answer, CompletionOut) else EventSourceResponse(answer)
+
+
+@router.post("/chat/completions", response_model=ChatCompletionOut,
+             responses={200: {"content": {"text/event-stream": {"description":
+                        "with stream: chat.completion.chunk data chunks, then [DONE]"}}}})
+async def chat_completions(body: ChatCompletionIn, chat: Chat, _: ReadKey) -> Any:
+    """Answer the conversation's next assistant turn with the live (edited) model, through
+    the model's chat template, in OpenAI's chat format."""
+    answer = await chat.complete(body)
+    return answer if isinstance(answer, ChatCompletionOut) else EventSourceResponse(answer)
