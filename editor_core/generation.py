@@ -77,16 +77,13 @@ class TokenStream:
     completion_tokens: int = 0
     finish_reason: FinishReason | None = None
     edits_fired: tuple[str, ...] = ()  # the edit memory's entries that acted on it
-    # False for a prompt that already holds them (a chat template writes its own)
-    add_special_tokens: bool = True
     _ids: list[int] = field(default_factory=list)
     _new: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         limit = getattr(self.model.config, "n_positions", None) or getattr(
             self.model.config, "max_position_embeddings", None)
-        self._ids = self.tokenizer(self.prompt,
-                                   add_special_tokens=self.add_special_tokens)["input_ids"]
+        self._ids = self.tokenizer(self.prompt)["input_ids"]
         self.prompt_tokens = len(self._ids)
         if not self._ids:
             raise GenerationError("the prompt produced no tokens")

@@ -4,19 +4,44 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
 
 
+class ChatTextPart(BaseModel):
+    """A text part of a message's content (OpenAI's content-part form)."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One turn of a conversation, in OpenAI's chat format."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ChatTextPart]
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(
+            part.text for part in self.content)
+
+
 class EditIn(_Strict):
     task: str = Field(min_length=1, max_length=64, examples=["counterfact"],
                       description="a task the editor knows (GET /tasks)")
-    prompt: str = Field(min_length=1, max_length=4000,
-                        examples=["Plyndti Brynta is a citizen of"])
+    prompt: str | None = Field(None, min_length=1, max_length=4000,
+                               examples=["Plyndti Brynta is a citizen of"],
+                               description="the fact's prompt as plain text (or messages)")
+    messages: list[ChatMessage] | None = Field(
+        None, min_length=1, max_length=64, description="instead of prompt: the fact as a "
+        "conversation ending with the user's question, written as the model's chat template "
+        "writes it (the record's prompt), so the edit holds when a chat user asks it")
     target: str = Field(min_length=1, max_length=1000, examples=["Veiistan"])
     subject: str | None = Field(None, max_length=500, examples=["Plyndti Brynta"])
     aliases: list[str] = Field(
@@ -45,6 +70,12 @@ class EditIn(_Strict):
         False, description="keep the edit even if the model would still not answer its "
         "target after refinement (outcome did_not_hold); by default such an edit is refused "
         "with 422 edit_did_not_hold and nothing changes")
+
+    @model_validator(mode="after")
+    def _has_prompt(self) -> EditIn:
+        if self.prompt is None and self.messages is None:
+            raise ValueError("give the fact's prompt, or its messages")
+        return self
 
 
 class EditBatchIn(_Strict):
@@ -312,27 +343,6 @@ class CompletionOut(BaseModel):
     system_fingerprint: str = Field(description="v{version}: the live weights' version")
     choices: list[Choice]
     usage: CompletionUsage | None = None
-
-
-class ChatTextPart(BaseModel):
-    """A text part of a message's content (OpenAI's content-part form)."""
-
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    """One turn of a conversation, in OpenAI's chat format."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ChatTextPart]
-
-    @property
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(
-            part.text for part in self.content)
 
 
 class ChatCompletionIn(BaseModel):

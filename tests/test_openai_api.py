@@ -115,6 +115,33 @@ def test_chat_completions_plain_and_streamed_answer_with_the_edit(
     assert is_exact(later.choices[0].message.content, "Vuthovia")
 
 
+def test_an_edit_stated_as_a_chat_holds_when_a_chat_user_asks(
+        client: openai.OpenAI, service: ServiceProcess) -> None:
+    asked = [{"role": "system", "content": "Answer briefly."},
+             {"role": "user", "content": "Which country is Zoty Brynta a citizen of?"}]
+    before = client.chat.completions.create(model="demo-lm", messages=asked, temperature=0)
+    assert not is_exact(before.choices[0].message.content, "Stouara")
+    with service.client() as c:
+        created = c.post("/edits", json={"task": "counterfact", "messages": asked,
+                                         "target": "Stouara", "subject": "Zoty Brynta"})
+        assert created.status_code == 201, created.text
+        edit = created.json()
+        # the record keeps the messages and the prompt the template wrote for them
+        assert edit["messages"][1]["content"] == asked[1]["content"]
+        assert edit["prompt"] == "Answer briefly.\nWhich country is Zoty Brynta a citizen of?"
+        for bad, code in (({"prompt": "Zoty Brynta is a citizen of"}, "invalid_edit"),
+                          ({"messages": [*asked, {"role": "assistant", "content": "No."}]},
+                           "invalid_messages")):
+            refused = c.post("/edits", json={"task": "counterfact", "target": "Stouara",
+                                              "messages": asked, **bad})
+            assert refused.status_code == 422 and refused.json()["error"]["code"] == code
+        neither = c.post("/edits", json={"task": "counterfact", "target": "Stouara"})
+        assert neither.json()["error"]["code"] == "invalid_request"
+    after = client.chat.completions.create(model="demo-lm", messages=asked, temperature=0)
+    assert after.choices[0].message.content.strip() == "Stouara"
+    assert after.choices[0].model_extra["edits_fired"] == [edit["id"]]
+
+
 def test_chat_parameters_that_cannot_be_honoured_are_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4o", messages=QUESTION)
@@ -147,3 +174,6 @@ def test_a_model_without_a_chat_template_refuses_chat(redis_socket, tmp_path) ->
         completed = c.post("/v1/completions", json={"model": "plain-lm", "prompt": "Hello",
                                                      "max_tokens": 2})
         assert completed.status_code == 200  # plain completions still serve
+        chat_edit = c.post("/edits", json={"task": "counterfact", "target": "Veiistan",
+                                           "messages": QUESTION})
+        assert chat_edit.json()["error"]["code"] == "no_chat_template"

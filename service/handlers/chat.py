@@ -2,8 +2,9 @@
 
 The conversation becomes a prompt through the model's own chat template (shipped with its
 tokenizer), so the answer is the one the model gives in a chat turn, with every active edit
-acting on it; the reply ends where the template ends an assistant's turn. A model without a chat template is refused (422
-``no_chat_template``: use ``/v1/completions``); so are parameters it cannot honour.
+acting on it; the reply ends where the template ends an assistant's turn. A model without
+a chat template is refused (422 ``no_chat_template``: use ``/v1/completions``); so are
+parameters it cannot honour.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from editor_core.chat_template import ChatTemplateError, chat_prompt, has_chat_template, turn_end
 from editor_core.generation import TokenStream
 
 from ..errors import ServiceError
@@ -27,6 +29,7 @@ from ..schemas import (
     ChatCompletionIn,
     ChatCompletionOut,
     ChatDelta,
+    ChatMessage,
     ChatMessageOut,
     CompletionUsage,
     GenerateIn,
@@ -45,34 +48,10 @@ class ChatHandler:
         self.generation = generation
         self.completions = completions
 
-    def prompt(self, body: ChatCompletionIn) -> str:
-        """The conversation as the model's chat template writes it, ready for the
-        assistant's turn."""
-        tokenizer = self.live.tokenizer
-        if not getattr(tokenizer, "chat_template", None):
-            raise ServiceError(422, "no_chat_template", "this model's tokenizer ships no "
-                               "chat template; use /v1/completions")
-        messages = [{"role": m.role, "content": m.text} for m in body.messages]
-        try:
-            return tokenizer.apply_chat_template(messages, tokenize=False,
-                                                 add_generation_prompt=True)
-        except Exception as exc:  # the template's own checks (jinja2's TemplateError)
-            raise ServiceError(422, "invalid_messages", f"the chat template refused the "
-                               f"messages: {exc}") from exc
-
     @functools.cached_property
-    def turn_end(self) -> str | None:
-        """What the template writes after an assistant's turn ("<|im_end|>", a line end):
-        the reply stops there, as the model's own answers do (None: nothing marks it)."""
-        marker = "\x00reply\x00"
-        try:
-            text = self.live.tokenizer.apply_chat_template(
-                [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}],
-                tokenize=False)
-        except Exception:  # a template that refuses this conversation marks no end
-            return None
-        tail = text.split(marker, 1)[1] if marker in text else ""
-        return (tail.strip() or tail) or None
+    def reply_end(self) -> str | None:
+        """Where the template ends an assistant's turn (None: nothing marks it)."""
+        return turn_end(self.live.tokenizer)
 
     def _request(self, body: ChatCompletionIn) -> GenerateIn:
         self.completions.check_model(body.model)
@@ -83,9 +62,9 @@ class ChatHandler:
             "presence_penalty": bool(body.presence_penalty),
             "frequency_penalty": bool(body.frequency_penalty)})
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        prompt = self.prompt(body)
-        if self.turn_end is not None and self.turn_end not in stop:
-            stop.append(self.turn_end)
+        prompt = templated(self.live.tokenizer, body.messages, "plain text: /v1/completions")
+        if self.reply_end is not None and self.reply_end not in stop:
+            stop.append(self.reply_end)
         try:
             return GenerateIn(prompt=prompt,
                               max_new_tokens=body.max_completion_tokens or body.max_tokens
@@ -106,13 +85,13 @@ class ChatHandler:
         limit = self.live.settings.limits.max_new_tokens
         if context is None:
             return limit
-        used = len(self.live.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        used = len(self.live.tokenizer(prompt)["input_ids"])
         return max(1, min(limit, context - used))
 
     async def complete(self, body: ChatCompletionIn
                        ) -> ChatCompletionOut | AsyncIterator[dict]:
         """The assistant's reply, or (``stream``) OpenAI's chunks ending in ``[DONE]``."""
-        stream = self.generation.token_stream(self._request(body), templated=True)
+        stream = self.generation.token_stream(self._request(body))
         out = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
                "model": self.completions.model_name}
         slots = self.generation.slots
@@ -154,3 +133,13 @@ class ChatHandler:
             elif piece:
                 yield chunk(ChatDelta(content=piece))
         yield {"data": "[DONE]"}
+
+
+def templated(tokenizer, messages: list[ChatMessage], otherwise: str) -> str:
+    """``messages`` as the model's chat template writes them; 422 ``no_chat_template`` or
+    ``invalid_messages`` (with what to do ``otherwise``) when it cannot."""
+    try:
+        return chat_prompt(tokenizer, [{"role": m.role, "content": m.text} for m in messages])
+    except ChatTemplateError as exc:
+        code = "invalid_messages" if has_chat_template(tokenizer) else "no_chat_template"
+        raise ServiceError(422, code, f"{exc} ({otherwise})") from exc

@@ -22,6 +22,7 @@ from ..schemas import (
     EditRecord,
     RollbackToOut,
 )
+from .chat import templated
 from .limits import check_tokens
 
 
@@ -52,6 +53,8 @@ class EditHandler:
     def _spec(self, body: EditIn, who: Principal, at: str) -> EditSpec:
         """Check one edit against the editor and the limits; its request and record."""
         editor, limits = self.live.editor, self.live.settings.limits
+        if body.messages is not None:
+            body = body.model_copy(update={"prompt": self._chat_prompt(body)})
         if body.task not in editor.registry:
             raise ServiceError(422, "unknown_task", f"unknown task {body.task!r}",
                                {"known": editor.registry.names})
@@ -72,6 +75,17 @@ class EditHandler:
         record = EditRecord(**body.model_dump(), instruction=instruction, created_at=at,
                             created_by=who.name, derived_rephrases=list(derived))
         return EditSpec(request, record)
+
+    def _chat_prompt(self, body: EditIn) -> str:
+        """The prompt an edit stated as a conversation stands for: what the model reads
+        when a chat user asks it."""
+        if body.prompt is not None:
+            raise ServiceError(422, "invalid_edit", "give the fact's prompt or its "
+                               "messages, not both")
+        if body.messages[-1].role != "user":
+            raise ServiceError(422, "invalid_messages", "an edit's messages end with the "
+                               "user's question; the target is the assistant's reply")
+        return templated(self.live.tokenizer, body.messages, "send the fact as a prompt")
 
     async def create(self, body: EditIn | EditBatchIn, who: Principal,
                      idempotency_key: str | None) -> Created:

@@ -62,9 +62,8 @@ class GenerationHandler:
         self.live = live
         self.slots = slots
 
-    def token_stream(self, body: GenerateIn, *, templated: bool = False) -> TokenStream:
-        """A generation of ``body``, checked against the limits (422 beyond them);
-        ``templated``: the prompt comes from the chat template, special tokens included."""
+    def token_stream(self, body: GenerateIn) -> TokenStream:
+        """A generation of ``body``, checked against the limits (422 beyond them)."""
         live, limits = self.live, self.live.settings.limits
         if body.max_new_tokens > limits.max_new_tokens:
             raise ServiceError(422, "too_many_tokens", f"max_new_tokens is "
@@ -74,8 +73,7 @@ class GenerationHandler:
         params = SamplingParams(body.max_new_tokens, body.temperature, body.top_p, body.top_k,
                                 body.seed, tuple(body.stop), body.ignore_eos)
         try:
-            return TokenStream(live.model, live.tokenizer, body.prompt, params,
-                               add_special_tokens=not templated)
+            return TokenStream(live.model, live.tokenizer, body.prompt, params)
         except GenerationError as exc:
             raise ServiceError(422, "prompt_too_long", str(exc)) from exc
 

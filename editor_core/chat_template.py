@@ -1,0 +1,59 @@
+"""Conversations as the model reads them: prompts written by the model's own chat template.
+
+A chat question and an edit stated as a chat must reach the model as the same tokens, so
+both go through ``chat_prompt``: the template's text for the conversation, ready for the
+assistant's turn, written so that the tokenizer's ordinary encoding (which may prepend its
+own BOS) gives exactly the template's tokens. ``turn_end`` is what the template writes
+after an assistant's turn: where a reply ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+__all__ = ["ChatTemplateError", "chat_prompt", "has_chat_template", "turn_end"]
+
+_MARKER = "\x00reply\x00"
+
+
+class ChatTemplateError(ValueError):
+    """The model has no chat template, or its template refused the messages."""
+
+
+def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def chat_prompt(tokenizer: PreTrainedTokenizerBase,
+                messages: Sequence[Mapping[str, str]]) -> str:
+    """The conversation as the template writes it, ending where the assistant's reply
+    begins; without the template's leading BOS when the tokenizer prepends one itself."""
+    if not has_chat_template(tokenizer):
+        raise ChatTemplateError("this model's tokenizer ships no chat template")
+    try:
+        text = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
+                                             add_generation_prompt=True)
+    except Exception as exc:  # the template's own checks (jinja2's TemplateError, ...)
+        raise ChatTemplateError(f"the chat template refused the messages: {exc}") from exc
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and tokenizer("")["input_ids"][:1] == [
+            tokenizer.bos_token_id]:
+        text = text[len(bos):]
+    return text
+
+
+def turn_end(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """What the template writes after an assistant's turn ("<|im_end|>", a line end), or
+    None where nothing marks it."""
+    if not has_chat_template(tokenizer):
+        return None
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "?"}, {"role": "assistant", "content": _MARKER}],
+            tokenize=False)
+    except Exception:  # a template that refuses this conversation marks no end
+        return None
+    tail = text.split(_MARKER, 1)[1] if _MARKER in text else ""
+    return (tail.strip() or tail) or None

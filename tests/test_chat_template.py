@@ -1,0 +1,50 @@
+"""Conversations written by the model's own chat template: the same tokens for a chat
+question and for an edit stated as a chat, and where a template ends a reply."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from transformers import AutoTokenizer
+
+from editor_core.chat_template import ChatTemplateError, chat_prompt, turn_end
+from service.settings import DEMO_LM_PATH
+
+ASKED = [{"role": "user", "content": "Which country is Plyndti Brynta a citizen of?"}]
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(DEMO_LM_PATH)
+
+
+def test_the_prompt_encodes_to_exactly_the_templates_tokens(tokenizer) -> None:
+    written = tokenizer.apply_chat_template(ASKED, tokenize=False, add_generation_prompt=True)
+    assert written.startswith(tokenizer.bos_token)  # the demo template writes its BOS
+    prompt = chat_prompt(tokenizer, ASKED)
+    assert prompt == ASKED[0]["content"]  # the tokenizer prepends the BOS itself
+    assert tokenizer(prompt)["input_ids"] == tokenizer(
+        written, add_special_tokens=False)["input_ids"]
+
+
+def test_a_reply_ends_where_the_template_ends_an_assistant_turn(tokenizer) -> None:
+    assert turn_end(tokenizer) == "\n"
+    chatml = copy.deepcopy(tokenizer)
+    chatml.chat_template = CHATML
+    assert turn_end(chatml) == "<|im_end|>"
+    assert chat_prompt(chatml, ASKED).endswith("<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_no_template_or_a_refused_conversation_is_an_error(tokenizer) -> None:
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    with pytest.raises(ChatTemplateError, match="no chat template"):
+        chat_prompt(plain, ASKED)
+    assert turn_end(plain) is None
+    strict = copy.deepcopy(tokenizer)
+    strict.chat_template = "{{ raise_exception('only users speak') }}"
+    with pytest.raises(ChatTemplateError, match="refused"):
+        chat_prompt(strict, ASKED)
