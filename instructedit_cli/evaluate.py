@@ -15,6 +15,22 @@ from service.settings import DEMO_EDITOR_PATH, DEMO_LM_PATH
 from .app import DataDir, SentimentJudgeName, TaskList, Threads, app, judge_named, named_path, setup
 
 
+RelationWordings = Annotated[bool, typer.Option(
+    help="key and fit edits that name a known relation on its other wordings too, with "
+         "contrast keys (the service's relation_wordings)")]
+AliasSearch = Annotated[bool, typer.Option(
+    help="widen edits with the other names the model knows for their subject (the "
+         "service's alias_search)")]
+
+
+def _widening(editor, relation_wordings: bool, alias_search: bool) -> None:
+    """Turn off what the service's relation_wordings and alias_search settings turn off."""
+    if not relation_wordings:
+        editor.relation_forms = RelationForms()
+    if not alias_search:
+        editor.alias_finder = None
+
+
 @app.command("eval")
 def eval_cmd(
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
@@ -171,12 +187,8 @@ def eval_stream_cmd(
         help="at this count, roll back 10% of the memory's edits and check the answers "
              "against a memory rebuilt from the rest, then all against the pristine model")
     ] = None,
-    relation_wordings: Annotated[bool, typer.Option(
-        help="key and fit edits that name a known relation on its other wordings too, "
-             "with contrast keys (the service's relation_wordings)")] = True,
-    alias_search: Annotated[bool, typer.Option(
-        help="widen edits with the other names the model knows for their subject (the "
-             "service's alias_search)")] = True,
+    relation_wordings: RelationWordings = True,
+    alias_search: AliasSearch = True,
     without_subjects: Annotated[bool, typer.Option(
         help="send the edits without their subject (the memory gates on activations alone)")
     ] = False,
@@ -221,10 +233,7 @@ def eval_stream_cmd(
     lm = AutoModelForCausalLM.from_pretrained(model).eval()
     tokenizer = AutoTokenizer.from_pretrained(model)
     ed = load_editor(editor, lm, tokenizer, basis="pristine")
-    if not relation_wordings:
-        ed.relation_forms = RelationForms()
-    if not alias_search:
-        ed.alias_finder = None
+    _widening(ed, relation_wordings, alias_search)
     result = evaluate_stream(ed, load_routing(editor), stream, settings, asks_edited_fact)
     result.settings["stream"] = stream_kind
     if json_path is not None:
@@ -261,12 +270,8 @@ def eval_single_cmd(
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
     data_dir: DataDir = Path("data/world"),
     seed: Annotated[int, typer.Option(help="samples and the unfamiliar set")] = 1,
-    relation_wordings: Annotated[bool, typer.Option(
-        help="key and fit edits that name a known relation on its other wordings too, "
-             "with contrast keys (the service's relation_wordings)")] = True,
-    alias_search: Annotated[bool, typer.Option(
-        help="widen edits with the other names the model knows for their subject (the "
-             "service's alias_search)")] = True,
+    relation_wordings: RelationWordings = True,
+    alias_search: AliasSearch = True,
     given_rephrases: Annotated[int, typer.Option(
         help="rephrases each request carries (fitted by every arm); the last is never "
              "given and measures paraphrase")] = 0,
@@ -304,10 +309,7 @@ def eval_single_cmd(
     lm = AutoModelForCausalLM.from_pretrained(model).eval()
     tokenizer = AutoTokenizer.from_pretrained(model)
     ed = load_editor(editor, lm, tokenizer, basis="pristine")
-    if not relation_wordings:
-        ed.relation_forms = RelationForms()
-    if not alias_search:
-        ed.alias_finder = None
+    _widening(ed, relation_wordings, alias_search)
     refine = RefineConfig(refine_max_steps, refine_max_ms, refine_lr, strategy=refine_strategy,
                           confidence=refine_confidence)
     results = evaluate_single(ed, load_routing(editor), records, refine,
