@@ -345,6 +345,13 @@ class CompletionOut(BaseModel):
     usage: CompletionUsage | None = None
 
 
+class ChatStreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = Field(False, description="a last chunk, with no choices, carries "
+                                "the usage")
+
+
 class ChatCompletionIn(BaseModel):
     """The fields of OpenAI's chat completion request that this service honours."""
 
@@ -365,6 +372,7 @@ class ChatCompletionIn(BaseModel):
     logprobs: bool | None = False
     presence_penalty: float | None = 0.0
     frequency_penalty: float | None = 0.0
+    stream_options: ChatStreamOptions | None = None
     tools: list[dict[str, Any]] | None = None
     response_format: dict[str, Any] | None = None
     user: str | None = None
@@ -413,6 +421,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     system_fingerprint: str
     choices: list[ChatChunkChoice]
+    usage: CompletionUsage | None = None  # on the last chunk, with stream_options.include_usage
 
 
 class ModelOut(BaseModel):

@@ -106,6 +106,12 @@ def test_chat_completions_plain_and_streamed_answer_with_the_edit(
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert chunks[-1].choices[0].model_extra["edits_fired"] == [edit["id"]]
     assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+    counted = list(client.chat.completions.create(
+        model="demo-lm", messages=QUESTION, temperature=0, stream=True,
+        stream_options={"include_usage": True}))
+    assert counted[-1].choices == [] and counted[-1].usage == after.usage
+    assert [c.choices[0].delta.content for c in counted[:-1]] == [
+        c.choices[0].delta.content for c in chunks]
 
     talk = [{"role": "system", "content": "Answer briefly."},
             {"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hello."},

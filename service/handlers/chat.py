@@ -97,7 +97,8 @@ class ChatHandler:
         slots = self.generation.slots
         if body.stream:
             slots.check()
-            return self._chunks(stream, out)
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return self._chunks(stream, out, usage)
         slots.take()
         try:
             answer = await self.generation.run(stream)
@@ -114,24 +115,33 @@ class ChatHandler:
                                   completion_tokens=completion_tokens,
                                   total_tokens=prompt_tokens + completion_tokens))
 
-    async def _chunks(self, stream: TokenStream, out: dict[str, Any]) -> AsyncIterator[dict]:
+    async def _chunks(self, stream: TokenStream, out: dict[str, Any],
+                      usage: bool) -> AsyncIterator[dict]:
         """A first chunk naming the assistant's role, a chunk per piece of text, a last one
-        with the finish reason and the edits that acted, then ``[DONE]``."""
+        with the finish reason and the edits that acted, (``usage``) one with the token
+        counts and no choice, then ``[DONE]``."""
         version = self.live.ledger.version
 
-        def chunk(delta: ChatDelta, **extra: Any) -> dict:
+        def chunk(choices: list[ChatChunkChoice], **extra: Any) -> dict:
             body = ChatCompletionChunk(**out, system_fingerprint=f"v{version}",
-                                       choices=[ChatChunkChoice(index=0, delta=delta, **extra)])
+                                       choices=choices, **extra)
             return {"data": body.model_dump_json(exclude_none=True)}
 
-        yield chunk(ChatDelta(role="assistant", content=""))
+        yield chunk([ChatChunkChoice(index=0, delta=ChatDelta(role="assistant", content=""))])
         async for piece in self.generation.stream(stream):
             if isinstance(piece, GenerateOut):
                 version = piece.version
-                yield chunk(ChatDelta(), finish_reason=piece.finish_reason,
-                            edits_fired=piece.edits_fired)
+                yield chunk([ChatChunkChoice(index=0, delta=ChatDelta(),
+                                             finish_reason=piece.finish_reason,
+                                             edits_fired=piece.edits_fired)])
+                if usage:
+                    used = piece.usage
+                    yield chunk([], usage=CompletionUsage(
+                        prompt_tokens=used.prompt_tokens,
+                        completion_tokens=used.completion_tokens,
+                        total_tokens=used.prompt_tokens + used.completion_tokens))
             elif piece:
-                yield chunk(ChatDelta(content=piece))
+                yield chunk([ChatChunkChoice(index=0, delta=ChatDelta(content=piece))])
         yield {"data": "[DONE]"}
 
 
