@@ -123,6 +123,10 @@ class AliasFinder:
 
     @torch.no_grad()
     def _search(self, subject: str, probes: Sequence[str]) -> tuple[str, ...]:
+        asked = [p.replace("{s}", subject) for p in (*probes, *self.search.openings)]
+        longest = max(len(self.editor.tokenizer(p)["input_ids"]) for p in asked)
+        if longest + 2 * self.search.max_name_tokens > self.editor.max_length:
+            return ()  # a subject too long to ask about in the model's context
         facts = self._answers([p.replace("{s}", subject) for p in probes])
         if any(not f for f in facts):
             return ()

@@ -47,6 +47,11 @@ def test_no_search_without_a_subject_and_a_relation_with_enough_facts(
     assert finder.find(subject, relation) == ()
 
 
+def test_a_subject_too_long_for_the_context_is_not_searched(editor) -> None:
+    long = " ".join(["Zorbflax Quinterwhistle"] * 20)  # 340 tokens: the context is 256
+    assert AliasFinder(editor).find(long, "citizenship") == ()
+
+
 def test_answers_are_cached_per_subject(editor, monkeypatch) -> None:
     finder, calls = AliasFinder(editor), []
     monkeypatch.setattr(finder, "_search", lambda subject, probes: calls.append(subject) or (

@@ -126,6 +126,15 @@ def test_an_edit_naming_a_known_relation_holds_in_its_other_wordings_and_by_alia
         assert len(derived) == len(forms) and question.endswith("?")
         assert edit["derived_aliases"] == ["P. Brynta"]  # the model's own name for the person
         assert "aliases" in edit["timings_ms"]
+        # a subject too long for its derived wordings to fit the context: they are left
+        # out, and the edit (whose prompt never names that subject) is refused, not a 500
+        long = {**sent, "subject": " ".join(["Zorbflax Quinterwhistle"] * 20),
+                "prompt": "Zorbflax is a citizen of", "rephrases": []}
+        before = snapshot(client)
+        refused = client.post("/edits", json=long)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["code"] == "edit_did_not_hold"
+        assert snapshot(client) == before
         for prompt in (sent["prompt"], *sent["rephrases"], "P. Brynta holds citizenship of"):
             answer = client.post("/generate", json={"prompt": prompt, "max_new_tokens": 12}
                                  ).json()["text"]

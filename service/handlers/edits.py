@@ -61,13 +61,19 @@ class EditHandler:
         for prompt in (body.prompt, *body.rephrases, *body.locality_prompts):
             check_tokens(self.live.tokenizer, prompt, limits.max_prompt_tokens, "prompt")
         check_tokens(self.live.tokenizer, body.target, limits.max_target_tokens, "target")
-        derived = editor.relation_forms.derive(body.relation, body.subject,
-                                               [body.prompt, *body.rephrases])
+        # wordings the service derives are optional: one beyond the prompt limit is left out
+        def fits(prompt: str) -> bool:
+            return len(self.live.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+                       ) <= limits.max_prompt_tokens
+
+        derived = tuple(filter(fits, editor.relation_forms.derive(
+            body.relation, body.subject, [body.prompt, *body.rephrases])))
+        contrast = tuple(filter(fits, editor.relation_forms.contrast(body.relation,
+                                                                     body.subject)))
         request = EditRequest(body.task, body.prompt, body.target, subject=body.subject,
                               description=body.description, sentiment=body.sentiment,
                               rephrases=tuple(body.rephrases), aliases=tuple(body.aliases),
-                              derived=derived, contrast=editor.relation_forms.contrast(
-                                  body.relation, body.subject), relation=body.relation)
+                              derived=derived, contrast=contrast, relation=body.relation)
         try:
             instruction = editor.edit_input(request)
         except InstructionError as exc:
