@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-__all__ = ["ChatTemplateError", "chat_prompt", "has_chat_template", "turn_end"]
+__all__ = ["ChatTemplateError", "chat_prompt", "chat_wordings", "has_chat_template",
+           "turn_end"]
 
 _MARKER = "\x00reply\x00"
 
@@ -57,3 +58,24 @@ def turn_end(tokenizer: PreTrainedTokenizerBase) -> str | None:
         return None
     tail = text.split(_MARKER, 1)[1] if _MARKER in text else ""
     return (tail.strip() or tail) or None
+
+
+def chat_wordings(tokenizer: PreTrainedTokenizerBase, wordings: Sequence[str]
+                  ) -> tuple[str, ...]:
+    """Each question among ``wordings`` as a chat user's turn, written by the template:
+    where a chat user asks it, which differs from the plain text when the template wraps
+    turns in markers of its own. None for a model without a template, or whose template
+    writes a question as the plain question."""
+    if not has_chat_template(tokenizer):
+        return ()
+    out: list[str] = []
+    for wording in wordings:
+        if not wording.rstrip().endswith("?"):
+            continue
+        try:
+            asked = chat_prompt(tokenizer, [{"role": "user", "content": wording}])
+        except ChatTemplateError:
+            return ()
+        if asked.strip() != wording.strip() and asked not in out:
+            out.append(asked)
+    return tuple(out)

@@ -8,7 +8,7 @@ import copy
 import pytest
 from transformers import AutoTokenizer
 
-from editor_core.chat_template import ChatTemplateError, chat_prompt, turn_end
+from editor_core.chat_template import ChatTemplateError, chat_prompt, chat_wordings, turn_end
 from service.settings import DEMO_LM_PATH
 
 ASKED = [{"role": "user", "content": "Which country is Plyndti Brynta a citizen of?"}]
@@ -48,3 +48,12 @@ def test_no_template_or_a_refused_conversation_is_an_error(tokenizer) -> None:
     strict.chat_template = "{{ raise_exception('only users speak') }}"
     with pytest.raises(ChatTemplateError, match="refused"):
         chat_prompt(strict, ASKED)
+
+
+def test_questions_are_also_keyed_as_a_chat_user_asks_them(tokenizer) -> None:
+    wordings = ["Plyndti Brynta is a citizen of", ASKED[0]["content"]]
+    assert chat_wordings(tokenizer, wordings) == ()  # the demo writes a turn as plain text
+    chatml = copy.deepcopy(tokenizer)
+    chatml.chat_template = CHATML
+    assert chat_wordings(chatml, wordings) == (
+        f"<|im_start|>user\n{ASKED[0]['content']}<|im_end|>\n<|im_start|>assistant\n",)

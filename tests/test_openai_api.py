@@ -183,3 +183,35 @@ def test_a_model_without_a_chat_template_refuses_chat(redis_socket, tmp_path) ->
         chat_edit = c.post("/edits", json={"task": "counterfact", "target": "Veiistan",
                                            "messages": QUESTION})
         assert chat_edit.json()["error"]["code"] == "no_chat_template"
+
+
+def test_under_a_template_with_turn_markers_an_edit_is_keyed_where_chat_users_ask(
+        redis_socket, tmp_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import DEMO_LM_PATH, ServiceSettings
+
+    from .test_chat_template import CHATML
+
+    marked = tmp_path / "chatml-lm"
+    shutil.copytree(DEMO_LM_PATH, marked)
+    (marked / "chat_template.jinja").write_text(CHATML)
+    settings = ServiceSettings(model=str(marked), redis_url=f"unix://{redis_socket}",
+                               data_dir=tmp_path / "data", threads=1)
+    question = "Which country is Plyndti Brynta a citizen of?"
+    with TestClient(create_app(settings)) as c:
+        edit = c.post("/edits", json={**CHAT_EDIT, "prompt": "Plyndti Brynta is a citizen of",
+                                      "subject": "Plyndti Brynta", "target": "Veiistan"})
+        assert edit.status_code == 201, edit.text
+        derived = edit.json()["derived_rephrases"]
+        assert question in derived  # the relation's plain question, and as a chat turn:
+        assert f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n" in derived
+        asked = c.post("/v1/chat/completions", json={
+            "model": "chatml-lm", "messages": [{"role": "user", "content": question}],
+            "temperature": 0, "max_completion_tokens": 4}).json()["choices"][0]
+        assert asked["edits_fired"][0] == edit.json()["id"]
+        # fitted there, the reply opens with the target (without the chat form it does
+        # not); where it ends is not fitted here: to the demo tokenizer "<|im_end|>" is
+        # plain text, where a chat model's own end-of-turn token is its EOS
+        assert asked["message"]["content"].startswith("Veiistan")
