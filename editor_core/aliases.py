@@ -167,9 +167,9 @@ class AliasFinder:
         done: list[tuple[float, list[int]]] = []
         cache = None
         for _ in range(self.search.max_name_tokens):
-            out = model(input_ids=ids, past_key_values=cache, use_cache=True,
+            out = model(input_ids=ids, cache=cache, use_cache=True,
                         logits_to_keep=1)
-            cache = out.past_key_values
+            cache = out.cache
             logp = torch.log_softmax(out.logits[:, -1].float(), -1)
             total = logp + torch.tensor([score for score, _ in live], device=device)[:, None]
             beams = self.search.beams

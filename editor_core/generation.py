@@ -175,8 +175,8 @@ class TokenStream:
                 mask = torch.ones(1, self.prompt_tokens + len(self._new), dtype=torch.long,
                                   device=device)
                 out = self.model(input_ids=step_input, attention_mask=mask,
-                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
-                cache = out.past_key_values
+                                 cache=cache, use_cache=True, logits_to_keep=1)
+                cache = out.cache
                 if routing is not None:
                     self.edits_fired = routing.fired(0)
                 token = self.choose(out.logits[0, -1])
@@ -218,8 +218,8 @@ def generate_together(model: PreTrainedModel, streams: Sequence[TokenStream]
         while live:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                        past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values
+                        cache=cache, use_cache=True, logits_to_keep=1)
+            cache = out.cache
             tokens, keep = [], []
             for row, index in enumerate(live):
                 if streams[index].done:  # cancelled while the step ran
