@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -333,6 +334,14 @@ class CompletionUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+    @classmethod
+    def of(cls, used: Sequence[Usage]) -> CompletionUsage:
+        """OpenAI's usage of one or more generations."""
+        prompt = sum(u.prompt_tokens for u in used)
+        completion = sum(u.completion_tokens for u in used)
+        return cls(prompt_tokens=prompt, completion_tokens=completion,
+                   total_tokens=prompt + completion)
 
 
 class CompletionOut(BaseModel):

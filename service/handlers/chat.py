@@ -15,8 +15,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import ValidationError
-
 from editor_core.chat_template import ChatTemplateError, chat_prompt, has_chat_template, turn_end
 from editor_core.generation import TokenStream
 
@@ -35,7 +33,7 @@ from ..schemas import (
     GenerateIn,
     GenerateOut,
 )
-from .completions import CompletionHandler, refuse_unsupported
+from .completions import CompletionHandler, generation_request, refuse_unsupported
 from .generation import GenerationHandler
 
 
@@ -65,16 +63,10 @@ class ChatHandler:
         prompt = templated(self.live.tokenizer, body.messages, "plain text: /v1/completions")
         if self.reply_end is not None and self.reply_end not in stop:
             stop.append(self.reply_end)
-        try:
-            return GenerateIn(prompt=prompt,
-                              max_new_tokens=body.max_completion_tokens or body.max_tokens
-                              or self._room(prompt),
-                              temperature=1.0 if body.temperature is None else body.temperature,
-                              top_p=body.top_p or 1.0, seed=body.seed, stop=stop)
-        except ValidationError as exc:
-            raise ServiceError(422, "invalid_request", "the request does not fit the model's "
-                               "limits", {"errors": [{"loc": list(e["loc"]), "msg": e["msg"]}
-                                                     for e in exc.errors()]}) from exc
+        return generation_request(
+            prompt=prompt, max_new_tokens=body.max_completion_tokens or body.max_tokens
+            or self._room(prompt), temperature=body.temperature, top_p=body.top_p,
+            seed=body.seed, stop=stop)
 
     def _room(self, prompt: str) -> int:
         """Without a token limit the reply may fill the context (up to the service's
@@ -104,16 +96,12 @@ class ChatHandler:
             answer = await self.generation.run(stream)
         finally:
             slots.give()
-        prompt_tokens, completion_tokens = (answer.usage.prompt_tokens,
-                                            answer.usage.completion_tokens)
         return ChatCompletionOut(
             **out, system_fingerprint=f"v{answer.version}",
             choices=[ChatChoice(index=0, message=ChatMessageOut(content=answer.text),
                                 finish_reason=answer.finish_reason,
                                 edits_fired=answer.edits_fired)],
-            usage=CompletionUsage(prompt_tokens=prompt_tokens,
-                                  completion_tokens=completion_tokens,
-                                  total_tokens=prompt_tokens + completion_tokens))
+            usage=CompletionUsage.of([answer.usage]))
 
     async def _chunks(self, stream: TokenStream, out: dict[str, Any],
                       usage: bool) -> AsyncIterator[dict]:
@@ -135,11 +123,7 @@ class ChatHandler:
                                              finish_reason=piece.finish_reason,
                                              edits_fired=piece.edits_fired)])
                 if usage:
-                    used = piece.usage
-                    yield chunk([], usage=CompletionUsage(
-                        prompt_tokens=used.prompt_tokens,
-                        completion_tokens=used.completion_tokens,
-                        total_tokens=used.prompt_tokens + used.completion_tokens))
+                    yield chunk([], usage=CompletionUsage.of([piece.usage]))
             elif piece:
                 yield chunk([ChatChunkChoice(index=0, delta=ChatDelta(content=piece))])
         yield {"data": "[DONE]"}

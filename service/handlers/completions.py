@@ -68,15 +68,10 @@ class CompletionHandler:
         if body.stream and len(prompts) > 1:
             raise ServiceError(422, "invalid_prompt", "stream one prompt at a time")
         stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
-        try:
-            return [GenerateIn(prompt=p, max_new_tokens=body.max_tokens or 16,
-                               temperature=1.0 if body.temperature is None else body.temperature,
-                               top_p=body.top_p or 1.0, seed=body.seed, stop=stop)
-                    for p in prompts]
-        except ValidationError as exc:
-            raise ServiceError(422, "invalid_request", "the request does not fit the model's "
-                               "limits", {"errors": [{"loc": list(e["loc"]), "msg": e["msg"]}
-                                                     for e in exc.errors()]}) from exc
+        return [generation_request(prompt=p, max_new_tokens=body.max_tokens or 16,
+                                   temperature=body.temperature, top_p=body.top_p,
+                                   seed=body.seed, stop=stop)
+                for p in prompts]
 
     async def complete(self, body: CompletionIn) -> CompletionOut | AsyncIterator[dict]:
         """Each prompt's completion, or (``stream``) OpenAI's data chunks."""
@@ -94,16 +89,12 @@ class CompletionHandler:
                 answers.append(await self.generation.run(stream))
             finally:
                 slots.give()
-        prompt_tokens = sum(a.usage.prompt_tokens for a in answers)
-        completion_tokens = sum(a.usage.completion_tokens for a in answers)
         return CompletionOut(
             **out, system_fingerprint=f"v{answers[-1].version}",
             choices=[Choice(text=a.text, index=i, finish_reason=a.finish_reason,
                             edits_fired=a.edits_fired)
                      for i, a in enumerate(answers)],
-            usage=CompletionUsage(prompt_tokens=prompt_tokens,
-                                  completion_tokens=completion_tokens,
-                                  total_tokens=prompt_tokens + completion_tokens))
+            usage=CompletionUsage.of([a.usage for a in answers]))
 
     async def _chunks(self, stream: TokenStream, out: dict[str, Any]) -> AsyncIterator[dict]:
         """OpenAI's stream: a chunk per piece of text, a last one with the finish reason,
@@ -127,3 +118,16 @@ def refuse_unsupported(asked: dict[str, bool]) -> None:
     if refused:
         raise ServiceError(422, "unsupported_parameter", f"not supported here: "
                            f"{', '.join(refused)}", {"parameters": refused})
+
+
+def generation_request(*, temperature: float | None, top_p: float | None,
+                       **fields: Any) -> GenerateIn:
+    """The generation an OpenAI request asks for (OpenAI's defaults where it names none);
+    422 ``invalid_request`` where it does not fit the model's limits."""
+    try:
+        return GenerateIn(temperature=1.0 if temperature is None else temperature,
+                          top_p=top_p or 1.0, **fields)
+    except ValidationError as exc:
+        raise ServiceError(422, "invalid_request", "the request does not fit the model's "
+                           "limits", {"errors": [{"loc": list(e["loc"]), "msg": e["msg"]}
+                                                 for e in exc.errors()]}) from exc
