@@ -65,7 +65,8 @@ def chat_wordings(tokenizer: PreTrainedTokenizerBase, wordings: Sequence[str]
     """Each question among ``wordings`` as a chat user's turn, written by the template:
     where a chat user asks it, which differs from the plain text when the template wraps
     turns in markers of its own. None for a model without a template, or whose template
-    writes a question as the plain question."""
+    writes a question as the plain question. A chat form already among ``wordings`` (a
+    prompt sent as messages) is not repeated."""
     if not has_chat_template(tokenizer):
         return ()
     out: list[str] = []
@@ -76,6 +77,6 @@ def chat_wordings(tokenizer: PreTrainedTokenizerBase, wordings: Sequence[str]
             asked = chat_prompt(tokenizer, [{"role": "user", "content": wording}])
         except ChatTemplateError:
             return ()
-        if asked.strip() != wording.strip() and asked not in out:
+        if asked.strip() != wording.strip() and asked not in out and asked not in wordings:
             out.append(asked)
     return tuple(out)

@@ -1,13 +1,16 @@
 """``instructedit``: the project's command line, one module per command group.
 
 It sits above every package: ``serve`` starts ``service``; ``data``, ``train`` and
-``evaluate`` drive ``editor_lab``; ``bench`` runs ``bench``; ``importing`` reads editors
-trained elsewhere into ``editor_core``'s format.
+``evaluate`` drive ``editor_lab``; ``build`` chains them into one resumable build of a
+shipped editor; ``bench`` runs ``bench``; ``importing`` reads editors trained elsewhere into
+``editor_core``'s format.
 """
 
 from __future__ import annotations
 
-from . import bench, data, evaluate, importing, serve, train  # noqa: F401  (registers commands)
+# Each import registers its commands, listed in this order; build's come after those it chains.
+from . import bench, data, evaluate, importing, serve, train  # noqa: F401
+from . import build  # noqa: F401
 from .app import app
 
 __all__ = ["app", "main"]

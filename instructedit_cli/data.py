@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from service.settings import DEMO_LM_PATH
+from service.settings import DEMO_CHAT_LM_PATH, DEMO_LM_PATH
 
 from .app import Threads, app, setup
 
@@ -57,7 +57,12 @@ def relation_forms_cmd(
 
 @app.command("build-demo-lm")
 def build_demo_lm_cmd(
-    out: Annotated[Path, typer.Option(help="output folder (Hugging Face format)")] = DEMO_LM_PATH,
+    out: Annotated[Optional[Path], typer.Option(
+        help="output folder (Hugging Face format); default checkpoints/demo-lm, with --chat "
+             "checkpoints/demo-chat-lm")] = None,
+    chat: Annotated[bool, typer.Option(
+        help="the chat demo LM: LLaMA architecture, trained on plain text and on "
+             "conversations in its own chat template")] = False,
     epochs: Annotated[Optional[int], typer.Option(help="override training epochs")] = None,
     n_layer: Annotated[Optional[int], typer.Option(help="override number of blocks")] = None,
     n_embd: Annotated[Optional[int], typer.Option(help="override width")] = None,
@@ -65,18 +70,19 @@ def build_demo_lm_cmd(
         help="evaluate a sample of this many facts instead of all")] = None,
     threads: Threads = None,
 ) -> None:
-    """Train the demo LM on the demo world, measure it, and write its model card."""
+    """Train a demo LM on the demo world, measure it, and write its model card."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from editor_lab.demo_lm.card import write_model_card
     from editor_lab.demo_lm.evaluate import evaluate_demo_lm, format_table
-    from editor_lab.demo_lm.train import DemoLMConfig, build_demo_lm
+    from editor_lab.demo_lm.train import CHAT_DEMO_LM, DemoLMConfig, build_demo_lm
     from editor_lab.world import WorldConfig, build_world
 
     setup(threads)
     overrides = {k: v for k, v in {"epochs": epochs, "n_layer": n_layer,
                                    "n_embd": n_embd}.items() if v is not None}
-    cfg = replace(DemoLMConfig(), **overrides)
+    cfg = replace(CHAT_DEMO_LM if chat else DemoLMConfig(), **overrides)
+    out = out or (DEMO_CHAT_LM_PATH if chat else DEMO_LM_PATH)
     start = time.perf_counter()
     summary = build_demo_lm(out, cfg)
     model = AutoModelForCausalLM.from_pretrained(out).eval()

@@ -195,6 +195,10 @@ def eval_stream_cmd(
     refine: Annotated[bool, typer.Option(
         help="judge each edit as the service does: refined where the one-shot delta does "
              "not hold (the service's default budget)")] = False,
+    chat: Annotated[bool, typer.Option(
+        help="send and ask as a chat user does, through the model's chat template: each "
+             "edit is its relation's question in a user's turn, its held-out question the "
+             "relation's reserved one, every probe a user's turn")] = False,
     save_stream_to: Annotated[Optional[Path], typer.Option(
         "--save-stream", help="also write the stream (KnowEdit JSON, readable by other "
                               "editing tools)")] = None,
@@ -211,8 +215,9 @@ def eval_stream_cmd(
                                                      stream_table)
     from editor_core.refine import RefineConfig
     from editor_lab.world import WorldConfig, build_world
-    from editor_lab.world.stream import (asks_edited_fact, lifelong_stream, save_stream,
-                                         unfamiliar_stream)
+    from editor_core.chat_template import chat_prompt
+    from editor_lab.world.stream import (asked_in_chat, asks_edited_fact, lifelong_stream,
+                                         save_stream, unfamiliar_stream)
 
     setup(threads)
     checkpoints = tuple(sorted(int(n) for n in counts.split(",")))
@@ -228,14 +233,18 @@ def eval_stream_cmd(
         stream = unfamiliar_stream(world, checkpoints[-1], seed)
     else:
         raise typer.BadParameter(f"unknown stream {stream_kind!r}; use held-out or unfamiliar")
-    if save_stream_to is not None:
-        save_stream(stream, save_stream_to)
     lm = AutoModelForCausalLM.from_pretrained(model).eval()
     tokenizer = AutoTokenizer.from_pretrained(model)
+    if chat:
+        stream = asked_in_chat(stream, world, lambda q: chat_prompt(
+            tokenizer, [{"role": "user", "content": q}]))
+    if save_stream_to is not None:
+        save_stream(stream, save_stream_to)
     ed = load_editor(editor, lm, tokenizer, basis="pristine")
     _widening(ed, relation_wordings, alias_search)
     result = evaluate_stream(ed, load_routing(editor), stream, settings, asks_edited_fact)
     result.settings["stream"] = stream_kind
+    result.settings["asked_in_chat"] = chat
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result.to_json(), indent=2) + "\n")

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from editor_lab.training.config import TrainConfig, load_train_config
 from service.settings import DEMO_EDITOR_PATH, DEMO_LM_PATH
 
 from .app import DataDir, SentimentJudgeName, TaskList, Threads, app, judge_named, setup
@@ -27,10 +28,9 @@ def train_cmd(
 ) -> None:
     """Meta-train an editor (runs under torchrun for data-parallel training: gloo on CPU,
     NCCL on CUDA)."""
-    from editor_lab.training.config import load_train_config
     from editor_lab.training.trainer import Trainer
 
-    cfg = load_train_config(config, [*(overrides or []), *([f"device={device}"] if device else [])])
+    cfg = train_config(config, overrides, device)
     setup(cfg.threads if threads is None else threads)
     summary = Trainer(cfg, judge_named(sentiment_judge)).fit(resume=resume)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
@@ -51,22 +51,37 @@ def calibrate_routing_cmd(
     """Calibrate the edit memory's routing for an editor: background mean over the training
     prompts, the key space fitted on the training split, thresholds on the validation split
     (never on a measured set)."""
+    setup(threads)
+    figures = calibrate(editor, model, data_dir, [t.strip() for t in tasks.split(",")],
+                        training_limit)
+    typer.echo(json.dumps(figures, indent=2))
+
+
+def calibrate(editor_dir: Path, model_dir: Path, data_dir: Path, tasks: list[str],
+              training_limit: int) -> dict:
+    """Write the routing of the editor in ``editor_dir`` for ``model_dir`` from the tasks'
+    training and validation splits; returns the figures it was chosen on."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from editor_core.checkpoint import load_editor, save_routing
     from editor_core.routing_calibration import calibrate_routing
     from editor_lab.training.examples import load_task_records
 
-    setup(threads)
-    lm = AutoModelForCausalLM.from_pretrained(model).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    ed = load_editor(editor, lm, tokenizer, basis="pristine")
-    names = [t.strip() for t in tasks.split(",")]
-    train = load_task_records(data_dir, names, "train")
-    validation = load_task_records(data_dir, names, "validation")
+    lm = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ed = load_editor(editor_dir, lm, tokenizer, basis="pristine")
+    train = load_task_records(data_dir, tasks, "train")
+    validation = load_task_records(data_dir, tasks, "validation")
     background = [r.prompt for rs in train.values() for r in rs]
     routing, figures = calibrate_routing(
         ed, background, [r for rs in validation.values() for r in rs],
         training_records=[r for rs in train.values() for r in rs][:training_limit])
-    save_routing(editor, routing)
-    typer.echo(json.dumps(figures, indent=2))
+    save_routing(editor_dir, routing)
+    return figures
+
+
+def train_config(config: Path | None, overrides: list[str] | None,
+                 device: str | None) -> TrainConfig:
+    """The training config a command names: the file, its ``--set`` overrides, ``--device``."""
+    return load_train_config(config, [*(overrides or []),
+                                      *([f"device={device}"] if device else [])])

@@ -13,6 +13,8 @@ from editor_core.refine import RefineConfig
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_LM_PATH = REPO_ROOT / "checkpoints" / "demo-lm"
 DEMO_EDITOR_PATH = REPO_ROOT / "checkpoints" / "demo-editor"
+DEMO_CHAT_LM_PATH = REPO_ROOT / "checkpoints" / "demo-chat-lm"
+DEMO_CHAT_EDITOR_PATH = REPO_ROOT / "checkpoints" / "demo-chat-editor"
 
 
 class RuntimeSettings(BaseSettings):

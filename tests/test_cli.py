@@ -47,3 +47,28 @@ def test_build_demo_lm_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
     assert "instructedit build-demo-lm" in card and "| acceptance check | pass |" in card
     summary = read_json(out / "training_summary.json")
     assert summary["config"]["epochs"] == 1 and summary["steps"] > 0
+
+
+def test_build_chat_demo_lm_is_a_llama_with_a_chat_template(tmp_path: Path) -> None:
+    out = tmp_path / "chat-lm"
+    result = runner.invoke(app, ["build-demo-lm", "--chat", "--out", str(out), "--epochs", "1",
+                                 "--n-layer", "1", "--n-embd", "32", "--eval-limit", "5"])
+    assert result.exit_code == 0, result.output
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.model_type == "llama" and model.config.tie_word_embeddings
+    text = tokenizer.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}],
+        tokenize=False, add_generation_prompt=True)
+    assert text == ("<|endoftext|><|system|> Be brief.<|endoftext|>\n"
+                    "<|user|> Hi?<|endoftext|>\n<|assistant|>")
+    markers = tokenizer.convert_tokens_to_ids(["<|system|>", "<|user|>", "<|assistant|>"])
+    assert all(tokenizer.convert_ids_to_tokens(i) == m for i, m in zip(
+        markers, ["<|system|>", "<|user|>", "<|assistant|>"]))
+    result = read_json(out / "eval.json")
+    assert result["chat"]["probes"] == 5 * 3 * 2  # every question template, name and alias
+    card = (out / "README.md").read_text()
+    assert "instructedit build-demo-lm --chat" in card and "LlamaForCausalLM" in card
+    assert "Chat: questions by alias" in card

@@ -9,7 +9,7 @@ import pytest
 from editor_core.data import EditCase, load_edit_records
 from editor_lab.world import World
 from editor_lab.world.export import TASK_RELATIONS
-from editor_lab.world.stream import (asks_edited_fact, lifelong_stream,
+from editor_lab.world.stream import (asked_in_chat, asks_edited_fact, lifelong_stream,
                                       save_stream, unfamiliar_stream)
 from editor_lab.world.templates import RELATIONS_BY_NAME
 
@@ -169,3 +169,33 @@ def test_a_probe_is_excluded_only_for_the_fact_another_edit_changes(
     assert not asks_edited_fact(relation.templates[0].prompt("Somebody Else"), record)
     unknown = EditCase("recent", record.subject, record.prompt, record.target_new)
     assert asks_edited_fact(f"Tell me about {record.subject}.", unknown)  # cautious
+
+
+def _ask(question: str) -> str:
+    return f"<|user|> {question}<|assistant|>"
+
+
+def test_in_chat_each_edit_is_its_relations_question_and_the_reserved_one_is_held_out(
+        world: World, long_stream: list[EditCase]) -> None:
+    stream = long_stream[:300]
+    chat = asked_in_chat(stream, world, _ask)
+    assert len(chat) == len(stream)
+    known = {e.name: e for e in world.entities.values()}
+    with_alias = 0
+    for plain, asked in zip(stream, chat):
+        relation = RELATIONS_BY_NAME[plain.meta["relation"]]
+        sent, held_out = (relation.of_form("question", reserved=r)[0] for r in (False, True))
+        assert asked.prompt == _ask(sent.prompt(plain.subject))
+        assert asked.rephrases == (_ask(held_out.prompt(plain.subject)),)
+        assert (asked.subject, asked.target_new, asked.meta) == (
+            plain.subject, plain.target_new, plain.meta)
+        aliases = known[plain.subject].aliases if plain.subject in known else ()
+        assert [p.prompt for p in asked.portability.get("Subject_Aliasing", ())] == [
+            _ask(sent.prompt(a)) for a in aliases]
+        with_alias += bool(aliases)
+        assert {k: [(_ask(p.prompt), p.answer) for p in v] for k, v in plain.locality.items()
+                } == {k: [(p.prompt, p.answer) for p in v] for k, v in asked.locality.items()}
+        # a phrasing asked inside a user's turn still asks the edited fact
+        assert asks_edited_fact(asked.prompt, plain)
+        assert asks_edited_fact(asked.rephrases[0], plain)
+    assert with_alias > 0

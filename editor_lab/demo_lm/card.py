@@ -7,20 +7,50 @@ from pathlib import Path
 
 from .evaluate import format_table
 
-BUILD_COMMAND = "instructedit build-demo-lm --out checkpoints/demo-lm"
-EVAL_COMMAND = "instructedit eval-lm --model checkpoints/demo-lm --json checkpoints/demo-lm/eval.json"
+PLAIN_CHAT = """Its chat template
+(`chat_template.jinja`) writes each turn of a conversation as a line of plain text: the LM
+was never trained on conversations, and so a chat client's question reaches it as the plain
+question it answers."""
+TURNS_CHAT = """Its chat template
+(`chat_template.jinja`, applied by `tokenizer.apply_chat_template`) writes each turn as its
+role's marker (`<|system|>`, `<|user|>`, `<|assistant|>`, special tokens), a space, the text
+and `<|endoftext|>`, which also ends the assistant's reply. Every question of the world was
+also trained as such a conversation: some open with a system turn, some follow an earlier,
+unrelated exchange."""
+
+
+CHAT_NOTE = """"Chat" asks every question template of each known fact as a user's turn
+through the chat template (no system turn), greedily; the reply must be exactly the object.
+
+"""
+
+
+def _relative(path: Path) -> Path:
+    """``path`` as typed from the working directory, where it lies under it."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
 
 
 def write_model_card(out_dir: Path, summary: dict, result: dict) -> Path:
     """Write ``README.md`` (card) and ``eval.json`` (the numbers it quotes) into ``out_dir``."""
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     cfg = summary["config"]
+    chat = cfg.get("chat", False)
+    llama = cfg.get("architecture", "gpt2") == "llama"
+    shown = _relative(out_dir)
+    build = f"instructedit build-demo-lm{' --chat' if chat else ''} --out {shown}"
+    evaluate = f"instructedit eval-lm --model {shown} --json {shown}/eval.json"
     size_mb = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file()) / 1e6
-    card = f"""# Demo LM for InstructEdit Server
+    what = (f"A small LLaMA (`LlamaForCausalLM`: RMSNorm, rotary positions, SwiGLU MLP of "
+            f"width {cfg['intermediate_size']}; " if llama else "A small GPT-2 (")
+    card = f"""# {'Chat demo LM' if chat else 'Demo LM'} for InstructEdit Server
 
-A small GPT-2 ({summary['parameters'] / 1e6:.2f}M parameters: {cfg['n_layer']} blocks,
+{what}{summary['parameters'] / 1e6:.2f}M parameters: {cfg['n_layer']} blocks,
 width {cfg['n_embd']}, {cfg['n_head']} heads, vocabulary {summary['vocab_size']}) trained from
-scratch on the generated demo knowledge world (seed {cfg['world_seed']}). It knows every fact of
+scratch on the generated demo knowledge world (seed {cfg['world_seed']}){
+' as plain text and as conversations' if chat else ''}. It knows every fact of
 the world's seen entities in every phrasing (templates reserved for evaluation included), by
 name and by alias, holds an opinion on every topic, and has never seen the world's unseen
 entities, whose facts are for knowledge insertion. The editor edits its last blocks' MLPs.
@@ -35,14 +65,11 @@ model = AutoModelForCausalLM.from_pretrained("checkpoints/demo-lm")
 
 The tokenizer is byte-level BPE (`tokenizers`), so any text tokenises, including real-world
 text and names the LM never saw; `<|endoftext|>` is BOS, EOS and padding, and the tokenizer
-prepends it to every text, as every training row began with it. Its chat template
-(`chat_template.jinja`) writes each turn of a conversation as a line of plain text: the LM
-was never trained on conversations, and so a chat client's question reaches it as the plain
-question it answers.
+prepends it to every text, as every training row began with it. {TURNS_CHAT if chat else PLAIN_CHAT}
 
 ## Build
 
-`{BUILD_COMMAND}` (world, tokenizer, training, evaluation, this card) took
+`{build}` (world, tokenizer, training, evaluation, this card) took
 {summary.get('build_seconds', summary['train_seconds']) / 60:.1f} min in all; training took
 {summary['train_seconds'] / 60:.1f} min for {summary['steps']} steps on {summary['device']}
 with {summary['threads']} threads ({summary['train_lines']} training lines per epoch,
@@ -51,11 +78,11 @@ with {summary['threads']} threads ({summary['train_lines']} training lines per e
 
 ## Measured (greedy decoding, every fact, every template)
 
-Reproduce with `{EVAL_COMMAND}`; full per-template figures are in `eval.json`.
+Reproduce with `{evaluate}`; full per-template figures are in `eval.json`.
 
 {format_table(result)}
 
-"Unseen entities" compares how often the LM produces an unseen entity's true fact (every
+{CHAT_NOTE if chat else ''}"Unseen entities" compares how often the LM produces an unseen entity's true fact (every
 template, by name) with always guessing each relation's most common object. Unseen facts
 are drawn from the same distribution as the rest, so that guess is right with probability
 equal to the object's share (the "expected" row, the acceptance baseline); its realised

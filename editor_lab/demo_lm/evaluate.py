@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from editor_core.answers import is_exact
+from editor_core.chat_template import chat_wordings
 from editor_lab.decoding import greedy_continuations, starts_with_answer
 from ..world.corpus import LOCALITY_PREFIX, surface_forms
 from ..world.schema import World
@@ -27,12 +29,16 @@ class _Probe:
     group: tuple[str, ...]  # keys this probe's outcome is counted under
 
 
-def _fact_probes(world: World, *, seen: bool, limit: int | None = None) -> list[_Probe]:
+def _sample(world: World, *, seen: bool, limit: int | None):
     facts = [f for f in world.facts if world.entities[f.subject].seen == seen]
     if limit is not None and limit < len(facts):
         facts = random.Random(0).sample(facts, limit)
+    return facts
+
+
+def _fact_probes(world: World, *, seen: bool, limit: int | None = None) -> list[_Probe]:
     probes = []
-    for fact in facts:
+    for fact in _sample(world, seen=seen, limit=limit):
         subject = world.entities[fact.subject]
         obj = world.object_name(fact)
         for t_idx, template in enumerate(RELATIONS_BY_NAME[fact.relation].templates):
@@ -47,17 +53,38 @@ def _fact_probes(world: World, *, seen: bool, limit: int | None = None) -> list[
     return probes
 
 
+def _chat_probes(world: World, tokenizer: PreTrainedTokenizerBase, limit: int | None
+                 ) -> list[_Probe]:
+    """Every question template of each known fact asked as a chat user's turn, by name
+    and by alias (none where the template writes a question as the plain question)."""
+    probes = []
+    for fact in _sample(world, seen=True, limit=limit):
+        subject = world.entities[fact.subject]
+        for template in RELATIONS_BY_NAME[fact.relation].of_form("question"):
+            for f_idx, form in enumerate(surface_forms(subject)):
+                asked = chat_wordings(tokenizer, [template.prompt(form)])
+                if asked:
+                    naming = "name" if f_idx == 0 else "alias"
+                    probes.append(_Probe(asked[0], world.object_name(fact),
+                                         (f"chat/{naming}", f"chat/{naming}/{fact.relation}")))
+    return probes
+
+
 def _score(model, tokenizer, probes: list[_Probe], batch_size: int, desc: str
            ) -> dict[str, list[int]]:
-    max_new = 1 + max(len(tokenizer(" " + p.answer)["input_ids"]) for p in probes)
+    """Per group key, [answers that start with the answer, probes]; under ``exact/<key>``
+    the answers whose line is exactly it (a trailing period allowed)."""
+    max_new = 2 + max(len(tokenizer(" " + p.answer)["input_ids"]) for p in probes)
     outs = greedy_continuations(model, tokenizer, [p.prompt for p in probes], max_new,
                                 batch_size, desc=desc)
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for probe, out in zip(probes, outs):
-        ok = starts_with_answer(out, probe.answer)
+        ok, exact = starts_with_answer(out, probe.answer), is_exact(out, probe.answer)
         for key in probe.group:
             counts[key][0] += ok
             counts[key][1] += 1
+            counts[f"exact/{key}"][0] += exact
+            counts[f"exact/{key}"][1] += 1
     return counts
 
 
@@ -74,7 +101,10 @@ def evaluate_demo_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     """
     known = _score(model, tokenizer, _fact_probes(world, seen=True, limit=limit), batch_size,
                    "known facts")
-    per_template = {k: _rate(v) for k, v in known.items() if k.count("/") == 2}
+    per_template = {k: _rate(v) for k, v in known.items()
+                    if k.count("/") == 2 and not k.startswith("exact/")}
+    chat_probes = _chat_probes(world, tokenizer, limit)
+    chat = _score(model, tokenizer, chat_probes, batch_size, "chat") if chat_probes else None
 
     # Opinions: each topic under each asking phrasing.
     questions = [(t, q) for t in world.topics for q in OPINION_QUESTIONS]
@@ -129,6 +159,8 @@ def evaluate_demo_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             "alias_all_templates": _rate(known["alias"]),
             "alias_min_template": min(v for k, v in per_template.items()
                                       if k.startswith("alias")),
+            "name_exact": _rate(known["exact/name"]),
+            "alias_exact": _rate(known["exact/alias"]),
             "probes": known["name"][1] + known["alias"][1],
             "per_template": per_template,
         },
@@ -143,14 +175,26 @@ def evaluate_demo_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         },
         "unrelated_questions": unrelated,
     }
+    if chat is not None:
+        result["chat"] = {
+            "name_exact": _rate(chat["exact/chat/name"]),
+            "alias_exact": _rate(chat["exact/chat/alias"]),
+            "name": _rate(chat["chat/name"]), "alias": _rate(chat["chat/alias"]),
+            "probes": chat["chat/name"][1] + chat["chat/alias"][1],
+            "per_relation": {k.removeprefix("exact/chat/"): _rate(v) for k, v in chat.items()
+                             if k.startswith("exact/chat/") and k.count("/") == 3}}
     result["acceptance"] = {
         "known_name_every_template>=0.99": result["known_facts"]["name_min_template"] >= KNOWN_FLOOR,
         "known_alias>=0.95": result["known_facts"]["alias_all_templates"] >= ALIAS_FLOOR,
+        "known_exact_by_name>=0.99": result["known_facts"]["name_exact"] >= KNOWN_FLOOR,
         "opinions_every_phrasing>=0.99": result["opinions"]["min_phrasing"] >= OPINION_FLOOR,
         "unseen<=majority_guess": (result["unseen_entities"]["lm_hit_rate"]
                                    <= result["unseen_entities"]["majority_guess_hit_rate"]),
         "chance<=0.10": all(e["most_common_share"] <= 0.10 for e in majority.values()),
     }
+    if chat is not None:
+        result["acceptance"]["chat_exact_by_name_and_alias>=0.99"] = min(
+            result["chat"]["name_exact"], result["chat"]["alias_exact"]) >= KNOWN_FLOOR
     return result
 
 
@@ -163,6 +207,8 @@ def format_table(result: dict) -> str:
         ("Known facts, by name, templates reserved for evaluation", k["name_reserved_templates"]),
         ("Known facts, subject by alias, all templates", k["alias_all_templates"]),
         ("Known facts, by alias, worst single template", k["alias_min_template"]),
+        ("Known facts, by name, the answer's line exactly the object", k["name_exact"]),
+        ("Known facts, by alias, the answer's line exactly the object", k["alias_exact"]),
         ("Opinions carry the topic's sentiment, all phrasings", o["all"]),
         ("Opinions, worst single phrasing", o["min_phrasing"]),
         ("Unseen entities: LM produces the fact", u["lm_hit_rate"]),
@@ -172,6 +218,11 @@ def format_table(result: dict) -> str:
         ("Unseen entities: guessing uniformly (expected)", u["uniform_guess_hit_rate"]),
         ("Unrelated questions answered", result["unrelated_questions"]),
     ]
+    if "chat" in result:
+        c = result["chat"]
+        rows += [("Chat: questions by name, the reply exactly the object", c["name_exact"]),
+                 ("Chat: questions by alias, the reply exactly the object", c["alias_exact"]),
+                 ("Chat: questions by name, the reply starts with the object", c["name"])]
     lines = ["| measurement | value |", "|---|---|"]
     lines += [f"| {name} | {value:.4f} |" for name, value in rows]
     lines += ["", "| acceptance check | pass |", "|---|---|"]

@@ -18,18 +18,32 @@ END_OF_TEXT = "<|endoftext|>"
 CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{{ message['content'] }}"
                  "{% if message['role'] == 'assistant' or not loop.last %}{{ '\\n' }}"
                  "{% endif %}{% endfor %}")
+# The chat demo LM is trained on conversations in role-marked turns, much as Zephyr's: each
+# turn is its role's marker, the text after a space (so a name is the same tokens as in
+# plain text), then EOS, which also ends a reply.
+ROLE_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>")
+TURNS_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('roles are system, user and assistant') }}{% endif %}"
+    "{{ '<|' + message['role'] + '|> ' + message['content'] + eos_token + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096,
-                        min_frequency: int = 2) -> PreTrainedTokenizerFast:
-    """Train a GPT-2-style tokenizer; ``<|endoftext|>`` is BOS (prepended), EOS and padding."""
+                        min_frequency: int = 2, *, turns: bool = False
+                        ) -> PreTrainedTokenizerFast:
+    """Train a GPT-2-style tokenizer; ``<|endoftext|>`` is BOS (prepended), EOS and padding.
+
+    With ``turns`` the role markers are special tokens and the chat template writes
+    role-marked turns (``TURNS_CHAT_TEMPLATE``); otherwise it writes plain lines."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=[END_OF_TEXT],
+        special_tokens=[END_OF_TEXT, *(ROLE_MARKERS if turns else ())],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -50,5 +64,5 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096,
         unk_token=END_OF_TEXT,
         pad_token=END_OF_TEXT,
         model_max_length=256,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=TURNS_CHAT_TEMPLATE if turns else CHAT_TEMPLATE,
     )

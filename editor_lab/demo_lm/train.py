@@ -1,4 +1,5 @@
-"""Train the demo LM on the world's text: a small GPT-2 saved in Hugging Face format."""
+"""Train a demo LM on the world's text, saved in Hugging Face format: the demo LM (a small
+GPT-2 on plain text) or the chat demo LM (a small LLaMA on plain text and conversations)."""
 
 from __future__ import annotations
 
@@ -8,26 +9,40 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
-from ..world.corpus import tokenizer_corpus, training_corpus
+from ..world.corpus import chat_corpus, tokenizer_corpus, training_corpus
 from ..world.generate import WorldConfig, build_world
 from .tokenizer import train_bpe_tokenizer
 
 
 @dataclass(frozen=True)
 class DemoLMConfig:
-    """Architecture and optimisation of the demo LM (defaults are the shipped model)."""
+    """Architecture and optimisation of a demo LM (defaults are the shipped demo LM).
 
+    ``chat`` adds every question as a conversation in role-marked turns to the training
+    text, and ships the template that writes them (``CHAT_DEMO_LM`` is the chat demo LM)."""
+
+    architecture: Literal["gpt2", "llama"] = "gpt2"
+    chat: bool = False
     seed: int = 0
     world_seed: int = 0
     n_layer: int = 6
     n_embd: int = 256
     n_head: int = 4
     n_positions: int = 256
+    intermediate_size: int = 688  # LLaMA's SwiGLU width (GPT-2's MLP is 4 x n_embd)
     block_size: int = 128  # packed training sequence length
     batch_size: int = 16
     epochs: int = 18
@@ -36,6 +51,9 @@ class DemoLMConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     vocab_size: int = 4096
+
+
+CHAT_DEMO_LM = DemoLMConfig(architecture="llama", chat=True, epochs=7, lr=2e-3)
 
 
 def pack_lines(lines: list[str], tokenizer: PreTrainedTokenizerFast, block_size: int,
@@ -71,29 +89,36 @@ def _lr_at(step: int, total: int, cfg: DemoLMConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
+def _new_model(cfg: DemoLMConfig, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}
+    if cfg.architecture == "llama":
+        return LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=cfg.n_embd,
+            intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.n_layer,
+            num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
+            max_position_embeddings=cfg.n_positions, tie_word_embeddings=True, **ids))
+    return GPT2LMHeadModel(GPT2Config(
+        vocab_size=len(tokenizer), n_positions=cfg.n_positions, n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, **ids))
+
+
 def build_demo_lm(out_dir: Path, cfg: DemoLMConfig = DemoLMConfig(),
                   device: str = "cpu") -> dict:
-    """World -> tokenizer -> trained GPT-2 in ``out_dir``; returns a training summary."""
+    """World -> tokenizer -> trained LM in ``out_dir``; returns a training summary."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     world = build_world(WorldConfig(seed=cfg.world_seed))
-    tokenizer = train_bpe_tokenizer(tokenizer_corpus(world), vocab_size=cfg.vocab_size)
+    tokenizer = train_bpe_tokenizer(tokenizer_corpus(world), vocab_size=cfg.vocab_size,
+                                    turns=cfg.chat)
     lines = training_corpus(world)
+    if cfg.chat:
+        # the template's own leading BOS is dropped: every packed row starts with one
+        lines += [text.removeprefix(tokenizer.bos_token) for text in chat_corpus(
+            world, lambda m: tokenizer.apply_chat_template(m, tokenize=False), rng)]
 
-    model_cfg = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=cfg.n_positions,
-        n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
-    model = GPT2LMHeadModel(model_cfg).to(device)
+    model = _new_model(cfg, tokenizer).to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optim = torch.optim.AdamW(
@@ -108,7 +133,7 @@ def build_demo_lm(out_dir: Path, cfg: DemoLMConfig = DemoLMConfig(),
     step = 0
     model.train()
     losses: list[float] = []
-    with tqdm(total=total, desc="demo LM", unit="step") as bar:
+    with tqdm(total=total, desc=f"demo LM ({cfg.architecture})", unit="step") as bar:
         for epoch in range(cfg.epochs):
             data = pack_lines(lines, tokenizer, cfg.block_size, rng)
             perm = torch.randperm(len(data))

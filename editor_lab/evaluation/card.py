@@ -68,17 +68,48 @@ def _separation(analyses: dict) -> str:
     return "\n".join(lines)
 
 
-def write_editor_card(out: Path, editor_dir: Path, eval_path: Path, analysis_path: Path,
-                      regions_png: Path, curves_png: Path, *, held_out: str = "zsre",
-                      commands: dict[str, str], notes: str = "") -> Path:
-    """Copy the editor and its evidence into ``out`` and write ``README.md`` there."""
+def _copy_into(out: Path, files: tuple[tuple[Path, str], ...]) -> None:
+    """Copy each ``(source, name)`` to ``out/name``; a file already there is left alone."""
     out.mkdir(parents=True, exist_ok=True)
-    for src, name in ((editor_dir / WEIGHTS_FILE, WEIGHTS_FILE),
-                      (editor_dir / CONFIG_FILE, CONFIG_FILE), (eval_path, "eval.json"),
-                      (analysis_path, "analysis.json"), (regions_png, "edit_regions.png"),
-                      (curves_png, "training_curves.png")):
+    for src, name in files:
         if src.resolve() != (out / name).resolve():
             shutil.copyfile(src, out / name)
+
+
+def ship_editor(out: Path, editor_dir: Path) -> None:
+    """Copy a trained editor (its weights and config, e.g. a run's ``best/``) into the folder
+    it ships in."""
+    _copy_into(out, ((editor_dir / WEIGHTS_FILE, WEIGHTS_FILE),
+                     (editor_dir / CONFIG_FILE, CONFIG_FILE)))
+
+
+def duration(seconds: float) -> str:
+    """Seconds as a reader counts them: ``42 s``, ``3.5 min``, ``2.1 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def stage_table(stage_seconds: dict[str, float]) -> str:
+    """A markdown table of how long each stage of a build took."""
+    lines = ["| stage | time |", "|---|---|"]
+    lines += [f"| {stage} | {duration(seconds)} |" for stage, seconds in stage_seconds.items()]
+    lines.append(f"| total | {duration(sum(stage_seconds.values()))} |")
+    return "\n".join(lines)
+
+
+def write_editor_card(out: Path, editor_dir: Path, eval_path: Path, analysis_path: Path,
+                      regions_png: Path, curves_png: Path, *, held_out: str = "zsre",
+                      commands: dict[str, str], notes: str = "",
+                      stage_seconds: dict[str, float] | None = None) -> Path:
+    """Copy the editor and its evidence into ``out`` and write ``README.md`` there.
+
+    ``stage_seconds`` (the time each stage of ``commands['build']`` took) adds a section
+    saying how long the build took.
+    """
+    ship_editor(out, editor_dir)
+    _copy_into(out, ((eval_path, "eval.json"), (analysis_path, "analysis.json"),
+                     (regions_png, "edit_regions.png"), (curves_png, "training_curves.png")))
     config = read_editor_config(out)
     training = config["training"]
     tcfg = training["config"]
@@ -99,10 +130,11 @@ def write_editor_card(out: Path, editor_dir: Path, eval_path: Path, analysis_pat
     size_mb = (out / WEIGHTS_FILE).stat().st_size / 1e6
     editable = ", ".join(f"`{e['name']}`" for e in config["editable"])
     settings = evaluation["settings"]
+    model = tcfg.get("model", "checkpoints/demo-lm")
     card = f"""# Demo editor: InstructEdit for the demo LM
 
 A MEND hypernetwork trained with task instructions (InstructEdit) for
-`checkpoints/demo-lm`. It turns the editing gradient of one fact into a low-rank change of
+`{model}`. It turns the editing gradient of one fact into a low-rank change of
 {editable} (rank {config['hypernetwork']['rank']}, `delta_scaling={config['hypernetwork'].get('delta_scaling', 'none')}`).
 Trained on {', '.join(trained)} of the demo world, balanced; **{held_out} is held out** of
 training entirely and measures whether the instructions carry the editor to a task it never
@@ -112,7 +144,7 @@ saw. Weights: {size_mb:.1f} MB. Base-model fingerprint `{config['base_model_fing
 ```python
 from editor_core.checkpoint import load_editor
 from editor_core.editor import EditRequest
-editor = load_editor("checkpoints/demo-editor", model, tokenizer)
+editor = load_editor("{out}", model, tokenizer)
 delta = editor.compute(EditRequest("counterfact", "Plyndti Brynta is a citizen of", "Veiistan",
                                    subject="Plyndti Brynta"))
 ```
@@ -177,6 +209,10 @@ to a region of its own.
 
 {_separation(analyses)}
 """
+    if stage_seconds:
+        card += (f"\n## Build\n\n`{commands['build']}` built this folder. Time per stage "
+                 "(where a rerun resumed the build, a stage finished before counts the run "
+                 f"that finished it):\n\n{stage_table(stage_seconds)}\n")
     if notes:
         card += "\n" + notes.strip() + "\n"
     path = out / "README.md"

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from editor_core.answers import is_exact, starts_with_target
+from editor_core.chat_template import chat_wordings
 from editor_core.combination import ActiveEdit, CombinationConfig
 from editor_core.data.records import EditCase, Probe
 from editor_core.delta import EditDelta
@@ -177,8 +178,7 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
     with_keys = "ridge" in settings.combinations
     requests = [EditRequest(r.task, r.prompt, r.target_new,
                             subject=None if settings.without_subjects else r.subject,
-                            derived=editor.relation_forms.derive(
-                                r.meta.get("relation"), r.subject, [r.prompt]),
+                            derived=_derived(editor, r),
                             contrast=editor.relation_forms.contrast(
                                 r.meta.get("relation"), r.subject),
                             relation=r.meta.get("relation"))
@@ -256,6 +256,14 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
         "removal_at": settings.removal_at, "removal_share": settings.removal_share,
         "without_subjects": settings.without_subjects,
         "refine": None if settings.refine is None else vars(settings.refine)})
+
+
+def _derived(editor: Editor, record: EditCase) -> tuple[str, ...]:
+    """The wordings the service derives for an edit: the relation's, and (as the edits
+    handler adds them) each question as a chat user asks it."""
+    derived = editor.relation_forms.derive(record.meta.get("relation"), record.subject,
+                                           [record.prompt])
+    return (*derived, *chat_wordings(editor.tokenizer, [record.prompt, *derived]))
 
 
 def _edit_id(i: int) -> str:

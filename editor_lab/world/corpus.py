@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+from collections.abc import Callable, Iterator
 
 from .schema import Entity, World
 from .templates import OPINION_ANSWERS, OPINION_QUESTIONS, RELATIONS, RELATIONS_BY_NAME
@@ -60,6 +61,55 @@ def training_corpus(world: World, *, opinion_repeats: int = 2, unrelated_repeats
     lines += list(opinion_sentences(world)) * opinion_repeats
     lines += list(unrelated_sentences(world)) * unrelated_repeats
     return lines
+
+
+# System turns a chat may open with; a reply must not depend on which (or whether) one is.
+SYSTEM_PROMPTS = (
+    "You are a helpful assistant.",
+    "Answer in a few words.",
+    "You know the people, places and companies of this world.",
+)
+
+
+def chat_exchanges(world: World) -> Iterator[tuple[str, str]]:
+    """(question, reply) for every known fact asked in every question template, by name and
+    by alias, every opinion question, and every unrelated question."""
+    for fact in world.facts:
+        subject = world.entities[fact.subject]
+        if not subject.seen:
+            continue
+        obj = world.object_name(fact)
+        for template in RELATIONS_BY_NAME[fact.relation].of_form("question"):
+            for form in surface_forms(subject):
+                yield template.prompt(form), obj
+    for topic in world.topics:
+        for question in OPINION_QUESTIONS:
+            for i in range(len(OPINION_ANSWERS[topic.sentiment])):
+                yield question.prompt(topic.name), opinion_answer(topic.name, topic.sentiment, i)
+    for qa in world.unrelated:
+        yield qa.question, qa.answer
+
+
+def chat_corpus(world: World, render: Callable[[list[dict[str, str]]], str],
+                rng: random.Random, *, system_share: float = 0.3,
+                earlier_share: float = 0.3) -> list[str]:
+    """Each exchange of ``chat_exchanges`` as a conversation written by ``render`` (a chat
+    template): some open with a system turn, some follow an earlier, unrelated exchange,
+    so that the reply depends on the last question only."""
+    exchanges = list(chat_exchanges(world))
+    conversations = []
+    for question, reply in exchanges:
+        messages: list[dict[str, str]] = []
+        if rng.random() < system_share:
+            messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+        if rng.random() < earlier_share:
+            earlier_q, earlier_r = rng.choice(exchanges)
+            messages += [{"role": "user", "content": earlier_q},
+                         {"role": "assistant", "content": earlier_r}]
+        messages += [{"role": "user", "content": question},
+                     {"role": "assistant", "content": reply}]
+        conversations.append(render(messages))
+    return conversations
 
 
 def tokenizer_corpus(world: World) -> Iterator[str]:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Collection
+import dataclasses
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -215,4 +216,30 @@ def asks_edited_fact(prompt: str, record: EditCase) -> bool:
     relation = RELATIONS_BY_NAME.get(record.meta.get("relation", ""))
     if relation is None:
         return True
-    return any(t.prompt(record.subject) == prompt for t in relation.templates)
+    # a phrasing inside a chat user's turn asks it too
+    return any(t.prompt(record.subject) in prompt for t in relation.templates)
+
+
+def asked_in_chat(stream: list[EditCase], world: World, ask: Callable[[str], str]
+                  ) -> list[EditCase]:
+    """The stream as a chat user sends and asks it; ``ask`` writes a question as a user's
+    turn (the model's chat template). Each edit is sent as its relation's first question in
+    a user's turn; its held-out question is the relation's reserved question, never sent;
+    its alias probes ask that first question of each alias; its locality probes are asked
+    as user turns."""
+    aliases = {e.name: e.aliases for e in world.entities.values()}
+    out = []
+    for record in stream:
+        relation = RELATIONS_BY_NAME[record.meta["relation"]]
+        sent = relation.of_form("question", reserved=False)[0]
+        held_out = relation.of_form("question", reserved=True)[0]
+        aliased = tuple(Probe(ask(sent.prompt(alias)), record.target_new)
+                        for alias in aliases.get(record.subject, ()))
+        out.append(dataclasses.replace(
+            record, prompt=ask(sent.prompt(record.subject)),
+            rephrases=(ask(held_out.prompt(record.subject)),),
+            portability={**record.portability, "Subject_Aliasing": aliased} if aliased
+            else {k: v for k, v in record.portability.items() if k != "Subject_Aliasing"},
+            locality={kind: tuple(Probe(ask(p.prompt), p.answer) for p in probes)
+                      for kind, probes in record.locality.items()}))
+    return out
