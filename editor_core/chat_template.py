@@ -9,12 +9,15 @@ after an assistant's turn: where a reply ends.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-__all__ = ["ChatTemplateError", "chat_prompt", "chat_wordings", "has_chat_template",
-           "turn_end"]
+from .data.records import EditCase, Probe
+
+__all__ = ["ChatTemplateError", "case_in_chat", "chat_prompt", "chat_wordings",
+           "has_chat_template", "turn_end", "wraps_turns"]
 
 _MARKER = "\x00reply\x00"
 
@@ -80,3 +83,25 @@ def chat_wordings(tokenizer: PreTrainedTokenizerBase, wordings: Sequence[str]
         if asked.strip() != wording.strip() and asked not in out and asked not in wordings:
             out.append(asked)
     return tuple(out)
+
+
+def wraps_turns(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the template writes a user's question as other text than the plain question
+    (turn markers): then what a chat user asks reaches the model as different tokens."""
+    return bool(chat_wordings(tokenizer, ["Is it?"]))
+
+
+def case_in_chat(tokenizer: PreTrainedTokenizerBase, case: EditCase) -> EditCase:
+    """``case`` with its prompt, rephrases and probes each asked as a chat user's turn: the
+    routing of a chat model is calibrated on what chat users ask too."""
+    def ask(text: str) -> str:
+        return chat_prompt(tokenizer, [{"role": "user", "content": text}])
+
+    def probes(block: Mapping[str, tuple[Probe, ...]]) -> dict[str, tuple[Probe, ...]]:
+        return {kind: tuple(Probe(ask(p.prompt), p.answer) for p in ps)
+                for kind, ps in block.items()}
+
+    return dataclasses.replace(case, prompt=ask(case.prompt),
+                               rephrases=tuple(map(ask, case.rephrases)),
+                               locality=probes(case.locality),
+                               portability=probes(case.portability))

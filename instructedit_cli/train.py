@@ -63,6 +63,7 @@ def calibrate(editor_dir: Path, model_dir: Path, data_dir: Path, tasks: list[str
     training and validation splits; returns the figures it was chosen on."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from editor_core.chat_template import case_in_chat, wraps_turns
     from editor_core.checkpoint import load_editor, save_routing
     from editor_core.routing_calibration import calibrate_routing
     from editor_lab.training.examples import load_task_records
@@ -70,12 +71,16 @@ def calibrate(editor_dir: Path, model_dir: Path, data_dir: Path, tasks: list[str
     lm = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     ed = load_editor(editor_dir, lm, tokenizer, basis="pristine")
-    train = load_task_records(data_dir, tasks, "train")
-    validation = load_task_records(data_dir, tasks, "validation")
-    background = [r.prompt for rs in train.values() for r in rs]
-    routing, figures = calibrate_routing(
-        ed, background, [r for rs in validation.values() for r in rs],
-        training_records=[r for rs in train.values() for r in rs][:training_limit])
+    train = [r for rs in load_task_records(data_dir, tasks, "train").values() for r in rs]
+    validation = [r for rs in load_task_records(data_dir, tasks, "validation").values()
+                  for r in rs]
+    background, fitted = [r.prompt for r in train], train[:training_limit]
+    if wraps_turns(tokenizer):  # chat users' questions reach the model inside turn markers
+        fitted += [case_in_chat(tokenizer, r) for r in fitted]
+        validation += [case_in_chat(tokenizer, r) for r in validation]
+        background += [r.prompt for r in fitted[len(fitted) // 2:]]
+    routing, figures = calibrate_routing(ed, background, validation,
+                                         training_records=fitted)
     save_routing(editor_dir, routing)
     return figures
 

@@ -8,7 +8,9 @@ import copy
 import pytest
 from transformers import AutoTokenizer
 
-from editor_core.chat_template import ChatTemplateError, chat_prompt, chat_wordings, turn_end
+from editor_core.chat_template import (ChatTemplateError, case_in_chat, chat_prompt,
+                                       chat_wordings, turn_end, wraps_turns)
+from editor_core.data.records import EditCase, Probe
 from service.settings import DEMO_LM_PATH
 
 ASKED = [{"role": "user", "content": "Which country is Plyndti Brynta a citizen of?"}]
@@ -57,3 +59,26 @@ def test_questions_are_also_keyed_as_a_chat_user_asks_them(tokenizer) -> None:
     chatml.chat_template = CHATML
     assert chat_wordings(chatml, wordings) == (
         f"<|im_start|>user\n{ASKED[0]['content']}<|im_end|>\n<|im_start|>assistant\n",)
+
+
+def test_a_case_in_chat_asks_every_prompt_as_a_users_turn(tokenizer) -> None:
+    assert not wraps_turns(tokenizer)  # the demo template writes the plain question
+    chatml = copy.deepcopy(tokenizer)
+    chatml.chat_template = CHATML
+    assert wraps_turns(chatml)
+    case = EditCase("counterfact", "Plyndti Brynta", "Plyndti Brynta is a citizen of",
+                    "Veiistan", rephrases=("What is the nationality of Plyndti Brynta?",),
+                    locality={"Neighborhood": (Probe("Zoty Brynta works for", "Zentrix"),)},
+                    portability={"Subject_Aliasing": (Probe("P. Brynta is a citizen of",
+                                                            "Foxland"),)})
+    asked = case_in_chat(chatml, case)
+
+    def ask(text: str) -> str:
+        return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+    assert asked.prompt == ask(case.prompt)
+    assert asked.rephrases == (ask(case.rephrases[0]),)
+    assert asked.locality == {"Neighborhood": (Probe(ask("Zoty Brynta works for"), "Zentrix"),)}
+    assert asked.portability == {"Subject_Aliasing": (
+        Probe(ask("P. Brynta is a citizen of"), "Foxland"),)}
+    assert (asked.subject, asked.target_new, asked.task) == (case.subject, case.target_new,
+                                                             case.task)

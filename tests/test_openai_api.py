@@ -93,7 +93,7 @@ def test_chat_completions_plain_and_streamed_answer_with_the_edit(
 
     after = client.chat.completions.create(model="demo-lm", messages=QUESTION, temperature=0)
     choice = after.choices[0]
-    assert choice.message.content.strip() == "Vuthovia"  # the whole reply, nothing after
+    assert choice.message.content == "Vuthovia"  # the whole reply, nothing before or after
     assert choice.finish_reason == "stop" and choice.model_extra["edits_fired"] == [edit["id"]]
     assert after.system_fingerprint == f"v{edit['version']}"
     assert after.usage.total_tokens == after.usage.prompt_tokens + after.usage.completion_tokens
@@ -144,7 +144,7 @@ def test_an_edit_stated_as_a_chat_holds_when_a_chat_user_asks(
         neither = c.post("/edits", json={"task": "counterfact", "target": "Stouara"})
         assert neither.json()["error"]["code"] == "invalid_request"
     after = client.chat.completions.create(model="demo-lm", messages=asked, temperature=0)
-    assert after.choices[0].message.content.strip() == "Stouara"
+    assert after.choices[0].message.content == "Stouara"
     assert after.choices[0].model_extra["edits_fired"] == [edit["id"]]
 
 

@@ -2,9 +2,10 @@
 
 The conversation becomes a prompt through the model's own chat template (shipped with its
 tokenizer), so the answer is the one the model gives in a chat turn, with every active edit
-acting on it; the reply ends where the template ends an assistant's turn. A model without
-a chat template is refused (422 ``no_chat_template``: use ``/v1/completions``); so are
-parameters it cannot honour.
+acting on it; the reply ends where the template ends an assistant's turn, and starts at its
+first visible character (a template that writes a space before the reply leaves it to the
+model to write). A model without a chat template is refused (422 ``no_chat_template``: use
+``/v1/completions``); so are parameters it cannot honour.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class ChatHandler:
             slots.give()
         return ChatCompletionOut(
             **out, system_fingerprint=f"v{answer.version}",
-            choices=[ChatChoice(index=0, message=ChatMessageOut(content=answer.text),
+            choices=[ChatChoice(index=0, message=ChatMessageOut(content=answer.text.lstrip()),
                                 finish_reason=answer.finish_reason,
                                 edits_fired=answer.edits_fired)],
             usage=CompletionUsage.of([answer.usage]))
@@ -116,6 +117,7 @@ class ChatHandler:
             return {"data": body.model_dump_json(exclude_none=True)}
 
         yield chunk([ChatChunkChoice(index=0, delta=ChatDelta(role="assistant", content=""))])
+        started = False  # the reply's leading whitespace (a template's space) is not shown
         async for piece in self.generation.stream(stream):
             if isinstance(piece, GenerateOut):
                 version = piece.version
@@ -124,8 +126,9 @@ class ChatHandler:
                                              edits_fired=piece.edits_fired)])
                 if usage:
                     yield chunk([], usage=CompletionUsage.of([piece.usage]))
-            elif piece:
-                yield chunk([ChatChunkChoice(index=0, delta=ChatDelta(content=piece))])
+            elif piece and (started or piece.strip()):
+                text, started = (piece if started else piece.lstrip()), True
+                yield chunk([ChatChunkChoice(index=0, delta=ChatDelta(content=text))])
         yield {"data": "[DONE]"}
 
 
