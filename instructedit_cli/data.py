@@ -104,6 +104,9 @@ def eval_lm_cmd(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
     limit: Annotated[Optional[int], typer.Option(
         help="evaluate a deterministic sample of this many facts")] = None,
+    card: Annotated[bool, typer.Option(
+        help="also write the model card (and eval.json) into the model folder, from its "
+             "training_summary.json")] = False,
     threads: Threads = None,
 ) -> None:
     """Measure what an LM knows of the demo world (greedy decoding): JSON + table."""
@@ -113,10 +116,12 @@ def eval_lm_cmd(
     from editor_lab.world import WorldConfig, build_world
 
     setup(threads)
+    summary_path = model / "training_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    if card and summary is None:
+        raise typer.BadParameter(f"{summary_path} is missing: the card is written from it")
     if world_seed is None:
-        summary_path = model / "training_summary.json"
-        world_seed = (json.loads(summary_path.read_text())["config"]["world_seed"]
-                      if summary_path.exists() else 0)
+        world_seed = summary["config"]["world_seed"] if summary else 0
     lm = AutoModelForCausalLM.from_pretrained(model).eval()
     tokenizer = AutoTokenizer.from_pretrained(model)
     result = evaluate_demo_lm(lm, tokenizer, build_world(WorldConfig(seed=world_seed)),
@@ -124,6 +129,10 @@ def eval_lm_cmd(
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if card:
+        from editor_lab.demo_lm.card import write_model_card
+
+        write_model_card(model, summary, result)
     typer.echo(format_table(result))
     if not all(result["acceptance"].values()):
         raise typer.Exit(code=1)
