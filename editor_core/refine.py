@@ -25,6 +25,7 @@ the fit when the trial fails, then a second trial.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,9 +44,13 @@ from .memory import EditMemory
 from .probing import TargetScore
 from .specs import EditableWeight
 
-Outcome = Literal["one_shot", "refined", "did_not_hold"]
+# "fitted": an edit without a trained editor (its step searched, then fitted) that holds
+Outcome = Literal["one_shot", "refined", "fitted", "did_not_hold"]
+# The step sizes a plain gradient step is tried at: 1e-3 to 10, half a decade apart.
+STEP_GRID = tuple(10 ** (k / 2) for k in range(-6, 3))
 
-__all__ = ["EditFit", "EditJudge", "EditRefiner", "Judgement", "Outcome", "RefineConfig"]
+__all__ = ["STEP_GRID", "EditFit", "EditJudge", "EditRefiner", "Judgement", "Outcome",
+           "RefineConfig"]
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,29 @@ class EditRefiner:
         fitted = delta if steps == 0 else _with_factors(delta, params)
         return EditFit(fitted, outcome, steps, _ms(began), accuracy,
                        capped and not exact and steps < cfg.max_steps)
+
+    @torch.no_grad()
+    def search_step(self, delta: EditDelta, prompts: Sequence[str],
+                    answers: Sequence[FittedAnswer]) -> EditDelta:
+        """``delta`` with every weight's step size the one of ``STEP_GRID`` under which
+        ``prompts``' answers (target and ending, teacher-forced) are likeliest: an untrained
+        editor's plain gradient step has no learnt size."""
+        batch, _ = self.endings.encode(prompts, answers)
+        device = next(self.model.parameters()).device
+        ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+        labels = batch.labels.to(device)
+        starts = (labels != IGNORE_INDEX).int().argmax(1) - 1
+
+        def nll(step: float) -> float:
+            factors = {n: (f.u.float(), f.d.float(), step) for n, f in delta.factors.items()}
+            with self._applied(factors, starts):
+                logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            return float(label_nll(logits[:, :-1], labels[:, 1:]).mean())
+
+        best = min(STEP_GRID, key=nll)
+        return EditDelta({n: WeightFactors(f.u, f.d, best, f.spans)
+                          for n, f in delta.factors.items()},
+                         delta.n_requests, delta.keys, delta.routes)
 
     @torch.no_grad()
     def _scaled(self, delta: EditDelta, ids: torch.Tensor, mask: torch.Tensor,
@@ -284,20 +312,30 @@ class EditJudge:
     and its ending being the argmax there is exactly a greedy answer whose line is the
     target. The ending of each prompt's answer is the pristine model's choice."""
 
-    def __init__(self, refiner: EditRefiner, model: PreTrainedModel, memory: EditMemory
-                 ) -> None:
+    def __init__(self, refiner: EditRefiner, model: PreTrainedModel, memory: EditMemory, *,
+                 search_step: bool = False) -> None:
         self.refiner = refiner
         self.model = model
         self.memory = memory
         self.endings = refiner.endings
+        self.search_step = search_step  # an untrained editor's deltas: find the step first
 
     def judge(self, request: EditRequest, delta: EditDelta, locality: Sequence[str] = ()
               ) -> Judgement:
+        judgement = self._judge(request, delta, locality)
+        if self.search_step and judgement.holds:
+            return dataclasses.replace(judgement, outcome="fitted")
+        return judgement
+
+    def _judge(self, request: EditRequest, delta: EditDelta, locality: Sequence[str]
+               ) -> Judgement:
         began = time.perf_counter()
         required = [request.prompt, *request.rephrases]
         prompts = [*required, *request.derived]
         n = len(required)
         answers = self._endings(prompts, n, request.target)
+        if self.search_step:
+            delta = self.refiner.search_step(delta, prompts[:n], answers[:n])
         checks = self._trial(delta, prompts, answers)
         scores = tuple(c.score for c in checks[:n])
         held = all(c.exact for c in checks[:n])

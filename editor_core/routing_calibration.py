@@ -16,6 +16,12 @@ Three things are fitted, never on a set that is later measured:
   of thresholds that maximise the positives that fire minus ``false_fire_weight`` times the
   negatives that do. The stricter threshold for edits without a subject is set where the
   keys of *other* records would fire at most ``subjectless_false_rate`` of the time.
+
+A model with no edit data to calibrate on (served without a trained editor) still routes:
+``self_calibrated_routing`` takes the background mean over text the model writes itself from
+neutral openings, with no key space and the default thresholds. On the demo LM that mean is
+within cosine 0.96 of the one over the training prompts, and the validation split's
+rephrases and same-subject prompts fire as often under either.
 """
 
 from __future__ import annotations
@@ -156,3 +162,26 @@ def calibrate_routing(editor: Editor, background: Sequence[str],
                "cross_subject_fire_rate_strict": float((cross >= strict).float().mean())}
     return RoutingConfig(editor.gate, threshold, max(strict, threshold), mean,
                          projection), figures
+
+
+# Openings of the text a model writes for its own background mean: no topic of their own.
+NEUTRAL_OPENINGS = ("The", "In", "It is", "A", "There", "One of the", "When", "This", "My",
+                    "We", "After", "Some", "Many", "If", "At the", "People")
+
+
+@torch.no_grad()
+def self_calibrated_routing(editor: Editor, openings: Sequence[str] = NEUTRAL_OPENINGS,
+                            new_tokens: int = 48) -> RoutingConfig:
+    """Routing with no calibration data: the background mean of the gate input over the
+    pristine model's own greedy continuations of ``openings`` (deterministic), the centred
+    key space and ``RoutingConfig``'s default thresholds."""
+    model, tokenizer = editor.edit_model, editor.tokenizer
+    device = next(model.parameters()).device
+    texts = []
+    for opening in openings:
+        ids = tokenizer(opening, return_tensors="pt").to(device)
+        out = model.generate(**ids, do_sample=False, max_new_tokens=new_tokens,
+                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        texts.append(tokenizer.decode(out[0], skip_special_tokens=True))
+    mean = torch.cat(_gate_inputs(editor, texts)).mean(0)
+    return RoutingConfig(editor.gate, mean=mean)

@@ -23,6 +23,24 @@ AliasSearch = Annotated[bool, typer.Option(
          "service's alias_search)")]
 
 
+EditorFolder = Annotated[Path, typer.Option(
+    help="editor folder (with its routing), or 'none': no trained editor (each edit's "
+         "gradient step fitted; routing from the model's own text), as the service's "
+         "editor setting")]
+
+
+def _editor_and_routing(editor: Path, lm, tokenizer):
+    """The editor a command names, on the pristine basis, with its routing."""
+    from editor_core.checkpoint import load_editor, load_routing
+    from editor_core.gradient_editor import NO_EDITOR, gradient_editor
+    from editor_core.routing_calibration import self_calibrated_routing
+
+    if str(editor) == NO_EDITOR:
+        ed = gradient_editor(lm, tokenizer)
+        return ed, self_calibrated_routing(ed)
+    return load_editor(editor, lm, tokenizer, basis="pristine"), load_routing(editor)
+
+
 def _widening(editor, relation_wordings: bool, alias_search: bool) -> None:
     """Turn off what the service's relation_wordings and alias_search settings turn off."""
     if not relation_wordings:
@@ -173,8 +191,7 @@ def eval_stream_cmd(
     combinations: Annotated[str, typer.Option(
         help="side by side: memory (routed), ridge, sum (merged)")] = "memory",
     ridge_lambda: Annotated[float, typer.Option(help="λ of the ridge combination")] = 3.0,
-    editor: Annotated[Path, typer.Option(help="editor folder (with its routing)")
-                      ] = DEMO_EDITOR_PATH,
+    editor: EditorFolder = DEMO_EDITOR_PATH,
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
     data_dir: DataDir = Path("data/world"),
     seed: Annotated[int, typer.Option(help="stream order and samples")] = 1,
@@ -194,7 +211,7 @@ def eval_stream_cmd(
     ] = False,
     refine: Annotated[bool, typer.Option(
         help="judge each edit as the service does: refined where the one-shot delta does "
-             "not hold (the service's default budget)")] = False,
+             "not hold (the service's default budget); always, with --editor none")] = False,
     chat: Annotated[bool, typer.Option(
         help="send and ask as a chat user does, through the model's chat template: each "
              "edit is its relation's question in a user's turn, its held-out question the "
@@ -210,7 +227,6 @@ def eval_stream_cmd(
     each count (JSON + table)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from editor_core.checkpoint import load_editor, load_routing
     from editor_lab.evaluation.service_view import (StreamSettings, evaluate_stream,
                                                      stream_table)
     from editor_core.refine import RefineConfig
@@ -225,7 +241,8 @@ def eval_stream_cmd(
         checkpoints, sample, seed, tuple(c.strip() for c in combinations.split(",")),
         ridge_lambda, store_tolerance,
         tuple(float(t) for t in alone_tolerances.split(",") if t.strip()), removal_at,
-        without_subjects=without_subjects, refine=RefineConfig() if refine else None)
+        without_subjects=without_subjects,
+        refine=RefineConfig() if refine or str(editor) == "none" else None)
     world = build_world(WorldConfig())
     if stream_kind == "held-out":
         stream = lifelong_stream(world, data_dir, checkpoints[-1], seed)
@@ -240,9 +257,9 @@ def eval_stream_cmd(
             tokenizer, [{"role": "user", "content": q}]))
     if save_stream_to is not None:
         save_stream(stream, save_stream_to)
-    ed = load_editor(editor, lm, tokenizer, basis="pristine")
+    ed, routing = _editor_and_routing(editor, lm, tokenizer)
     _widening(ed, relation_wordings, alias_search)
-    result = evaluate_stream(ed, load_routing(editor), stream, settings, asks_edited_fact)
+    result = evaluate_stream(ed, routing, stream, settings, asks_edited_fact)
     result.settings["stream"] = stream_kind
     result.settings["asked_in_chat"] = chat
     if json_path is not None:
@@ -274,8 +291,7 @@ def eval_single_cmd(
         help="adam (fit the factors) or scale (try the one-shot change scaled up)")] = "adam",
     refine_confidence: Annotated[float, typer.Option(
         help="fit until each target is also this likely (0: until the argmax holds)")] = 0.8,
-    editor: Annotated[Path, typer.Option(help="editor folder (with its routing)")
-                      ] = DEMO_EDITOR_PATH,
+    editor: EditorFolder = DEMO_EDITOR_PATH,
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
     data_dir: DataDir = Path("data/world"),
     seed: Annotated[int, typer.Option(help="samples and the unfamiliar set")] = 1,
@@ -293,7 +309,6 @@ def eval_single_cmd(
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from editor_core.checkpoint import load_editor, load_routing
     from editor_core.data.knowedit import load_edit_records
     from editor_lab.evaluation.single_view import evaluate_single, single_table
     from editor_core.refine import RefineConfig
@@ -317,11 +332,11 @@ def eval_single_cmd(
                    for k, r in records.items()}
     lm = AutoModelForCausalLM.from_pretrained(model).eval()
     tokenizer = AutoTokenizer.from_pretrained(model)
-    ed = load_editor(editor, lm, tokenizer, basis="pristine")
+    ed, routing = _editor_and_routing(editor, lm, tokenizer)
     _widening(ed, relation_wordings, alias_search)
     refine = RefineConfig(refine_max_steps, refine_max_ms, refine_lr, strategy=refine_strategy,
                           confidence=refine_confidence)
-    results = evaluate_single(ed, load_routing(editor), records, refine,
+    results = evaluate_single(ed, routing, records, refine,
                               given_rephrases=given_rephrases)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

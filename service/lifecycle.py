@@ -26,8 +26,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from editor_core.checkpoint import (load_routing, editor_fingerprint, load_editor, model_fingerprint,
-                                    read_editor_config)
+from editor_core.checkpoint import (ROUTING_FILE, editor_fingerprint, load_editor, load_routing,
+                                    model_fingerprint, read_editor_config, save_routing)
+from editor_core.gradient_editor import gradient_editor
+from editor_core.memory import RoutingConfig
+from editor_core.routing_calibration import self_calibrated_routing
 from editor_core.combination import CombinationConfig
 from editor_core.refine import EditJudge, EditRefiner
 from editor_core.editor import Editor
@@ -67,17 +70,26 @@ class LiveService:
         model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype).eval()
         model.to(settings.device)
         tokenizer = AutoTokenizer.from_pretrained(settings.model)
-        combination = _combination(settings, read_editor_config(settings.editor))
+        trained = settings.trained_editor
+        combination = _combination(settings, read_editor_config(settings.editor)
+                                   if trained else {})
+        if not trained and combination.kind != "memory":
+            raise ValueError("without a trained editor every edit is fitted on the edit "
+                             "memory: the combination must be 'memory'")
         basis = settings.edit_basis if settings.edit_basis != "auto" else (
             "pristine" if combination.kind in ("memory", "ridge") else "current")
-        editor = load_editor(settings.editor, model, tokenizer, basis=basis)
+        editor = (load_editor(settings.editor, model, tokenizer, basis=basis) if trained
+                  else gradient_editor(model, tokenizer, basis=basis))
         editor.combination = combination
         if not settings.relation_wordings:
             editor.relation_forms = RelationForms()
         if not settings.alias_search:
             editor.alias_finder = None
         fingerprint = model_fingerprint(model, editor.editable, tokenizer)
-        routing = load_routing(settings.editor) if combination.needs_routing else None
+        routing = None
+        if combination.needs_routing:
+            routing = (load_routing(settings.editor) if trained
+                       else _own_routing(settings, editor, fingerprint))
         ledger = WeightLedger.for_editor(editor, combination.combiner(
             editor.editable, settings.ridge_refresh_every, routing))
         if routing is not None:
@@ -90,7 +102,7 @@ class LiveService:
         if routing is not None:  # judged on the live memory (merged combinations are not)
             refiner = EditRefiner(editor.edit_model, tokenizer, editor.editable,
                                   editor.max_length, settings.refine_config())
-            judge = EditJudge(refiner, model, ledger.combiner)
+            judge = EditJudge(refiner, model, ledger.combiner, search_step=not trained)
         engine = EditEngine(editor, ledger, store, metrics, settings.limits.max_queued_edits,
                             settings.ridge_refresh_every, judge)
         batcher = GenerationBatcher(model, ledger, settings.generation_batch_size,
@@ -146,6 +158,20 @@ def _combination(settings: ServiceSettings, editor_config: dict) -> CombinationC
         return trained if trained.kind == "ridge" else CombinationConfig(
             "ridge", settings.ridge_lambda)
     return CombinationConfig("sum")
+
+
+def _own_routing(settings: ServiceSettings, editor: Editor, fingerprint: str
+                 ) -> RoutingConfig:
+    """Without a trained editor (and its calibrated routing): the routing calibrated on
+    the model's own text, made at the first start and kept in the data folder under the
+    model's fingerprint."""
+    folder = settings.data_dir / "routing" / fingerprint[:32]
+    if (folder / ROUTING_FILE).exists():
+        return load_routing(folder)
+    routing = self_calibrated_routing(editor)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_routing(folder, routing)
+    return routing
 
 
 def _state_key(fingerprint: str, editor: Editor) -> str:

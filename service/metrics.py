@@ -45,7 +45,7 @@ class ServiceMetrics:
                              ["task", "outcome"], registry=r)
         self.edit_outcomes = Counter(
             "instructedit_edit_outcomes", "Judged edits by task and outcome: one_shot, "
-            "refined, did_not_hold (kept: accept_partial) or refused", ["task", "outcome"],
+            "refined, fitted, did_not_hold (kept: accept_partial) or refused", ["task", "outcome"],
             registry=r)
         self.rollbacks = Counter("instructedit_rollbacks", "Edits rolled back", registry=r)
         self.generated_tokens = Counter("instructedit_generated_tokens",

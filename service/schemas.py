@@ -132,11 +132,12 @@ class EditRecord(EditIn):
     instruction: str = Field(description="the editor's input: the prompt in its instruction")
     created_at: str
     created_by: str
-    outcome: Literal["one_shot", "refined", "did_not_hold"] | None = Field(
+    outcome: Literal["one_shot", "refined", "fitted", "did_not_hold"] | None = Field(
         None, description="one_shot: the editor's delta made the model answer the target "
-        "greedily on the prompt and rephrases; refined: it did after refinement; "
-        "did_not_hold: it did not, kept because the request accepted a partial edit (null: "
-        "not judged, under a merged combination)")
+        "greedily on the prompt and rephrases; refined: it did after refinement; fitted: "
+        "it did, made without a trained editor (the gradient step, its size searched, then "
+        "refined); did_not_hold: it did not, kept because the request accepted a partial "
+        "edit (null: not judged, under a merged combination)")
     derived_rephrases: list[str] = Field(
         default_factory=list, description="other wordings of the fact the service derived "
         "from the relation's known forms (the editor's relations.json): routing keys and "
@@ -282,7 +283,11 @@ class LogOut(BaseModel):
 
 class InfoOut(BaseModel):
     model: str
-    editor: str
+    editor: str = Field(description="the trained editor's folder, or 'none'")
+    trained_editor: bool = Field(description="false: served without a trained editor, "
+                                 "each edit is the gradient step fitted until it holds "
+                                 "(outcome 'fitted'; slower to make than a trained "
+                                 "editor's edit)")
     editable: list[str]
     device: str
     dtype: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from editor_core.refine import RefineConfig
@@ -69,7 +69,10 @@ class ServiceSettings(RuntimeSettings):
     served_model_name: str | None = Field(
         None, description="the model's name in the OpenAI-compatible API (default: the "
         "model folder's name)")
-    editor: Path = Field(DEMO_EDITOR_PATH, description="trained editor checkpoint folder")
+    editor: Literal["none"] | Path = Field(
+        DEMO_EDITOR_PATH, description="trained editor checkpoint folder, or 'none': edit any "
+        "model without a trained editor (each edit's gradient step, its size searched, "
+        "fitted until the answer is the target; routing calibrated on the model's own text)")
     device: Literal["cpu", "cuda"] = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="the served model's dtype (edits are computed in fp32)")
@@ -127,6 +130,16 @@ class ServiceSettings(RuntimeSettings):
                                    description="no keys: every endpoint is open")
     limits: Limits = Field(default_factory=Limits)
     json_logs: bool = Field(True, description="one JSON object per log line")
+
+    @field_validator("editor", mode="before")
+    @classmethod
+    def _no_editor(cls, value: object) -> object:
+        """'none' however it arrives (a path named none from the command line)."""
+        return "none" if str(value) == "none" else value
+
+    @property
+    def trained_editor(self) -> bool:
+        return self.editor != "none"
 
     def refine_config(self) -> RefineConfig:
         """The refinement budget and fit these settings name."""

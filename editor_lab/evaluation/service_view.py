@@ -42,6 +42,7 @@ from editor_core.data.records import EditCase, Probe
 from editor_core.delta import EditDelta
 from editor_core.editor import EditRequest, Editor
 from editor_core.generation import SamplingParams, TokenStream
+from editor_core.gradient_editor import is_gradient_editor
 from editor_core.ledger import WeightLedger
 from editor_core.memory import EditMemory, RoutingConfig
 from editor_core.probing import score_targets
@@ -170,6 +171,8 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
     default any prompt naming the record's subject does."""
     if editor.follows_live_weights:
         raise ValueError("the service view computes edits on the pristine basis")
+    if is_gradient_editor(editor) and settings.refine is None:
+        raise ValueError("edits without a trained editor are made by judging them: refine")
     order = sorted(settings.checkpoints)
     if order[-1] > len(stream):
         raise ValueError(f"{order[-1]} edits asked for, the stream has {len(stream)}")
@@ -209,7 +212,8 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
     memory_arm = arms[0]  # the memory when it is measured
     judge = None if settings.refine is None else EditJudge(
         EditRefiner(editor.edit_model, tokenizer, editor.editable, editor.max_length,
-                    settings.refine), editor.model, memory_arm.ledger.combiner)
+                    settings.refine), editor.model, memory_arm.ledger.combiner,
+        search_step=is_gradient_editor(editor))
     outcome_of: dict[int, str] = {}  # each edit's first judgement (a cached one is re-judged)
 
     def judged(i: int, delta: EditDelta) -> EditDelta:
@@ -244,7 +248,8 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
         if judge is not None:
             made_so_far = [outcome_of[j] for j in range(n)]
             figures["memory"][str(n)]["outcomes"] = {
-                o: made_so_far.count(o) for o in ("one_shot", "refined", "did_not_hold")}
+                o: made_so_far.count(o) for o in ("one_shot", "refined", "fitted",
+                                                  "did_not_hold")}
         if n == settings.removal_at:
             removal = _removal_check(memory_arm, tokenizer, editor.max_length, settings,
                                      removal_prompts, removal_targets, pristine_scores)
@@ -432,10 +437,11 @@ def stream_table(result: StreamResult) -> str:
     judged = {n: f["outcomes"] for n, f in result.figures.get("memory", {}).items()
               if "outcomes" in f}
     if judged:
-        table += "\n\nJudged as the service does, edits made so far (one-shot / refined / did " \
-                 "not hold): " + "; ".join(
+        table += "\n\nJudged as the service does, edits made so far (one-shot / refined / " \
+                 "fitted / did not hold): " + "; ".join(
                      f"{n}: {o.get('one_shot', 0)} / {o.get('refined', 0)} / "
-                     f"{o.get('did_not_hold', 0)}" for n, o in judged.items()) + "."
+                     f"{o.get('fitted', 0)} / {o.get('did_not_hold', 0)}"
+                     for n, o in judged.items()) + "."
     if result.removal is not None:
         r = result.removal
         table += (f"\n\nRollback at {r['active']} edits: {r['rolled_back']} rolled back; "

@@ -34,6 +34,7 @@ from editor_core.editor import EditRequest, Editor
 from editor_core.ledger import WeightLedger
 from editor_core.memory import EditMemory, RoutingConfig
 from editor_core.probing import score_targets
+from editor_core.gradient_editor import is_gradient_editor
 from editor_core.refine import EditJudge, EditRefiner, RefineConfig
 from .methods import FineTuneMethod
 from .service_view import _probes, answer, holds
@@ -64,7 +65,8 @@ def evaluate_single(editor: Editor, routing: RoutingConfig,
     ledger = WeightLedger(editor.model, editor.editable, memory)
     memory.attach(editor.model)
     judge = EditJudge(EditRefiner(editor.edit_model, editor.tokenizer, editor.editable,
-                                  editor.max_length, refine), editor.model, memory)
+                                  editor.max_length, refine), editor.model, memory,
+                      search_step=is_gradient_editor(editor))
     ftl = FineTuneMethod(editor.model, editor.tokenizer, editor.editable, steps=ftl_steps,
                          max_length=editor.max_length)
     out: dict[str, dict[str, dict]] = {}
@@ -170,7 +172,7 @@ def single_table(results: dict[str, dict[str, dict]]) -> str:
             "mangled",
             "edit_score")
     lines = ["| set | method | edits | " + " | ".join(c.replace("_", " ") for c in cols)
-             + " | outcomes (one-shot / refined / did not hold) | judge ms p50 / p95 "
+             + " | outcomes (one-shot / refined / fitted / did not hold) | judge ms p50 / p95 "
              "| alias search ms p50 / p95 |",
              "|---|---|---|" + "---|" * (len(cols) + 3)]
     for name, arms in results.items():
@@ -178,7 +180,7 @@ def single_table(results: dict[str, dict[str, dict]]) -> str:
             cells = [f"{f[c]:.3f}" if c in f else "—" for c in cols]
             o = f.get("outcomes")
             outcome = "" if o is None else (f"{o.get('one_shot', 0)} / {o.get('refined', 0)} "
-                                            f"/ {o.get('did_not_hold', 0)} "
+                                            f"/ {o.get('fitted', 0)} / {o.get('did_not_hold', 0)} "
                                             f"({o.get('time_capped', 0)} time-capped)")
             timing = f"{f['ms_p50']:.0f} / {f['ms_p95']:.0f}" if arm == "judged" else ""
             search = (f"{f['alias_ms_p50']:.0f} / {f['alias_ms_p95']:.0f}"

@@ -32,6 +32,7 @@ class SystemHandler:
         with live.ledger.reading():
             version, active = live.ledger.version, len(live.ledger)
         return InfoOut(model=live.settings.model, editor=str(live.settings.editor),
+                       trained_editor=live.settings.trained_editor,
                        editable=[w.name for w in live.editor.editable],
                        device=live.settings.device, dtype=live.settings.dtype,
                        combination=live.editor.combination.to_json(),

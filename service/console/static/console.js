@@ -136,7 +136,8 @@ async function describeKey() {
   try {
     const info = await api("GET", "/info");
     const who = apiKey.get() ? "key set" : "no key needed";
-    state.textContent = `${who} · version ${info.edit_version}, ${info.active_edits} active`;
+    const editor = info.trained_editor ? "" : " · no trained editor: edits are fitted";
+    state.textContent = `${who} · version ${info.edit_version}, ${info.active_edits} active${editor}`;
     state.className = "ok";
   } catch (exc) {
     const error = asApiError(exc);
