@@ -28,13 +28,13 @@ from .workload import edit_bodies
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _serve(root: Path, data: Path, port: int) -> subprocess.Popen:
+def _serve(root: Path, data: Path, port: int, *options: str) -> subprocess.Popen:
     """``instructedit serve`` from ``root`` (whichever module held the CLI then)."""
     module = "instructedit_cli" if (root / "instructedit_cli").is_dir() else "service.cli"
     env = dict(os.environ, PYTHONPATH=str(root), OMP_WAIT_POLICY="PASSIVE")
     log = (data.parent / f"{data.name}.log").open("wb")
     return subprocess.Popen([sys.executable, "-m", module, "serve", "--port", str(port),
-                             "--data-dir", str(data), "--threads", "1"],
+                             "--data-dir", str(data), "--threads", "1", *options],
                             cwd=root, env=env, stdout=log, stderr=log)
 
 
