@@ -26,8 +26,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from editor_core.checkpoint import (ROUTING_FILE, editor_fingerprint, load_editor, load_routing,
-                                    model_fingerprint, read_editor_config, save_routing)
+from editor_core.checkpoint import (ROUTING_FILE, load_editor, load_routing, model_fingerprint,
+                                    read_editor_config, save_routing)
 from editor_core.gradient_editor import gradient_editor
 from editor_core.memory import RoutingConfig
 from editor_core.routing_calibration import self_calibrated_routing
@@ -96,7 +96,7 @@ class LiveService:
             ledger.combiner.attach(model)
         embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir)
         client = connect(settings.redis_url or embedded.url)
-        # Stored edits are only valid for this model, editor, combination and basis.
+        # Stored edits are only valid for this model, combination and basis.
         store = EditStore(client, _state_key(fingerprint, editor)[:32])
         judge = None
         if routing is not None:  # judged on the live memory (merged combinations are not)
@@ -175,6 +175,9 @@ def _own_routing(settings: ServiceSettings, editor: Editor, fingerprint: str
 
 
 def _state_key(fingerprint: str, editor: Editor) -> str:
-    state = json.dumps([fingerprint, editor_fingerprint(editor.hypernetwork),
-                        editor.combination.to_json(), editor.basis], sort_keys=True)
+    """The store's key: stored edits replay as stored, exactly, on the same model (its
+    fingerprint covers the editable weights), combination and basis, whichever editor made
+    them, so a service switched between editors (or to and from none) keeps its edits."""
+    state = json.dumps([fingerprint, editor.combination.to_json(), editor.basis],
+                       sort_keys=True)
     return hashlib.sha256(state.encode()).hexdigest()

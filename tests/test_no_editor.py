@@ -135,3 +135,25 @@ def test_a_model_never_trained_for_is_edited_rolled_back_and_replayed(
         assert info["live_digest"] == info["pristine_digest"]
         assert _answer(client) == before
     assert list((service.data_dir / "routing").iterdir()) == routing
+
+
+def test_a_service_switched_to_a_trained_editor_keeps_its_edits(redis_socket: str,
+                                                                tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    common = dict(redis_url=f"unix://{redis_socket}", data_dir=tmp_path, threads=1)
+    with TestClient(create_app(ServiceSettings(editor="none", **common))) as client:
+        created = client.post("/edits", json={"task": "counterfact", "prompt": PROMPT,
+                                              "target": TARGET, "subject": SUBJECT})
+        assert created.status_code == 201, created.text
+        after = _answer(client)
+        digest = client.get("/info").json()["live_digest"]
+    with TestClient(create_app(ServiceSettings(**common))) as client:  # the trained editor
+        assert client.get("/info").json()["trained_editor"]
+        assert client.get("/readyz").json()["replayed"] == 1
+        assert client.get(f"/edits/{created.json()['id']}").json()["outcome"] == "fitted"
+        assert client.get("/info").json()["live_digest"] == digest
+        assert _answer(client) == after and is_exact(after, TARGET)
