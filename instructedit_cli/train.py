@@ -38,39 +38,47 @@ def train_cmd(
 
 @app.command("calibrate-routing")
 def calibrate_routing_cmd(
-    editor: Annotated[Path, typer.Option(help="editor folder: the routing is written "
-                                         "into it")] = DEMO_EDITOR_PATH,
+    editor: Annotated[Path, typer.Option(
+        help="editor folder: the routing is written into it; or 'none' (no trained "
+             "editor: give --out, and serve with INSTRUCTEDIT_ROUTING)")] = DEMO_EDITOR_PATH,
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
     data_dir: DataDir = Path("data/world"),
     tasks: TaskList = "counterfact,recent",
     training_limit: Annotated[int, typer.Option(
         help="training records the key space is fitted on (0: none, the centred gate "
              "input)")] = 1500,
+    out: Annotated[Optional[Path], typer.Option(
+        help="where to write routing.safetensors (default: the editor folder)")] = None,
     threads: Threads = None,
 ) -> None:
     """Calibrate the edit memory's routing for an editor: background mean over the training
     prompts, the key space fitted on the training split, thresholds on the validation split
     (never on a measured set)."""
+    if str(editor) == "none" and out is None:
+        raise typer.BadParameter("without a trained editor, say where the routing goes: --out")
     setup(threads)
     figures = calibrate(editor, model, data_dir, [t.strip() for t in tasks.split(",")],
-                        training_limit)
+                        training_limit, out)
     typer.echo(json.dumps(figures, indent=2))
 
 
 def calibrate(editor_dir: Path, model_dir: Path, data_dir: Path, tasks: list[str],
-              training_limit: int) -> dict:
-    """Write the routing of the editor in ``editor_dir`` for ``model_dir`` from the tasks'
-    training and validation splits; returns the figures it was chosen on."""
+              training_limit: int, out: Path | None = None) -> dict:
+    """Write the routing of the editor in ``editor_dir`` ('none': no trained editor) for
+    ``model_dir``, from the tasks' training and validation splits, into ``out`` (default:
+    the editor folder); returns the figures it was chosen on."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from editor_core.chat_template import case_in_chat, wraps_turns
     from editor_core.checkpoint import load_editor, save_routing
+    from editor_core.gradient_editor import NO_EDITOR, gradient_editor
     from editor_core.routing_calibration import calibrate_routing
     from editor_lab.training.examples import load_task_records
 
     lm = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ed = load_editor(editor_dir, lm, tokenizer, basis="pristine")
+    ed = (gradient_editor(lm, tokenizer) if str(editor_dir) == NO_EDITOR
+          else load_editor(editor_dir, lm, tokenizer, basis="pristine"))
     train = [r for rs in load_task_records(data_dir, tasks, "train").values() for r in rs]
     validation = [r for rs in load_task_records(data_dir, tasks, "validation").values()
                   for r in rs]
@@ -81,7 +89,8 @@ def calibrate(editor_dir: Path, model_dir: Path, data_dir: Path, tasks: list[str
         background += [r.prompt for r in fitted[len(fitted) // 2:]]
     routing, figures = calibrate_routing(ed, background, validation,
                                          training_records=fitted)
-    save_routing(editor_dir, routing)
+    (out or editor_dir).mkdir(parents=True, exist_ok=True)
+    save_routing(out or editor_dir, routing)
     return figures
 
 

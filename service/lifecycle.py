@@ -88,7 +88,8 @@ class LiveService:
         fingerprint = model_fingerprint(model, editor.editable, tokenizer)
         routing = None
         if combination.needs_routing:
-            routing = (load_routing(settings.editor) if trained
+            routing = (load_routing(settings.routing) if settings.routing is not None
+                       else load_routing(settings.editor) if trained
                        else _own_routing(settings, editor, fingerprint))
         ledger = WeightLedger.for_editor(editor, combination.combiner(
             editor.editable, settings.ridge_refresh_every, routing))

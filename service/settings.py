@@ -73,6 +73,10 @@ class ServiceSettings(RuntimeSettings):
         DEMO_EDITOR_PATH, description="trained editor checkpoint folder, or 'none': edit any "
         "model without a trained editor (each edit's gradient step, its size searched, "
         "fitted until the answer is the target; routing calibrated on the model's own text)")
+    routing: Path | None = Field(
+        None, description="a folder whose routing.safetensors the edit memory routes by "
+        "(instructedit calibrate-routing --out), calibrated from edit data; unset: the "
+        "trained editor's, or without one the routing calibrated on the model's own text")
     device: Literal["cpu", "cuda"] = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="the served model's dtype (edits are computed in fp32)")

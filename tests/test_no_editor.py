@@ -157,3 +157,25 @@ def test_a_service_switched_to_a_trained_editor_keeps_its_edits(redis_socket: st
         assert client.get(f"/edits/{created.json()['id']}").json()["outcome"] == "fitted"
         assert client.get("/info").json()["live_digest"] == digest
         assert _answer(client) == after and is_exact(after, TARGET)
+
+
+def test_a_routing_calibrated_from_edit_data_wins(redis_socket: str, exported: Path,
+                                                 tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from editor_core.checkpoint import load_routing
+    from instructedit_cli.train import calibrate
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    folder = tmp_path / "calibrated"
+    figures = calibrate(Path("none"), DEMO_LM, exported, ["counterfact"], 0, folder)
+    calibrated = load_routing(folder)
+    assert figures["key_space"] == "centred" and calibrated.threshold == figures["threshold"]
+    common = dict(redis_url=f"unix://{redis_socket}", data_dir=tmp_path / "data", threads=1,
+                  editor="none")
+    with TestClient(create_app(ServiceSettings(routing=folder, **common))) as client:
+        used = client.app.state.live.ledger.combiner.config
+        assert used.threshold == calibrated.threshold
+        assert torch.equal(used.mean, calibrated.mean)
+    assert not (tmp_path / "data" / "routing").exists()  # nothing calibrated on its own text
