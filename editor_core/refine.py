@@ -194,8 +194,9 @@ class EditRefiner:
         capped = False
         for scale in (1.0, *self.config.scales):
             capped = _ms(began) >= self.config.max_ms
-            if steps > self.config.max_steps or capped:
+            if scale != 1.0 and (steps >= self.config.max_steps or capped):
                 break
+            steps += scale != 1.0  # each scaling tried is a step, the one that holds too
             tried = delta if scale == 1.0 else EditDelta(
                 {n: WeightFactors(f.u, f.d, f.step * scale, f.spans)
                  for n, f in delta.factors.items()}, delta.n_requests, delta.keys,
@@ -208,7 +209,6 @@ class EditRefiner:
             exact = all(c.exact for c in checks)
             if exact:
                 break
-            steps += scale != 1.0
         outcome: Outcome = ("one_shot" if tried is delta else "refined") if exact \
             else "did_not_hold"
         return EditFit(tried, outcome, steps, _ms(began), accuracy, capped and not exact)

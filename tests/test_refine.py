@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -136,3 +137,18 @@ def test_the_scale_candidate_only_scales_the_one_shot_change(setup) -> None:
     ratios = {f.step / delta.factors[n].step for n, f in verdict.delta.factors.items()}
     assert len(ratios) == 1 and ratios.pop() in (1.0, *RefineConfig().scales)
     assert all(f.u is delta.factors[n].u for n, f in verdict.delta.factors.items())
+
+
+def test_a_scaling_that_holds_counts_as_a_step_and_is_kept(setup) -> None:
+    editor, memory, _ = setup
+    held = editor.compute(KNOWN).compressed()
+    assert judge_for(editor, memory).judge(KNOWN, held).outcome == "one_shot"
+    weak = EditDelta({n: dataclasses.replace(f, step=f.step / 6) for n, f in
+                      held.factors.items()}, held.n_requests, held.keys, held.routes)
+    assert judge_for(editor, memory, max_steps=0).judge(KNOWN, weak).outcome == "did_not_hold"
+    verdict = judge_for(editor, memory, strategy="scale", scales=(6.0,)).judge(KNOWN, weak)
+    assert verdict.outcome == "refined" and verdict.steps == 1
+    assert {f.step for f in verdict.delta.factors.values()} == {
+        f.step for f in held.factors.values()}
+    none = judge_for(editor, memory, strategy="scale", scales=(6.0,), max_steps=0)
+    assert none.judge(KNOWN, weak).outcome == "did_not_hold"  # no budget: no scaling tried
