@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.exceptions import RequestValidationError
 
 from .auth import Principal, require
 from .errors import ServiceError
@@ -57,3 +58,16 @@ IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", max_length=255,
     description="the same key returns the edit it first created, applying nothing twice")]
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
+
+
+def known_query(*names: str):
+    """A dependency that refuses query parameters other than ``names`` (422
+    ``invalid_request``): a misspelt filter or cursor must not be silently ignored."""
+    def check(request: Request) -> None:
+        unknown = [k for k in request.query_params if k not in names]
+        if unknown:
+            raise RequestValidationError([
+                {"loc": ("query", k), "msg": f"unknown query parameter (known: "
+                 f"{', '.join(names)})", "type": "extra_forbidden",
+                 "input": request.query_params[k]} for k in unknown])
+    return Depends(check)

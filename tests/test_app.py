@@ -150,6 +150,10 @@ def test_listing_filters_and_rollback_to_version(client: TestClient) -> None:
     by_subject = client.get("/edits", params={"subject": SUBJECT}).json()["edits"]
     assert [e["id"] for e in by_subject] == [ids[3], ids[0]]
     assert client.get("/edits", params={"subject": "nobody"}).json()["edits"] == []
+    misspelt = client.get("/edits", params={"cursor": "zzz", "limit": 3})
+    assert misspelt.status_code == 422 and misspelt.json()["error"]["code"] == "invalid_request"
+    assert [e["loc"] for e in misspelt.json()["error"]["details"]["errors"]] == [
+        ["query", "cursor"]]
     back = client.post("/edits/rollback", json={"to_version": 2})
     assert back.status_code == 200, back.text
     assert [e["id"] for e in back.json()["rolled_back"]] == [ids[3], ids[2]]

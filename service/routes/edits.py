@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from ..deps import EditKey, Edits, IdempotencyKey, ReadKey
+from ..deps import EditKey, Edits, IdempotencyKey, ReadKey, known_query
 from ..handlers.edits import Created
 from ..schemas import (Edit, EditBatchIn, EditBatchOut, EditIn, EditPageOut, RollbackToIn,
                        RollbackToOut)
@@ -37,7 +37,8 @@ async def create_edits(body: EditBatchIn, edits: Edits, who: EditKey, response: 
                                         response))
 
 
-@router.get("/edits", response_model=EditPageOut)
+@router.get("/edits", response_model=EditPageOut, dependencies=[
+    known_query("status", "task", "subject", "limit", "before")])
 async def list_edits(
     edits: Edits, _: ReadKey,
     status: Literal["active", "rolled_back"] | None = None,
