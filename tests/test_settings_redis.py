@@ -52,3 +52,19 @@ def test_embedded_redis_keeps_data_across_restarts(tmp_path: Path) -> None:
         assert asyncio.run(read(again.url)) == b"kept"
     finally:
         again.close()
+
+
+def test_the_service_never_downloads_a_model(tmp_path) -> None:
+    """An unknown model name fails at once with the hub offline, in a fresh process that
+    imports the CLI as ``instructedit`` does."""
+    import subprocess
+    import sys
+
+    code = ("import instructedit_cli, os, huggingface_hub.constants as c; "
+            "print(os.environ['HF_HUB_OFFLINE'], c.HF_HUB_OFFLINE); "
+            "from transformers import AutoConfig; AutoConfig.from_pretrained('nobody/no-model')")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "HF_HUB_OFFLINE"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert run.stdout.split() == ["1", "True"]
+    assert run.returncode != 0 and "offline" in run.stderr.lower()
