@@ -96,6 +96,8 @@ def test_images_run_as_a_user_with_a_healthcheck_and_the_demo_checkpoints(name: 
         assert f"COPY {inside} ./{inside}" in text
         assert (REPO / inside).is_dir()
     assert 'CMD ["instructedit", "serve"]' in text
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", text, re.M))
+    assert _served_packages() <= copied, "the image lacks a package `instructedit serve` imports"
     assert env["OMP_WAIT_POLICY"] == "PASSIVE"
     if name.endswith(".cuda"):
         assert env["INSTRUCTEDIT_DEVICE"] == "cuda"
@@ -148,3 +150,15 @@ def test_every_dashboard_query_names_a_metric_the_service_exports(redis_socket: 
                for name in re.findall(r"\b(instructedit_[a-z0-9_]+)", target["expr"])}
     assert len(dashboard["panels"]) >= 10 and len(queried) >= 12
     assert queried <= samples, sorted(queried - samples)
+
+
+def _served_packages() -> set[str]:
+    """The project's packages that ``instructedit serve`` imports (a fresh process)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, instructedit_cli, service.app; print(' '.join(sorted({m.split('.')[0] "
+            "for m in sys.modules})))")
+    names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, cwd=REPO).stdout.split()
+    return {n for n in names if (REPO / n / "__init__.py").exists()}
