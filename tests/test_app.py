@@ -381,3 +381,29 @@ def test_the_combination_and_basis_settings(settings: ServiceSettings, combinati
         assert (info["combination"], info["edit_basis"]) == expected
         made = client.post("/edits", json=EDIT)
         assert made.status_code == 201 and answer(client)["text"].strip().startswith(TARGET)
+
+
+def test_a_completions_requests_prompts_are_decoded_together(
+        settings: ServiceSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.batcher
+
+    waves: list[int] = []
+    decode = service.batcher.generate_together
+
+    def counted(model, streams, *args, **kwargs):
+        waves.append(len(streams))
+        return decode(model, streams, *args, **kwargs)
+
+    monkeypatch.setattr(service.batcher, "generate_together", counted)
+    wide = settings.model_copy(update={"generation_batch_window_ms": 500.0})
+    with TestClient(create_app(wide)) as client:
+        waves.clear()  # the warm-up
+        prompts = [PROMPT, UNRELATED, REPHRASE]
+        reply = client.post("/v1/completions", json={"model": "demo-lm", "prompt": prompts,
+                                                     "max_tokens": 4, "temperature": 0})
+        assert reply.status_code == 200, reply.text
+        assert [c["index"] for c in reply.json()["choices"]] == [0, 1, 2]
+        assert waves == [3]
+        alone = [client.post("/generate", json={"prompt": p, "max_new_tokens": 4}).json()
+                 for p in prompts]
+        assert [c["text"] for c in reply.json()["choices"]] == [a["text"] for a in alone]

@@ -8,6 +8,7 @@ ignored.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -82,13 +83,12 @@ class CompletionHandler:
         if body.stream:
             slots.check()
             return self._chunks(streams[0], out)
-        answers: list[GenerateOut] = []
-        for stream in streams:
-            slots.take()
-            try:
-                answers.append(await self.generation.run(stream))
-            finally:
-                slots.give()
+        slots.take()  # one query, whose prompts are decoded together
+        try:
+            answers: list[GenerateOut] = await asyncio.gather(
+                *(self.generation.run(stream) for stream in streams))
+        finally:
+            slots.give()
         return CompletionOut(
             **out, system_fingerprint=f"v{answers[-1].version}",
             choices=[Choice(text=a.text, index=i, finish_reason=a.finish_reason,
