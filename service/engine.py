@@ -184,6 +184,11 @@ class EditEngine:
                     [NewEdit(r, d.to_bytes(), claims(r)) for r, d in zip(records, deltas)],
                     idempotency_key=idempotency_key, request_hash=request_hash,
                     by=records[0].created_by, at=records[0].created_at)
+            if not result.created:  # another replica stored this Idempotency-Key meanwhile
+                if result.request_hash != request_hash:
+                    raise ServiceError(409, "idempotency_key_reused", "this Idempotency-Key "
+                                       "was used for a different request")
+                return result  # its edits, already applied by the follower; nothing new
             with self._timed(timings, "apply"):
                 await self.follower.sync({e.id: d for e, d in zip(result.edits, deltas)})
             self.metrics.rollbacks.inc(sum(len(v) for v in result.superseded.values()))

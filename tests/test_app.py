@@ -107,6 +107,28 @@ def test_idempotency_key_gives_one_edit(client: TestClient) -> None:
     assert state(client)[:2] == (1, 1)
 
 
+def test_a_key_another_replica_stored_meanwhile_replays_its_edit(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = client.post("/edits", json=EDIT, headers={"Idempotency-Key": "race"})
+    assert first.status_code == 201, first.text
+    before = client.get("/info").json()
+    store = client.app.state.live.engine.store
+
+    async def not_yet_seen(key: str):  # the key was stored after this replica looked
+        return None
+    monkeypatch.setattr(store, "find_idempotent", not_yet_seen)
+    again = client.post("/edits", json=EDIT, headers={"Idempotency-Key": "race"})
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    other = client.post("/edits", json={**EDIT, "target": "Faemovia"},
+                        headers={"Idempotency-Key": "race"})
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    after = client.get("/info").json()
+    assert (after["edit_version"], after["active_edits"], after["live_digest"]) == (
+        before["edit_version"], before["active_edits"], before["live_digest"])
+
+
 def test_batch_is_one_pass_stored_per_edit_and_all_or_nothing(client: TestClient) -> None:
     second = {"task": "recent", "prompt": "Krelbo Vusk is a citizen of", "target": "Faemovia",
               "subject": "Krelbo Vusk"}
