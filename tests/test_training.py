@@ -315,3 +315,11 @@ def test_train_command_passes_its_device_to_the_trainer(monkeypatch) -> None:
     result = CliRunner().invoke(app, ["train", "--device", "meta", "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert seen == {"device": "meta"}
+
+
+def test_cpu_training_uses_gloo_even_where_gpus_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    from editor_lab.training.trainer import process_group_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert process_group_backend("cpu") == "gloo"
+    assert process_group_backend("cuda") == process_group_backend("cuda:1") == "nccl"

@@ -76,12 +76,17 @@ class _Distributed:
         return self.rank == 0
 
 
-def _init_distributed() -> _Distributed:
+def process_group_backend(device: str) -> str:
+    """NCCL where the processes train on GPUs, gloo on CPU (even on a machine with GPUs)."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def _init_distributed(device: str) -> _Distributed:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return _Distributed()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(process_group_backend(device))
     return _Distributed(dist.get_rank(), dist.get_world_size(),
                         int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -115,7 +120,7 @@ class Trainer:
         one, answers are judged by each record's labelled answers."""
         self.cfg = cfg
         self.sentiment_judge = sentiment_judge
-        self.dist = _init_distributed()
+        self.dist = _init_distributed(cfg.device)
         self.device = _process_device(cfg.device, self.dist)
         self.out = Path(cfg.out_dir)
         torch.manual_seed(cfg.seed)
