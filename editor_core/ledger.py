@@ -1,13 +1,15 @@
 """The weight ledger: live weights = cast(W0 − ΔW(active edits)), with exact removal.
 
 The ledger keeps an fp32 copy of the pristine editable weights and every active edit's
-factors. How the active edits combine into one ΔW per weight is a pluggable rule
-(``combination.DeltaCombiner``): the plain sum, or a ridge solve over all active edits'
-keys and values. Both keep their running sums exactly (fixed point), so adding or removing
-one edit costs a low-rank update, never a pass over all active edits, and the weights that
-result depend on the set of active edits and the change versions alone: replicas that
-apply the same log hold the same weights bit for bit. Removing every edit writes the
-pristine copy back, bit for bit; ``load`` rebuilds from a given active set.
+factors. How the active edits act is a pluggable rule (``combination.DeltaCombiner``): the
+edit memory (``memory.EditMemory``, the service's default) keeps the weights pristine and
+routes each edit to the sequences it is about; the merged rules, the plain sum or a ridge
+solve over all active edits' keys and values, write one ΔW per weight. The merged rules keep
+their running sums exactly (fixed point), so adding or removing one edit costs a low-rank
+update, never a pass over all active edits, and the weights that result depend on the set of
+active edits and the change versions alone: replicas that apply the same log hold the same
+weights bit for bit. Removing every edit writes the pristine copy back, bit for bit;
+``load`` rebuilds from a given active set.
 
 Every change (an edit applied, one or more removed) gets the next **version**, the number
 that names a state of the live weights. Readers (generation, computing the next edit) hold

@@ -1,7 +1,8 @@
 """The edit memory: edits kept unmerged, each routed to the sequences it is about.
 
 Merging thousands of independently computed deltas into the same few weights makes them
-interfere (issue 6). The memory keeps the live weights pristine and every active edit as an
+interfere (``bench/stream-heldout.md``: the merged sum and ridge fade as edits accumulate).
+The memory keeps the live weights pristine and every active edit as an
 **entry**: its stored low-rank factors and its **routing key** — the input of the gate
 module (the first edited weight) at the last token of the edit's plain prompt (and of each
 rephrase the request gave), computed on the pristine model when the edit is made — plus

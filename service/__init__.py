@@ -1,1 +1,2 @@
-"""The application layer: command line today, the REST service on top of editor_core next."""
+"""The REST service on top of ``editor_core``: settings, the live stack, handlers, routes,
+the edit store on Redis and the web console."""
