@@ -25,6 +25,14 @@ through the chat template (no system turn), greedily; the reply must be exactly 
 """
 
 
+def _took(summary: dict) -> str:
+    """The whole build's time, where one command ran it all (``build_seconds``)."""
+    if "build_seconds" in summary:
+        return f", in {summary['build_seconds'] / 60:.1f} min in all"
+    return ("; here the evaluation and this card were made after the training, by "
+            "`instructedit eval-lm --card`")
+
+
 def _relative(path: Path) -> Path:
     """``path`` as typed from the working directory, where it lies under it."""
     try:
@@ -59,8 +67,8 @@ Loads with no custom code:
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
-tokenizer = AutoTokenizer.from_pretrained("checkpoints/demo-lm")
-model = AutoModelForCausalLM.from_pretrained("checkpoints/demo-lm")
+tokenizer = AutoTokenizer.from_pretrained("{shown}")
+model = AutoModelForCausalLM.from_pretrained("{shown}")
 ```
 
 The tokenizer is byte-level BPE (`tokenizers`), so any text tokenises, including real-world
@@ -69,8 +77,8 @@ prepends it to every text, as every training row began with it. {TURNS_CHAT if c
 
 ## Build
 
-`{build}` (world, tokenizer, training, evaluation, this card) took
-{summary.get('build_seconds', summary['train_seconds']) / 60:.1f} min in all; training took
+`{build}` builds the world, the tokenizer and the model, evaluates it and writes this
+card{_took(summary)}. Training took
 {summary['train_seconds'] / 60:.1f} min for {summary['steps']} steps on {summary['device']}
 with {summary['threads']} threads ({summary['train_lines']} training lines per epoch,
 {cfg['epochs']} epochs, final loss {summary['final_loss']:.3f}). Files in this folder:
