@@ -295,18 +295,21 @@ def build_editor_cmd(
     calibrate the routing, write the relation forms, evaluate, analyse edit regions and write
     the model card. Resumable: a rerun skips the stages build.json records as finished."""
     cfg = train_config(config, overrides, device)
+    if threads is not None:  # the config records the threads the editor was trained with
+        cfg = cfg.model_copy(update={"threads": threads})
     options = {flag: value for flag, value, default in (
         ("--device", device, None), ("--eval-limit", eval_limit, EVAL_LIMIT),
         ("--analysis-limit", analysis_limit, ANALYSIS_LIMIT),
         ("--training-limit", training_limit, TRAINING_LIMIT), ("--notes", notes, None),
-        ("--sentiment-judge", sentiment_judge, "labels")) if value != default}
+        ("--sentiment-judge", sentiment_judge, "labels"), ("--threads", threads, None))
+        if value != default}
     b = Build(cfg, out, _command_line(config, out, overrides or [], options),
               eval_limit=eval_limit, analysis_limit=analysis_limit,
               training_limit=training_limit, sentiment_judge=sentiment_judge, notes=notes)
     if not b.routing_tasks:
         raise typer.BadParameter(f"the config trains on no fact task ({', '.join(ROUTING_TASKS)})"
                                  ": the routing has nothing to be calibrated on")
-    setup(cfg.threads if threads is None else threads)
+    setup(cfg.threads)
     record = run_build(b, restart)
     typer.echo(f"\n{stage_table({n: s['seconds'] for n, s in record['stages'].items()})}")
     typer.echo(f"built {out} (stages recorded in {b.record_path})")

@@ -131,7 +131,7 @@ def write_editor_card(out: Path, editor_dir: Path, eval_path: Path, analysis_pat
     editable = ", ".join(f"`{e['name']}`" for e in config["editable"])
     settings = evaluation["settings"]
     model = tcfg.get("model", "checkpoints/demo-lm")
-    card = f"""# Demo editor: InstructEdit for the demo LM
+    card = f"""# InstructEdit for `{model}`
 
 A MEND hypernetwork trained with task instructions (InstructEdit) for
 `{model}`. It turns the editing gradient of one fact into a low-rank change of
