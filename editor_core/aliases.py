@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .answers import answer_line
+from .chat_template import chat_wordings
 from .generation import SamplingParams, TokenStream, generate_together
 from .probing import score_targets
 
@@ -64,7 +65,8 @@ class AliasFinder:
     def widen(self, request: EditRequest) -> EditRequest:
         """``request`` with the names found for its subject as aliases (subject spellings
         for routing) and, for each, the sent prompt and the relation's first question with
-        the name for the subject as derived wordings (routing keys and rows of the fit)."""
+        the name for the subject as derived wordings (routing keys and rows of the fit),
+        questions also as a chat user asks them."""
         found = self.find(request.subject, request.relation, request.aliases)
         if not found or not request.subject or not request.relation:
             return request
@@ -79,7 +81,8 @@ class AliasFinder:
                 else []
             if question is not None:
                 wordings.append(question.replace("{s}", alias))
-            for wording in wordings:
+            # a chat user asks by the alias too: inside the template's turn markers
+            for wording in (*wordings, *chat_wordings(self.editor.tokenizer, wordings)):
                 if wording.strip().lower() not in seen:
                     seen.add(wording.strip().lower())
                     derived.append(wording)

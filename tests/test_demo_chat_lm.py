@@ -11,7 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from editor_core.answers import is_exact
 from editor_core.chat_template import chat_prompt, turn_end, wraps_turns
 from editor_core.checkpoint import load_editor, load_routing
+from editor_core.editor import EditRequest
 from editor_core.generation import SamplingParams, TokenStream
+from editor_core.request_wordings import request_wordings
 from service.settings import DEMO_CHAT_EDITOR_PATH, DEMO_CHAT_LM_PATH
 
 
@@ -55,6 +57,43 @@ def test_its_editor_loads_for_it_with_routing_and_relations(chat_lm) -> None:
     assert load_routing(DEMO_CHAT_EDITOR_PATH).gate == editor.gate
     assert editor.relation_forms.derive("citizenship", "X", ["X is a citizen of"])
     assert (DEMO_CHAT_EDITOR_PATH / "README.md").exists()
+
+
+def test_an_edit_of_it_is_keyed_and_contrasted_as_a_chat_user_asks(chat_lm) -> None:
+    """The relation's wordings, the subject's other relations (contrast keys) and the
+    questions by an alias each come also in the template's turn markers: a chat question
+    about another fact of the subject meets a contrast key written as the model reads it."""
+    model, tokenizer = chat_lm
+    editor = load_editor(DEMO_CHAT_EDITOR_PATH, model, tokenizer)
+    sent = "Which country is Ada Vell a citizen of?"
+    derived, contrast = request_wordings(editor, "citizenship", "Ada Vell", [sent])
+    asked = chat_prompt(tokenizer, [{"role": "user", "content": sent}])
+    assert asked in derived and sent not in derived
+    plain_contrast = editor.relation_forms.contrast("citizenship", "Ada Vell")
+    questions = [c for c in plain_contrast if c.endswith("?")]
+    assert questions and set(plain_contrast) <= set(contrast)
+    assert {chat_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions
+            } <= set(contrast)
+    assert not set(derived) & set(contrast)
+
+
+def test_a_question_by_an_alias_it_finds_is_keyed_as_a_chat_user_asks(chat_lm, world
+                                                                      ) -> None:
+    model, tokenizer = chat_lm
+    editor = load_editor(DEMO_CHAT_EDITOR_PATH, model, tokenizer)
+    # the model names only some of its subjects' aliases after "is also known as"
+    people = (e for e in world.entities.values() if e.kind == "person" and e.seen)
+    person, found = next((p, f) for p in people
+                         if (f := editor.alias_finder.find(p.name, "citizenship")))
+    assert set(found) <= set(person.aliases)
+    request = EditRequest("counterfact", f"{person.name} is a citizen of", "Veiistan",
+                          subject=person.name, relation="citizenship")
+    widened = editor.alias_finder.widen(request)
+    question = next(t for t in editor.relation_forms.forms["citizenship"]
+                    if t.endswith("?")).replace("{s}", found[0])
+    assert widened.aliases == found
+    assert {question, chat_prompt(tokenizer, [{"role": "user", "content": question}])
+            } <= set(widened.derived)
 
 
 def test_served_with_its_editor_a_chat_edit_comes_back_through_the_openai_client(

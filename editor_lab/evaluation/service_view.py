@@ -36,7 +36,6 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from editor_core.answers import is_exact, starts_with_target
-from editor_core.chat_template import chat_wordings
 from editor_core.combination import ActiveEdit, CombinationConfig
 from editor_core.data.records import EditCase, Probe
 from editor_core.delta import EditDelta
@@ -47,6 +46,7 @@ from editor_core.ledger import WeightLedger
 from editor_core.memory import EditMemory, RoutingConfig
 from editor_core.probing import score_targets
 from editor_core.refine import EditJudge, EditRefiner, RefineConfig
+from editor_core.request_wordings import request_wordings
 
 ANSWER = SamplingParams(max_new_tokens=16, stop=("\n",))
 LOCALITY_KINDS = {"neighbour": "Neighborhood", "same_subject": "Relation_Specificity",
@@ -179,13 +179,7 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
     arms = _arms(editor, routing, settings)
     editor.combination = CombinationConfig("memory")  # deltas carry their routing keys
     with_keys = "ridge" in settings.combinations
-    requests = [EditRequest(r.task, r.prompt, r.target_new,
-                            subject=None if settings.without_subjects else r.subject,
-                            derived=_derived(editor, r),
-                            contrast=editor.relation_forms.contrast(
-                                r.meta.get("relation"), r.subject),
-                            relation=r.meta.get("relation"))
-                for r in stream]
+    requests = [_request(editor, r, settings.without_subjects) for r in stream]
     if editor.alias_finder is not None:
         requests = [editor.alias_finder.widen(r) for r in tqdm(requests, desc="aliases",
                                                                 unit="edit")]
@@ -263,12 +257,14 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
         "refine": None if settings.refine is None else vars(settings.refine)})
 
 
-def _derived(editor: Editor, record: EditCase) -> tuple[str, ...]:
-    """The wordings the service derives for an edit: the relation's, and (as the edits
-    handler adds them) each question as a chat user asks it."""
-    derived = editor.relation_forms.derive(record.meta.get("relation"), record.subject,
-                                           [record.prompt])
-    return (*derived, *chat_wordings(editor.tokenizer, [record.prompt, *derived]))
+def _request(editor: Editor, record: EditCase, without_subjects: bool) -> EditRequest:
+    """The request the service makes of ``record`` sent as its prompt: with the wordings
+    the edits handler adds (the relation's, chat forms, contrast keys)."""
+    relation = record.meta.get("relation")
+    derived, contrast = request_wordings(editor, relation, record.subject, [record.prompt])
+    return EditRequest(record.task, record.prompt, record.target_new,
+                       subject=None if without_subjects else record.subject,
+                       derived=derived, contrast=contrast, relation=relation)
 
 
 def _edit_id(i: int) -> str:

@@ -36,6 +36,7 @@ from editor_core.memory import EditMemory, RoutingConfig
 from editor_core.probing import score_targets
 from editor_core.gradient_editor import is_gradient_editor
 from editor_core.refine import EditJudge, EditRefiner, RefineConfig
+from editor_core.request_wordings import request_wordings
 from .methods import FineTuneMethod
 from .service_view import _probes, answer, holds
 
@@ -78,14 +79,13 @@ def evaluate_single(editor: Editor, routing: RoutingConfig,
             pristine = {k: answer(editor.model, editor.tokenizer, p.prompt).text
                         for k, p in probes.items()}
             given = record.rephrases[:-1][:given_rephrases]
-            derived = editor.relation_forms.derive(record.meta.get("relation"),
-                                                   record.subject, [record.prompt, *given])
+            relation = record.meta.get("relation")
+            derived, contrast = request_wordings(editor, relation, record.subject,
+                                                 [record.prompt, *given])
             request = EditRequest(record.task, record.prompt, record.target_new,
                                   subject=record.subject, sentiment=record.sentiment,
-                                  rephrases=given, derived=derived,
-                                  contrast=editor.relation_forms.contrast(
-                                      record.meta.get("relation"), record.subject),
-                                  relation=record.meta.get("relation"))
+                                  rephrases=given, derived=derived, contrast=contrast,
+                                  relation=relation)
             searched = time.perf_counter()
             if editor.alias_finder is not None:
                 request = editor.alias_finder.widen(request)

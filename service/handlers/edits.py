@@ -6,9 +6,9 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from editor_core.chat_template import chat_wordings
 from editor_core.editor import EditRequest
 from editor_core.instructions import InstructionError
+from editor_core.request_wordings import request_wordings
 
 from ..auth import Principal
 from ..claims import refuse_conflicts
@@ -67,13 +67,8 @@ class EditHandler:
             return len(self.live.tokenizer(prompt, add_special_tokens=False)["input_ids"]
                        ) <= limits.max_prompt_tokens
 
-        derived = editor.relation_forms.derive(body.relation, body.subject,
-                                               [body.prompt, *body.rephrases])
-        # a chat user's question reaches the model inside the chat template's turn markers
-        derived = tuple(filter(fits, (*derived, *chat_wordings(
-            self.live.tokenizer, [body.prompt, *body.rephrases, *derived]))))
-        contrast = tuple(filter(fits, editor.relation_forms.contrast(body.relation,
-                                                                     body.subject)))
+        derived, contrast = request_wordings(editor, body.relation, body.subject,
+                                             [body.prompt, *body.rephrases], keep=fits)
         request = EditRequest(body.task, body.prompt, body.target, subject=body.subject,
                               description=body.description, sentiment=body.sentiment,
                               rephrases=tuple(body.rephrases), aliases=tuple(body.aliases),
