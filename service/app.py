@@ -35,7 +35,7 @@ from .schemas import ErrorBody, ErrorOut
 from .settings import ServiceSettings
 from .store import StoreError
 
-_STORE_STATUS = {"not_found": 404, "conflict": 409}
+_STORE_STATUS = {"not_found": 404, "conflict": 409, "store_unconfirmed": 503}
 _ERRORS = {status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422, 429,
                                                       503)}
 
@@ -124,7 +124,9 @@ def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
 
     @app.exception_handler(StoreError)
     async def store_error(_: Request, exc: StoreError) -> JSONResponse:
-        return error(_STORE_STATUS.get(exc.code, 400), exc.code, str(exc))
+        status = _STORE_STATUS.get(exc.code, 400)
+        return error(status, exc.code, str(exc),
+                     headers={"Retry-After": "1"} if status == 503 else None)
 
     async def store_unavailable(_: Request, exc: Exception) -> JSONResponse:
         return error(503, "store_unavailable", "the edit store (Redis) does not answer; "

@@ -10,6 +10,10 @@ stored edits alone and saves nothing. Every replica therefore
 performs the same weight changes in the same order and holds the same weights bit for bit,
 whichever replica an edit was posted to, and however late it joined.
 
+A failover can lose the newest changes (those no replica had yet): a replica whose last
+applied event is no longer in the log, or whose weights are newer than the store, rebuilds
+from the store as it is.
+
 Events of one change share its version (a superseding edit rolls the old one back in the
 same change; a rollback to a version removes many at once), so events are applied a whole
 version at a time. The caller holds the engine's change lock around ``start`` and
@@ -119,6 +123,11 @@ class LogFollower:
         just computed (spares reading them back). A log the weights cannot follow (a store
         that lost changes, or an inconsistent event) is recovered from by a fresh start."""
         known = known or {}
+        if not await self.store.has_event(self.position):
+            log.warning("the log no longer holds event %s that the live weights applied "
+                        "(a failover lost it); rebuilding from the store", self.position)
+            await self.start()
+            return
         pending: list[tuple[str, dict[str, str]]] = []
         while True:
             page = await self.store.events(self.position if not pending else pending[-1][0],
@@ -165,7 +174,7 @@ class LogFollower:
         """Forever: wait for new events (or ``block_ms``), then apply them under the
         change lock. Lost connections are retried with jittered exponential backoff; the
         replica resumes from ``position`` when Redis returns."""
-        backoff = ExponentialWithJitterBackoff(base=0.05, cap=2.0)
+        backoff = ExponentialWithJitterBackoff(base=0.05, cap=0.5)  # back soon after a failover
         failures = 0
         while True:
             try:

@@ -1,7 +1,7 @@
 """The live service's parts, built at startup and released at shutdown.
 
 Startup order: load the base model and editor (the editor checks the model's fingerprint),
-connect to Redis (embedded unless ``REDIS_URL`` is set), open the fingerprint's edit store,
+connect to Redis (embedded unless ``REDIS_URL`` or Sentinels are set), open the fingerprint's edit store,
 bring the live weights up to its log, warm up (one generation, so the first client does not
 pay for lazy initialisation), then serve — and keep following the log, so edits posted to
 other replicas reach this one's weights too.
@@ -18,12 +18,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 import torch
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editor_core.checkpoint import (ROUTING_FILE, load_editor, load_routing, model_fingerprint,
@@ -41,7 +36,7 @@ from editor_core.relation_forms import RelationForms
 from .batcher import GenerationBatcher
 from .engine import EditEngine
 from .metrics import ServiceMetrics
-from .redis_server import EmbeddedRedis
+from .redis_connection import StoreConnection
 from .settings import ServiceSettings
 from .store import EditStore
 
@@ -57,8 +52,7 @@ class LiveService:
     batcher: GenerationBatcher
     fingerprint: str
     pristine_digest: str
-    client: aioredis.Redis
-    embedded: EmbeddedRedis | None
+    redis: StoreConnection
     replayed: int = 0
     started: bool = False
     started_at: float = field(default_factory=time.time)
@@ -95,10 +89,11 @@ class LiveService:
             editor.editable, settings.ridge_refresh_every, routing))
         if routing is not None:
             ledger.combiner.attach(model)
-        embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir)
-        client = connect(settings.redis_url or embedded.url)
+        redis = StoreConnection(settings)
         # Stored edits are only valid for this model, combination and basis.
-        store = EditStore(client, _state_key(fingerprint, editor)[:32])
+        store = EditStore(redis.client, _state_key(fingerprint, editor)[:32],
+                          wait_replicas=settings.redis_wait_replicas,
+                          wait_timeout_ms=settings.redis_wait_timeout_ms)
         judge = None
         if routing is not None:  # judged on the live memory (merged combinations are not)
             refiner = EditRefiner(editor.edit_model, tokenizer, editor.editable,
@@ -109,7 +104,7 @@ class LiveService:
         batcher = GenerationBatcher(model, ledger, settings.generation_batch_size,
                                     settings.generation_batch_window_ms / 1000)
         live = cls(settings, model, tokenizer, editor, ledger, engine, batcher, fingerprint,
-                   ledger.live_digest(), client, embedded)
+                   ledger.live_digest(), redis)
         live.replayed = await engine.replay()
         await batcher.run(TokenStream(model, tokenizer, "Warm up",
                                       SamplingParams(max_new_tokens=2)))
@@ -134,18 +129,7 @@ class LiveService:
             self.following.cancel()
             await asyncio.gather(self.following, return_exceptions=True)
         await asyncio.to_thread(self.batcher.close)
-        await self.client.aclose()
-        if self.embedded is not None:
-            self.embedded.close()
-
-
-def connect(url: str) -> aioredis.Redis:
-    """A Redis client that fails fast when Redis is away (a few quick retries, then an
-    error the API answers with 503) and checks idle connections before using them."""
-    return aioredis.from_url(
-        url, socket_connect_timeout=1.0, health_check_interval=5,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.2), 2),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError])
+        await self.redis.close()
 
 
 def _combination(settings: ServiceSettings, editor_config: dict) -> CombinationConfig:

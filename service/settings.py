@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (AliasChoices, BaseModel, Field, SecretStr, field_validator,
+                      model_validator)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from editor_core.refine import RefineConfig
 
@@ -85,6 +86,18 @@ class ServiceSettings(RuntimeSettings):
     redis_url: str | None = Field(
         None, validation_alias=AliasChoices("REDIS_URL", "INSTRUCTEDIT_REDIS_URL"),
         description="an external Redis (redis://, rediss:// or unix://); unset: embedded")
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Redis Sentinels (host:port, comma-separated): "
+        "the store is the primary they name for redis_sentinel_master, followed through "
+        "failovers without a restart; instead of redis_url")
+    redis_sentinel_master: str = Field(
+        "instructedit", min_length=1, description="the master group the sentinels watch")
+    redis_wait_replicas: int = Field(
+        0, ge=0, description="Redis replicas that must hold each change before it is "
+        "acknowledged (Redis WAIT; 503 store_unconfirmed when fewer do in time): with 1 or "
+        "more, an edit answered 201 survives a failover; 0: the primary's word alone")
+    redis_wait_timeout_ms: int = Field(
+        1000, ge=1, description="how long a change waits for redis_wait_replicas")
     combination: Literal["memory", "editor", "sum", "ridge"] = Field(
         "memory", description="how active edits act: 'memory' (kept unmerged, each routed "
         "to the sequences about its subject; holds up as edits accumulate), 'ridge' (joint "
@@ -140,6 +153,27 @@ class ServiceSettings(RuntimeSettings):
     def _no_editor(cls, value: object) -> object:
         """'none' however it arrives (a path named none from the command line)."""
         return "none" if str(value) == "none" else value
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return [a.strip() for a in value.split(",") if a.strip()] if isinstance(
+            value, str) else value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _host_and_port(cls, addresses: list[str]) -> list[str]:
+        for address in addresses:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"a sentinel is host:port, not {address!r}")
+        return addresses
+
+    @model_validator(mode="after")
+    def _one_redis(self) -> ServiceSettings:
+        if self.redis_url and self.redis_sentinels:
+            raise ValueError("name the store by redis_url or by redis_sentinels, not both")
+        return self
 
     @property
     def trained_editor(self) -> bool:

@@ -34,6 +34,10 @@ either the whole change (records, deltas, indexes, log events, version) or none 
 batch of edits is one change per edit, all stored by one script: all or none. An edit that
 claims a fact an active edit holds supersedes it in the same step and version: the older
 edit is rolled back, its record naming the edit that superseded it.
+
+With ``wait_replicas`` (a primary with replicas, under Sentinel), a change is acknowledged
+only once that many replicas confirm it (``WAIT``): Sentinel promotes the replica that holds
+the most, so an acknowledged change outlives its primary.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from .schemas import Edit, EditPageOut, EditRecord, EditReport
 
@@ -143,7 +148,8 @@ return 1
 
 
 class StoreError(Exception):
-    """A refused store change; ``code`` is machine-readable (``not_found``, ``conflict``)."""
+    """A refused store change; ``code`` is machine-readable (``not_found``, ``conflict``,
+    ``store_unconfirmed``)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -183,9 +189,12 @@ class EditStore:
     """Edits of one base model (``fingerprint``) in Redis; every change atomic."""
 
     def __init__(self, client: aioredis.Redis, fingerprint: str,
-                 namespace: str = "instructedit") -> None:
+                 namespace: str = "instructedit", *, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 1000) -> None:
         self.client = client
         self.prefix = f"{namespace}:{fingerprint}"
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._add = client.register_script(_ADD)
         self._rollback = client.register_script(_ROLLBACK)
         self._rollback_after = client.register_script(_ROLLBACK_AFTER)
@@ -193,6 +202,25 @@ class EditStore:
 
     def key(self, *parts: str) -> str:
         return ":".join([self.prefix, *parts])
+
+    async def _change(self, script: AsyncScript, args: list) -> list:
+        """Run one change's script; with ``wait_replicas``, acknowledge it only once that
+        many replicas hold it (``WAIT`` on the script's own connection: a pipeline), so a
+        failover to one of them keeps it. Fewer in time: ``store_unconfirmed`` (the
+        primary has the change; a retry with the same Idempotency-Key finds it if it
+        survives)."""
+        if not self.wait_replicas:
+            return await script(args=args)
+        async with self.client.pipeline(transaction=False) as pipe:
+            await script(args=args, client=pipe)
+            pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+            out, held = await pipe.execute()
+        if held < self.wait_replicas:
+            raise StoreError("store_unconfirmed", f"the change is on the Redis primary but "
+                             f"{held} of the {self.wait_replicas} replicas it waits for "
+                             f"confirmed it within {self.wait_timeout_ms} ms; retry (an edit "
+                             "with the same Idempotency-Key) once the replicas are back")
+        return out
 
     async def version(self) -> int:
         """The newest change's version (0 before any)."""
@@ -213,7 +241,8 @@ class EditStore:
             if any("\n" in c for c in edit.claims):
                 raise ValueError("a claim cannot contain a newline")
             args += [edit.id, edit.record.model_dump_json(exclude_defaults=True), edit.delta, "\n".join(edit.claims)]
-        created, ids, stored_hash, replaced = (_decode(x) for x in await self._add(args=args))
+        created, ids, stored_hash, replaced = (
+            _decode(x) for x in await self._change(self._add, args))
         superseded: dict[str, list[str]] = {}
         for pair in filter(None, (replaced or "").split(",")):
             old, new = pair.split(">")
@@ -255,7 +284,8 @@ class EditStore:
 
     async def rollback(self, edit_id: str, *, by: str, at: str) -> Edit:
         """Mark one active edit rolled back (who, when, as which version) and log it."""
-        out = [_decode(x) for x in await self._rollback(args=[self.prefix, edit_id, by, at])]
+        out = [_decode(x) for x in await self._change(self._rollback,
+                                                           [self.prefix, edit_id, by, at])]
         if out[0] == "not_found":
             raise StoreError("not_found", f"no edit {edit_id!r}")
         if out[0] == "conflict":
@@ -264,7 +294,7 @@ class EditStore:
 
     async def rollback_after(self, version: int, *, by: str, at: str) -> RollbackResult:
         """Roll back every active edit newer than ``version``, as one change."""
-        out = await self._rollback_after(args=[self.prefix, version, by, at])
+        out = await self._change(self._rollback_after, [self.prefix, version, by, at])
         new_version = int(out[0])
         return RollbackResult(new_version or None, [_decode(x) for x in out[1:]])
 
@@ -339,6 +369,12 @@ class EditStore:
         start = "-" if after in ("-", "0-0") else f"({after}"
         rows = await self.client.xrange(self.key("log"), start, "+", count=count)
         return [(_decode(i), {_decode(k): _decode(v) for k, v in f.items()}) for i, f in rows]
+
+    async def has_event(self, event_id: str) -> bool:
+        """Whether the log holds ``event_id`` (``0-0``, before the first, always): not
+        after a failover to a replica that never received it."""
+        return event_id == "0-0" or bool(
+            await self.client.xrange(self.key("log"), event_id, event_id, count=1))
 
     async def log_position(self, version: int) -> str:
         """The stream id of the newest log event of a change at or before ``version``
