@@ -14,12 +14,14 @@ key                       type      holds
                                     and measured quality), and once rolled back
                                     ``rolled_back_by`` / ``_at`` / ``_version`` (and
                                     ``superseded_by`` when a newer edit of its fact did it)
-``{p}:delta:{id}``        string    the edit's delta (safetensors bytes)
+``{p}:delta:{id}``        string    the edit's delta (safetensors bytes); with a rolled-back
+                                    retention it expires that long after the rollback
 ``{p}:edits``             zset      every edit id, scored by version (listing, newest first)
 ``{p}:active``            zset      active edit ids, scored by version (replay order)
 ``{p}:log``               stream    ``apply`` / ``rollback`` events in the order they happened
 ``{p}:idem:{key}``        hash      what an ``Idempotency-Key`` produced: ``ids``
-                                    (comma-separated) and ``request`` (the request's hash)
+                                    (comma-separated) and ``request`` (the request's hash);
+                                    expires after the idempotency TTL
 ``{p}:claim:{fact}``      string    the active edit that holds a fact (its prompt, or its
                                     subject and relation): a new edit of the same fact
                                     supersedes it
@@ -33,7 +35,8 @@ Every change is one Lua script, which Redis runs atomically: a crash at any inst
 either the whole change (records, deltas, indexes, log events, version) or none of it. A
 batch of edits is one change per edit, all stored by one script: all or none. An edit that
 claims a fact an active edit holds supersedes it in the same step and version: the older
-edit is rolled back, its record naming the edit that superseded it.
+edit is rolled back, its record naming the edit that superseded it. The expiries are set
+by the same scripts, so they are part of the change too.
 """
 
 from __future__ import annotations
@@ -62,20 +65,29 @@ local function release(prefix, id)
 end
 """
 
-_ADD = _RELEASE + """
+# A rolled-back edit's delta expires after the retention (ms; 0: kept); its record stays.
+_RETIRE = """
+local function retire(prefix, id, retention)
+  if retention > 0 then redis.call('PEXPIRE', prefix .. ':delta:' .. id, retention) end
+end
+"""
+
+_ADD = _RELEASE + _RETIRE + """
 local prefix, idem, request, by, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local idem_ttl, retention = tonumber(ARGV[6]), tonumber(ARGV[7])
 if idem ~= '' then
   local seen = redis.call('HMGET', prefix .. ':idem:' .. idem, 'ids', 'request')
   if seen[1] then return {0, seen[1], seen[2], ''} end
 end
 local ids, superseded = {}, {}
-for i = 6, #ARGV, 4 do
+for i = 8, #ARGV, 4 do
   local id, record, delta, claims = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local version = redis.call('INCR', prefix .. ':version')
   for claim in string.gmatch(claims, '[^\\n]+') do
     local old = redis.call('GET', prefix .. ':claim:' .. claim)
     if old and old ~= id and redis.call('HGET', prefix .. ':edit:' .. old, 'status') == 'active' then
       release(prefix, old)
+      retire(prefix, old, retention)
       redis.call('HSET', prefix .. ':edit:' .. old, 'status', 'rolled_back', 'rolled_back_by',
                  by, 'rolled_back_at', at, 'rolled_back_version', version, 'superseded_by', id)
       redis.call('ZREM', prefix .. ':active', old)
@@ -98,17 +110,19 @@ end
 local joined = table.concat(ids, ',')
 if idem ~= '' then
   redis.call('HSET', prefix .. ':idem:' .. idem, 'ids', joined, 'request', request)
+  redis.call('PEXPIRE', prefix .. ':idem:' .. idem, idem_ttl)
 end
 return {1, joined, request, table.concat(superseded, ',')}
 """
 
-_ROLLBACK = _RELEASE + """
-local prefix, id, by, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+_ROLLBACK = _RELEASE + _RETIRE + """
+local prefix, id, by, at, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local key = prefix .. ':edit:' .. id
 local status = redis.call('HGET', key, 'status')
 if not status then return {'not_found', id} end
 if status ~= 'active' then return {'conflict', id, status} end
 release(prefix, id)
+retire(prefix, id, retention)
 local version = redis.call('INCR', prefix .. ':version')
 redis.call('HSET', key, 'status', 'rolled_back', 'rolled_back_by', by, 'rolled_back_at', at,
            'rolled_back_version', version)
@@ -117,13 +131,14 @@ redis.call('XADD', prefix .. ':log', '*', 'event', 'rollback', 'id', id, 'versio
 return {'ok', version}
 """
 
-_ROLLBACK_AFTER = _RELEASE + """
-local prefix, after, by, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+_ROLLBACK_AFTER = _RELEASE + _RETIRE + """
+local prefix, after, by, at, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local ids = redis.call('ZREVRANGEBYSCORE', prefix .. ':active', '+inf', '(' .. after)
 if #ids == 0 then return {0} end
 local version = redis.call('INCR', prefix .. ':version')
 for _, id in ipairs(ids) do
   release(prefix, id)
+  retire(prefix, id, retention)
   redis.call('HSET', prefix .. ':edit:' .. id, 'status', 'rolled_back', 'rolled_back_by', by,
              'rolled_back_at', at, 'rolled_back_version', version)
   redis.call('ZREM', prefix .. ':active', id)
@@ -179,13 +194,26 @@ def _decode(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _ms(seconds: float | None) -> int:
+    """Seconds as the milliseconds PEXPIRE takes (at least 1); None: 0, no expiry."""
+    return 0 if seconds is None else max(1, round(seconds * 1000))
+
+
 class EditStore:
-    """Edits of one base model (``fingerprint``) in Redis; every change atomic."""
+    """Edits of one base model (``fingerprint``) in Redis; every change atomic.
+
+    ``rolled_back_retention_s``: how long a rolled-back edit's delta is kept (None:
+    forever); ``idempotency_ttl_s``: how long an ``Idempotency-Key`` is remembered.
+    """
 
     def __init__(self, client: aioredis.Redis, fingerprint: str,
-                 namespace: str = "instructedit") -> None:
+                 namespace: str = "instructedit", *,
+                 rolled_back_retention_s: float | None = None,
+                 idempotency_ttl_s: float = 86400.0) -> None:
         self.client = client
         self.prefix = f"{namespace}:{fingerprint}"
+        self._retention_ms = _ms(rolled_back_retention_s)
+        self._idem_ttl_ms = _ms(idempotency_ttl_s)
         self._add = client.register_script(_ADD)
         self._rollback = client.register_script(_ROLLBACK)
         self._rollback_after = client.register_script(_ROLLBACK_AFTER)
@@ -208,7 +236,8 @@ class EditStore:
         """
         if not edits:
             raise ValueError("nothing to store")
-        args = [self.prefix, idempotency_key or "", request_hash, by, at]
+        args = [self.prefix, idempotency_key or "", request_hash, by, at,
+                self._idem_ttl_ms, self._retention_ms]
         for edit in edits:
             if any("\n" in c for c in edit.claims):
                 raise ValueError("a claim cannot contain a newline")
@@ -255,7 +284,8 @@ class EditStore:
 
     async def rollback(self, edit_id: str, *, by: str, at: str) -> Edit:
         """Mark one active edit rolled back (who, when, as which version) and log it."""
-        out = [_decode(x) for x in await self._rollback(args=[self.prefix, edit_id, by, at])]
+        out = [_decode(x) for x in await self._rollback(
+            args=[self.prefix, edit_id, by, at, self._retention_ms])]
         if out[0] == "not_found":
             raise StoreError("not_found", f"no edit {edit_id!r}")
         if out[0] == "conflict":
@@ -264,7 +294,8 @@ class EditStore:
 
     async def rollback_after(self, version: int, *, by: str, at: str) -> RollbackResult:
         """Roll back every active edit newer than ``version``, as one change."""
-        out = await self._rollback_after(args=[self.prefix, version, by, at])
+        out = await self._rollback_after(args=[self.prefix, version, by, at,
+                                               self._retention_ms])
         new_version = int(out[0])
         return RollbackResult(new_version or None, [_decode(x) for x in out[1:]])
 
