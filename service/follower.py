@@ -36,7 +36,7 @@ from editor_core.delta import EditDelta
 from editor_core.ledger import LedgerError, WeightLedger
 
 from .metrics import ServiceMetrics
-from .store import EditStore
+from .store import EditStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,21 @@ class LogFollower:
 
     async def start(self) -> int:
         """Load the snapshot at the newest exact version, then apply the rest of the log;
-        returns how many edits are active."""
-        version, active = await self.store.newest()
+        returns how many edits are active.
+
+        A delta missing because its edit was rolled back (and pruned) after the active set
+        was read means the store moved on: start again from its newest version.
+        """
+        while True:
+            version, active = await self.store.newest()
+            try:
+                return await self._start(version, active)
+            except StoreError as exc:
+                if exc.code != "not_found" or await self.store.version() == version:
+                    raise
+                log.warning("%s: the store changed while starting; starting again", exc)
+
+    async def _start(self, version: int, active: list[tuple[str, int]]) -> int:
         at = self.ledger.combiner.exact_version(version)
         if at != version:  # a merged combination starts from its last exact version
             active = await self.store.active_at(at)
@@ -149,6 +162,10 @@ class LogFollower:
         except LedgerError as exc:
             log.error("the log does not fit the live weights (%s); rebuilding from the store",
                       exc)
+            await self.start()
+            return
+        except StoreError as exc:  # pruned: rolled back longer ago than the retention
+            log.warning("%s, which the log needs; rebuilding from the active edits", exc)
             await self.start()
             return
         self._seen(store_version)

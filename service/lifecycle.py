@@ -60,26 +60,12 @@ class LiveService:
 
     @classmethod
     async def start(cls, settings: ServiceSettings, metrics: ServiceMetrics) -> LiveService:
-        dtype = getattr(torch, settings.dtype)
-        model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype).eval()
-        model.to(settings.device)
-        tokenizer = AutoTokenizer.from_pretrained(settings.model)
-        trained = settings.trained_editor
-        combination = _combination(settings, read_editor_config(settings.editor)
-                                   if trained else {})
-        if not trained and combination.kind != "memory":
-            raise ValueError("without a trained editor every edit is fitted on the edit "
-                             "memory: the combination must be 'memory'")
-        basis = settings.edit_basis if settings.edit_basis != "auto" else (
-            "pristine" if combination.kind in ("memory", "ridge") else "current")
-        editor = (load_editor(settings.editor, model, tokenizer, basis=basis) if trained
-                  else gradient_editor(model, tokenizer, basis=basis))
-        editor.combination = combination
-        if not settings.relation_wordings:
-            editor.relation_forms = RelationForms()
-        if not settings.alias_search:
-            editor.alias_finder = None
-        fingerprint = model_fingerprint(model, editor.editable, tokenizer)
+        model, tokenizer, editor, fingerprint = load_model_and_editor(settings)
+        trained, combination = settings.trained_editor, editor.combination
+        if settings.rolled_back_retention_s is not None and combination.kind == "ridge":
+            raise ValueError("rolled_back_retention_s cannot be used with the ridge "
+                             "combination: a replica that starts between two refresh "
+                             "versions replays rolled-back edits' deltas")
         routing = None
         if combination.needs_routing:
             routing = (load_routing(settings.routing) if settings.routing is not None
@@ -91,9 +77,11 @@ class LiveService:
             ledger.combiner.attach(model)
         redis = StoreConnection(settings)
         # Stored edits are only valid for this model, combination and basis.
-        store = EditStore(redis.client, _state_key(fingerprint, editor)[:32],
+        store = EditStore(redis.client, store_key(fingerprint, editor),
                           wait_replicas=settings.redis_wait_replicas,
-                          wait_timeout_ms=settings.redis_wait_timeout_ms)
+                          wait_timeout_ms=settings.redis_wait_timeout_ms,
+                          rolled_back_retention_s=settings.rolled_back_retention_s,
+                          idempotency_ttl_s=settings.idempotency_ttl_s)
         judge = None
         if routing is not None:  # judged on the live memory (merged combinations are not)
             refiner = EditRefiner(editor.edit_model, tokenizer, editor.editable,
@@ -132,6 +120,33 @@ class LiveService:
         await self.redis.close()
 
 
+def load_model_and_editor(settings: ServiceSettings
+                          ) -> tuple[torch.nn.Module, object, Editor, str]:
+    """The base model, its tokenizer, the editor the settings name (with its combination
+    and basis), and the model's fingerprint, taken on the pristine weights."""
+    dtype = getattr(torch, settings.dtype)
+    model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype).eval()
+    model.to(settings.device)
+    tokenizer = AutoTokenizer.from_pretrained(settings.model)
+    trained = settings.trained_editor
+    combination = _combination(settings, read_editor_config(settings.editor)
+                               if trained else {})
+    if not trained and combination.kind != "memory":
+        raise ValueError("without a trained editor every edit is fitted on the edit "
+                         "memory: the combination must be 'memory'")
+    basis = settings.edit_basis if settings.edit_basis != "auto" else (
+        "pristine" if combination.kind in ("memory", "ridge") else "current")
+    editor = (load_editor(settings.editor, model, tokenizer, basis=basis) if trained
+              else gradient_editor(model, tokenizer, basis=basis))
+    editor.combination = combination
+    if not settings.relation_wordings:
+        editor.relation_forms = RelationForms()
+    if not settings.alias_search:
+        editor.alias_finder = None
+    return model, tokenizer, editor, model_fingerprint(model, editor.editable, tokenizer)
+
+
+
 def _combination(settings: ServiceSettings, editor_config: dict) -> CombinationConfig:
     """The combination the settings ask for; an editor trained for ridge keeps its λ."""
     trained = CombinationConfig(**editor_config.get("combination", {"kind": "sum"}))
@@ -159,10 +174,10 @@ def _own_routing(settings: ServiceSettings, editor: Editor, fingerprint: str
     return routing
 
 
-def _state_key(fingerprint: str, editor: Editor) -> str:
+def store_key(fingerprint: str, editor: Editor) -> str:
     """The store's key: stored edits replay as stored, exactly, on the same model (its
     fingerprint covers the editable weights), combination and basis, whichever editor made
     them, so a service switched between editors (or to and from none) keeps its edits."""
     state = json.dumps([fingerprint, editor.combination.to_json(), editor.basis],
                        sort_keys=True)
-    return hashlib.sha256(state.encode()).hexdigest()
+    return hashlib.sha256(state.encode()).hexdigest()[:32]

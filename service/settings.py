@@ -94,8 +94,9 @@ class ServiceSettings(RuntimeSettings):
         "instructedit", min_length=1, description="the master group the sentinels watch")
     redis_wait_replicas: int = Field(
         0, ge=0, description="Redis replicas that must hold each change before it is "
-        "acknowledged (Redis WAIT; 503 store_unconfirmed when fewer do in time): with 1 or "
-        "more, an edit answered 201 survives a failover; 0: the primary's word alone")
+        "acknowledged (Redis WAIT; 503 store_unconfirmed when fewer do in time): as many "
+        "as there are, and an edit answered 201 survives a failover to any; 0: the "
+        "primary's word alone")
     redis_wait_timeout_ms: int = Field(
         1000, ge=1, description="how long a change waits for redis_wait_replicas")
     combination: Literal["memory", "editor", "sum", "ridge"] = Field(
@@ -143,6 +144,15 @@ class ServiceSettings(RuntimeSettings):
         16, ge=1, description="generations decoded together at most (1: one at a time)")
     generation_batch_window_ms: float = Field(
         2.0, ge=0, description="how long a new generation waits for others to join it")
+    # Day-two operations (docs/deploy.md#day-two-operations).
+    rolled_back_retention_s: float | None = Field(
+        None, gt=0, description="a rolled-back edit's delta is deleted (its Redis key "
+        "expires) this long after its rollback; its record stays for history, and a "
+        "replica that still needed the delta rebuilds from the active edits instead "
+        "(not with the ridge combination); unset: kept forever")
+    idempotency_ttl_s: float = Field(
+        86400.0, gt=0, description="how long an Idempotency-Key is remembered after the "
+        "request that first used it (a retry after that makes a new edit)")
     api_keys: list[ApiKey] = Field(default_factory=list,
                                    description="no keys: every endpoint is open")
     limits: Limits = Field(default_factory=Limits)

@@ -14,12 +14,14 @@ key                       type      holds
                                     and measured quality), and once rolled back
                                     ``rolled_back_by`` / ``_at`` / ``_version`` (and
                                     ``superseded_by`` when a newer edit of its fact did it)
-``{p}:delta:{id}``        string    the edit's delta (safetensors bytes)
+``{p}:delta:{id}``        string    the edit's delta (safetensors bytes); with a rolled-back
+                                    retention it expires that long after the rollback
 ``{p}:edits``             zset      every edit id, scored by version (listing, newest first)
 ``{p}:active``            zset      active edit ids, scored by version (replay order)
 ``{p}:log``               stream    ``apply`` / ``rollback`` events in the order they happened
 ``{p}:idem:{key}``        hash      what an ``Idempotency-Key`` produced: ``ids``
-                                    (comma-separated) and ``request`` (the request's hash)
+                                    (comma-separated) and ``request`` (the request's hash);
+                                    expires after the idempotency TTL
 ``{p}:claim:{fact}``      string    the active edit that holds a fact (its prompt, or its
                                     subject and relation): a new edit of the same fact
                                     supersedes it
@@ -33,7 +35,8 @@ Every change is one Lua script, which Redis runs atomically: a crash at any inst
 either the whole change (records, deltas, indexes, log events, version) or none of it. A
 batch of edits is one change per edit, all stored by one script: all or none. An edit that
 claims a fact an active edit holds supersedes it in the same step and version: the older
-edit is rolled back, its record naming the edit that superseded it.
+edit is rolled back, its record naming the edit that superseded it. The expiries are set
+by the same scripts, so they are part of the change too.
 
 With ``wait_replicas`` (a primary with replicas, under Sentinel), a change is acknowledged
 only once that many replicas confirm it (``WAIT``): Sentinel promotes the replica that holds
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -67,20 +71,33 @@ local function release(prefix, id)
 end
 """
 
-_ADD = _RELEASE + """
+# A rolled-back edit's delta expires after the retention (ms; 0: kept); its record stays.
+_RETIRE = """
+local function retire(prefix, id, retention)
+  if retention > 0 then redis.call('PEXPIRE', prefix .. ':delta:' .. id, retention) end
+end
+"""
+
+_ADD = _RELEASE + _RETIRE + """
 local prefix, idem, request, by, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local idem_ttl, retention = tonumber(ARGV[6]), tonumber(ARGV[7])
 if idem ~= '' then
   local seen = redis.call('HMGET', prefix .. ':idem:' .. idem, 'ids', 'request')
-  if seen[1] then return {0, seen[1], seen[2], ''} end
+  if seen[1] then
+    -- a write, so that WAIT after it covers the earlier change this answer reports
+    redis.call('HINCRBY', prefix .. ':idem:' .. idem, 'replays', 1)
+    return {0, seen[1], seen[2], ''}
+  end
 end
 local ids, superseded = {}, {}
-for i = 6, #ARGV, 4 do
+for i = 8, #ARGV, 4 do
   local id, record, delta, claims = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local version = redis.call('INCR', prefix .. ':version')
   for claim in string.gmatch(claims, '[^\\n]+') do
     local old = redis.call('GET', prefix .. ':claim:' .. claim)
     if old and old ~= id and redis.call('HGET', prefix .. ':edit:' .. old, 'status') == 'active' then
       release(prefix, old)
+      retire(prefix, old, retention)
       redis.call('HSET', prefix .. ':edit:' .. old, 'status', 'rolled_back', 'rolled_back_by',
                  by, 'rolled_back_at', at, 'rolled_back_version', version, 'superseded_by', id)
       redis.call('ZREM', prefix .. ':active', old)
@@ -103,17 +120,22 @@ end
 local joined = table.concat(ids, ',')
 if idem ~= '' then
   redis.call('HSET', prefix .. ':idem:' .. idem, 'ids', joined, 'request', request)
+  redis.call('PEXPIRE', prefix .. ':idem:' .. idem, idem_ttl)
 end
 return {1, joined, request, table.concat(superseded, ',')}
 """
 
-_ROLLBACK = _RELEASE + """
-local prefix, id, by, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+_ROLLBACK = _RELEASE + _RETIRE + """
+local prefix, id, by, at, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local key = prefix .. ':edit:' .. id
 local status = redis.call('HGET', key, 'status')
 if not status then return {'not_found', id} end
-if status ~= 'active' then return {'conflict', id, status} end
+if status ~= 'active' then
+  redis.call('HINCRBY', key, 'refused_rollbacks', 1)  -- a write: WAIT covers the earlier one
+  return {'conflict', id, status}
+end
 release(prefix, id)
+retire(prefix, id, retention)
 local version = redis.call('INCR', prefix .. ':version')
 redis.call('HSET', key, 'status', 'rolled_back', 'rolled_back_by', by, 'rolled_back_at', at,
            'rolled_back_version', version)
@@ -122,13 +144,14 @@ redis.call('XADD', prefix .. ':log', '*', 'event', 'rollback', 'id', id, 'versio
 return {'ok', version}
 """
 
-_ROLLBACK_AFTER = _RELEASE + """
-local prefix, after, by, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+_ROLLBACK_AFTER = _RELEASE + _RETIRE + """
+local prefix, after, by, at, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local ids = redis.call('ZREVRANGEBYSCORE', prefix .. ':active', '+inf', '(' .. after)
 if #ids == 0 then return {0} end
 local version = redis.call('INCR', prefix .. ':version')
 for _, id in ipairs(ids) do
   release(prefix, id)
+  retire(prefix, id, retention)
   redis.call('HSET', prefix .. ':edit:' .. id, 'status', 'rolled_back', 'rolled_back_by', by,
              'rolled_back_at', at, 'rolled_back_version', version)
   redis.call('ZREM', prefix .. ':active', id)
@@ -137,6 +160,13 @@ end
 return {version, unpack(ids)}
 """
 
+
+_SEEN = """
+local key = ARGV[1]
+local seen = redis.call('HMGET', key, 'ids', 'request')
+if seen[1] then redis.call('HINCRBY', key, 'replays', 1) end  -- as in _ADD
+return seen
+"""
 
 _SAVE_SNAPSHOT = """
 local key, version, state = ARGV[1] .. ':snapshot', tonumber(ARGV[2]), ARGV[3]
@@ -185,17 +215,31 @@ def _decode(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _ms(seconds: float | None) -> int:
+    """Seconds as the milliseconds PEXPIRE takes (at least 1); None: 0, no expiry."""
+    return 0 if seconds is None else max(1, round(seconds * 1000))
+
+
 class EditStore:
-    """Edits of one base model (``fingerprint``) in Redis; every change atomic."""
+    """Edits of one base model (``fingerprint``) in Redis; every change atomic.
+
+    ``rolled_back_retention_s``: how long a rolled-back edit's delta is kept (None:
+    forever); ``idempotency_ttl_s``: how long an ``Idempotency-Key`` is remembered.
+    """
 
     def __init__(self, client: aioredis.Redis, fingerprint: str,
-                 namespace: str = "instructedit", *, wait_replicas: int = 0,
+                 namespace: str = "instructedit", *,
+                 rolled_back_retention_s: float | None = None,
+                 idempotency_ttl_s: float = 86400.0, wait_replicas: int = 0,
                  wait_timeout_ms: int = 1000) -> None:
         self.client = client
         self.prefix = f"{namespace}:{fingerprint}"
+        self._retention_ms = _ms(rolled_back_retention_s)
+        self._idem_ttl_ms = _ms(idempotency_ttl_s)
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self._add = client.register_script(_ADD)
+        self._seen = client.register_script(_SEEN)
         self._rollback = client.register_script(_ROLLBACK)
         self._rollback_after = client.register_script(_ROLLBACK_AFTER)
         self._save_snapshot = client.register_script(_SAVE_SNAPSHOT)
@@ -203,19 +247,21 @@ class EditStore:
     def key(self, *parts: str) -> str:
         return ":".join([self.prefix, *parts])
 
-    async def _change(self, script: AsyncScript, args: list) -> list:
+    async def _change(self, script: AsyncScript, args: list, *,
+                      confirm: Callable[[list], bool] = lambda _: True) -> list:
         """Run one change's script; with ``wait_replicas``, acknowledge it only once that
-        many replicas hold it (``WAIT`` on the script's own connection: a pipeline), so a
-        failover to one of them keeps it. Fewer in time: ``store_unconfirmed`` (the
-        primary has the change; a retry with the same Idempotency-Key finds it if it
-        survives)."""
+        many replicas hold it (``WAIT`` on the script's own connection: a pipeline; it
+        covers every earlier write too), so a failover to any of them keeps it. Fewer in
+        time: ``store_unconfirmed`` (the primary has the change; a retry with the same
+        Idempotency-Key finds it if it survives). ``confirm``: whether a script's result
+        reports a change to confirm (a key not found has none)."""
         if not self.wait_replicas:
             return await script(args=args)
         async with self.client.pipeline(transaction=False) as pipe:
             await script(args=args, client=pipe)
             pipe.wait(self.wait_replicas, self.wait_timeout_ms)
             out, held = await pipe.execute()
-        if held < self.wait_replicas:
+        if held < self.wait_replicas and confirm(out):
             raise StoreError("store_unconfirmed", f"the change is on the Redis primary but "
                              f"{held} of the {self.wait_replicas} replicas it waits for "
                              f"confirmed it within {self.wait_timeout_ms} ms; retry (an edit "
@@ -236,7 +282,8 @@ class EditStore:
         """
         if not edits:
             raise ValueError("nothing to store")
-        args = [self.prefix, idempotency_key or "", request_hash, by, at]
+        args = [self.prefix, idempotency_key or "", request_hash, by, at,
+                self._idem_ttl_ms, self._retention_ms]
         for edit in edits:
             if any("\n" in c for c in edit.claims):
                 raise ValueError("a claim cannot contain a newline")
@@ -251,9 +298,11 @@ class EditStore:
                          stored_hash or "", superseded)
 
     async def find_idempotent(self, key: str) -> AddResult | None:
-        """What an earlier request with this ``Idempotency-Key`` stored, if any."""
-        ids, request_hash = (_decode(x) for x in
-                             await self.client.hmget(self.key("idem", key), "ids", "request"))
+        """What an earlier request with this ``Idempotency-Key`` stored, if any: with
+        ``wait_replicas``, only once the replicas hold it (an earlier try may have been
+        answered ``store_unconfirmed``)."""
+        ids, request_hash = (_decode(x) for x in await self._change(
+            self._seen, [self.key("idem", key)], confirm=lambda seen: seen[0] is not None))
         if ids is None:
             return None
         return AddResult(await self.get_many(ids.split(",")), False, request_hash or "")
@@ -284,8 +333,9 @@ class EditStore:
 
     async def rollback(self, edit_id: str, *, by: str, at: str) -> Edit:
         """Mark one active edit rolled back (who, when, as which version) and log it."""
-        out = [_decode(x) for x in await self._change(self._rollback,
-                                                           [self.prefix, edit_id, by, at])]
+        out = [_decode(x) for x in await self._change(
+            self._rollback, [self.prefix, edit_id, by, at, self._retention_ms],
+            confirm=lambda out: _decode(out[0]) != "not_found")]
         if out[0] == "not_found":
             raise StoreError("not_found", f"no edit {edit_id!r}")
         if out[0] == "conflict":
@@ -294,7 +344,9 @@ class EditStore:
 
     async def rollback_after(self, version: int, *, by: str, at: str) -> RollbackResult:
         """Roll back every active edit newer than ``version``, as one change."""
-        out = await self._change(self._rollback_after, [self.prefix, version, by, at])
+        out = await self._change(self._rollback_after,
+                                 [self.prefix, version, by, at, self._retention_ms],
+                                 confirm=lambda out: int(out[0]) != 0)
         new_version = int(out[0])
         return RollbackResult(new_version or None, [_decode(x) for x in out[1:]])
 

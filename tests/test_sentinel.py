@@ -9,6 +9,7 @@ structured 503 with ``Retry-After`` and generation keeps answering.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -53,9 +54,15 @@ def test_a_change_waits_for_a_replica_and_is_unconfirmed_without_one(
                 assert redis.Redis(port=replica.port).exists(store.key("edit", made.id))
             group.servers[2].kill()
             with pytest.raises(StoreError) as refused:
-                await store.add([NewEdit(record(subject="Bo"), b"d2")])
+                await store.add([NewEdit(record(subject="Bo"), b"d2")], idempotency_key="k")
             assert refused.value.code == "store_unconfirmed"
-            assert await store.version() == 2  # the primary has it: a retry finds it
+            assert await store.version() == 2  # the primary has it...
+            for retry in (store.find_idempotent("k"),  # ...but a retry is not told so
+                          store.add([NewEdit(record(subject="Bo"), b"d2")],
+                                    idempotency_key="k")):
+                with pytest.raises(StoreError, match="1 of the 2 replicas"):
+                    await retry
+            assert await store.find_idempotent("unknown") is None  # nothing to confirm
         finally:
             await connection.close()
 
@@ -121,7 +128,7 @@ def post_until_acknowledged(service: ServiceProcess, body: dict, key: str,
 def test_edits_acknowledged_across_a_primary_kill_are_kept_and_replicas_converge(
         group: SentinelGroup, tmp_path: Path, exported: Path) -> None:
     env = {"INSTRUCTEDIT_REDIS_SENTINELS": group.addresses,
-           "INSTRUCTEDIT_REDIS_WAIT_REPLICAS": "1"}
+           "INSTRUCTEDIT_REDIS_WAIT_REPLICAS": "2"}  # every replica: any may be promoted
     services = [ServiceProcess(tmp_path / f"r{i}", env=env) for i in (1, 2)]
     bodies = facts(exported, 6)
     refusals: list[str] = []
@@ -134,12 +141,22 @@ def test_edits_acknowledged_across_a_primary_kill_are_kept_and_replicas_converge
             acknowledged[key] = post_until_acknowledged(services[i % 2], body, key, refusals)
         old = group.primary()
         old.kill()
+        promoted: list = []
+
+        def operator() -> None:  # the killed server comes back as a replica of the new one
+            promoted.append(group.wait_for_new_primary(old))
+            old.replica_of = promoted[0].port
+            old.start()
+
+        restart = threading.Thread(target=operator)
+        restart.start()
         with services[0].client() as c:  # generation answers on the weights it has
             assert generate(c, bodies[0]["prompt"])["version"] == 3
         for i, body in enumerate(bodies[3:]):  # through the failover
             key = uuid.uuid4().hex
             acknowledged[key] = post_until_acknowledged(services[i % 2], body, key, refusals)
-        new = group.wait_for_new_primary(old)
+        restart.join()
+        new = promoted[0]
         assert refusals and set(refusals) <= {"store_unavailable", "store_unconfirmed"}
 
         store = redis.Redis(port=new.port, decode_responses=True)

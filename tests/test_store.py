@@ -237,3 +237,86 @@ def test_the_newest_version_and_its_active_set_come_together(redis_socket: str) 
     empty, edits, newest, history = run(redis_socket, body)
     assert empty == (0, [])
     assert newest == (4, [(edits[0].id, 1), (edits[2].id, 3)]) and newest[1] == history
+
+
+def await_expiry(redis_socket: str, key: str, action, seconds: float = 10):
+    """Run ``action`` (a coroutine factory) and block until Redis reports ``key`` expired
+    (a keyspace notification); returns what ``action`` returned."""
+    import time
+
+    import redis
+
+    client = redis.Redis(unix_socket_path=redis_socket)
+    client.config_set("notify-keyspace-events", "Ex")
+    with client.pubsub() as pubsub:
+        pubsub.subscribe("__keyevent@0__:expired")
+        out = action()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=deadline - time.monotonic())
+            if message and message["type"] == "message" and message["data"] == key.encode():
+                return out
+    raise AssertionError(f"{key} did not expire within {seconds} s")
+
+
+def test_rolled_back_deltas_expire_after_the_retention_and_records_stay(
+        redis_socket: str) -> None:
+    async def body(store: EditStore):
+        a = await add_one(store, record(subject="a"), b"a")
+        b = await add_one(store, record(subject="b"), b"b")
+        c = (await store.add([NewEdit(record(subject="c"), b"c", ("fact",))])).edits[0]
+        d = (await store.add([NewEdit(record(subject="d"), b"d", ("fact",))])).edits[0]
+        await store.rollback(a.id, by="ops", at="t")
+        ttl = lambda e: store.client.pttl(store.key("delta", e.id))  # noqa: E731
+        after_rollback = {e.subject: await ttl(e) for e in (a, b, c, d)}
+        await store.rollback_after(3, by="ops", at="t")
+        return [a, b, c, d], after_rollback, await ttl(d)
+
+    def make(retention):
+        return lambda s: EditStore(s.client, "fp-r", rolled_back_retention_s=retention)
+
+    edits, ttls, rolled_after = run(redis_socket, lambda s: body(make(5.0)(s)))
+    assert ttls["b"] == ttls["d"] == -1  # active: kept
+    assert 0 < ttls["a"] <= 5000 and 0 < ttls["c"] <= 5000  # rolled back, superseded
+    assert 0 < rolled_after <= 5000
+    kept = run(redis_socket, lambda s: body(make(None)(s)))[1]
+    assert set(kept.values()) == {-1}  # no retention: every delta stays
+
+    async def short(store: EditStore):
+        store = make(0.05)(store)
+        return store, await add_one(store, record(), b"gone")
+
+    edit_id = run(redis_socket, short)[1].id
+
+    async def roll(store: EditStore):
+        await make(0.05)(store).rollback(edit_id, by="ops", at="t")
+
+    key = f"instructedit:fp-r:delta:{edit_id}"
+    await_expiry(redis_socket, key, lambda: run(redis_socket, roll))
+
+    async def after(store: EditStore):
+        store = make(0.05)(store)
+        try:
+            await store.delta(edit_id)
+        except StoreError as exc:
+            return exc.code, await store.get(edit_id)
+
+    code, edit = run(redis_socket, after)
+    assert code == "not_found"
+    assert (edit.status, edit.rolled_back_version, edit.subject) == (
+        ROLLED_BACK, edit.version + 1, "Ann")
+
+
+def test_idempotency_keys_expire_after_their_ttl(redis_socket: str) -> None:
+    async def body(store: EditStore, ttl: float):
+        store = EditStore(store.client, "fp-i", idempotency_ttl_s=ttl)
+        made = await store.add([NewEdit(record(), b"d")], idempotency_key=f"k{ttl}",
+                               request_hash="h")
+        return made, await store.client.pttl(store.key("idem", f"k{ttl}"))
+
+    made, ttl = run(redis_socket, lambda s: body(s, 86400.0))
+    assert made.created and 86_400_000 - 60_000 < ttl <= 86_400_000
+    first, _ = await_expiry(redis_socket, "instructedit:fp-i:idem:k0.05",
+                            lambda: run(redis_socket, lambda s: body(s, 0.05)))
+    again, _ = run(redis_socket, lambda s: body(s, 0.05))
+    assert first.created and again.created and again.edits[0].id != first.edits[0].id
