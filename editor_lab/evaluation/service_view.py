@@ -341,9 +341,15 @@ def _measure(arm: _Arm, tokenizer, max_length: int, stream: Sequence[EditCase],
                 aliased[0] += holds(answer(arm.model, tokenizer, probe.prompt,
                                            r.target_new).text, r.target_new)
                 aliased[1] += 1
+        misses = []  # locality probes whose answer changed: what fired on them
         for kind, p in probes:
-            loc[kind][0] += answer(arm.model, tokenizer, p.prompt).text == pristine[p.prompt]
+            got = answer(arm.model, tokenizer, p.prompt)
+            kept = got.text == pristine[p.prompt]
+            loc[kind][0] += kept
             loc[kind][1] += 1
+            if not kept:
+                misses.append({"kind": kind, "prompt": p.prompt, "pristine": pristine[p.prompt],
+                               "answer": got.text, "edits_fired": list(got.edits_fired)})
     m = len(picked)
     return {"edits": n, "sampled": m, "reliability": rel / m, "paraphrase": para / m,
             "reliability_prefix": rel_prefix / m, "paraphrase_prefix": para_prefix / m,
@@ -351,7 +357,8 @@ def _measure(arm: _Arm, tokenizer, max_length: int, stream: Sequence[EditCase],
             "routed_to_own_edit": own / m if arm.name == "memory" else None,
             "alias": aliased[0] / aliased[1] if aliased[1] else None, "alias_probes": aliased[1],
             **{f"{k}_locality": (a / b if b else None) for k, (a, b) in loc.items()},
-            **{f"{k}_probes": b for k, (_, b) in loc.items()}}
+            **{f"{k}_probes": b for k, (_, b) in loc.items()},
+            "locality_misses": misses}
 
 
 def _snapshot(arm: _Arm, tokenizer, max_length: int, prompts: list[str], targets: list[str]
