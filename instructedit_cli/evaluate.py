@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from editor_core.relation_forms import RelationForms
+from editor_core.relation_forms import RELATION_FORMS_FILE, RelationForms
 from editor_lab.evaluation import SETS_DIR
 from service.settings import DEMO_EDITOR_PATH, DEMO_LM_PATH
 
@@ -29,16 +29,27 @@ EditorFolder = Annotated[Path, typer.Option(
          "editor setting")]
 
 
-def _editor_and_routing(editor: Path, lm, tokenizer):
-    """The editor a command names, on the pristine basis, with its routing."""
+RelationFormsFolder = Annotated[Optional[Path], typer.Option(
+    help="a folder whose relations.json catalogues the relations, instead of the editor's "
+         "(the service's relation_forms)")]
+
+
+def _editor_and_routing(editor: Path, lm, tokenizer, relation_forms: Path | None = None):
+    """The editor a command names, on the pristine basis, with its routing (and the
+    relation catalogue ``relation_forms`` names, when given)."""
     from editor_core.checkpoint import load_editor, load_routing
     from editor_core.gradient_editor import NO_EDITOR, gradient_editor
     from editor_core.routing_calibration import self_calibrated_routing
 
     if str(editor) == NO_EDITOR:
-        ed = gradient_editor(lm, tokenizer)
-        return ed, self_calibrated_routing(ed)
-    return load_editor(editor, lm, tokenizer, basis="pristine"), load_routing(editor)
+        ed, routing = gradient_editor(lm, tokenizer), None
+    else:
+        ed, routing = load_editor(editor, lm, tokenizer, basis="pristine"), load_routing(editor)
+    if relation_forms is not None:
+        if not (relation_forms / RELATION_FORMS_FILE).is_file():
+            raise typer.BadParameter(f"{relation_forms} has no {RELATION_FORMS_FILE}")
+        ed.relation_forms = RelationForms.load(relation_forms)
+    return ed, routing if routing is not None else self_calibrated_routing(ed)
 
 
 def _widening(editor, relation_wordings: bool, alias_search: bool) -> None:
@@ -204,6 +215,7 @@ def eval_stream_cmd(
         help="at this count, roll back 10% of the memory's edits and check the answers "
              "against a memory rebuilt from the rest, then all against the pristine model")
     ] = None,
+    relation_forms: RelationFormsFolder = None,
     relation_wordings: RelationWordings = True,
     alias_search: AliasSearch = True,
     without_subjects: Annotated[bool, typer.Option(
@@ -257,7 +269,7 @@ def eval_stream_cmd(
             tokenizer, [{"role": "user", "content": q}]))
     if save_stream_to is not None:
         save_stream(stream, save_stream_to)
-    ed, routing = _editor_and_routing(editor, lm, tokenizer)
+    ed, routing = _editor_and_routing(editor, lm, tokenizer, relation_forms)
     _widening(ed, relation_wordings, alias_search)
     result = evaluate_stream(ed, routing, stream, settings, asks_edited_fact)
     result.settings["stream"] = stream_kind
@@ -295,6 +307,7 @@ def eval_single_cmd(
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
     data_dir: DataDir = Path("data/world"),
     seed: Annotated[int, typer.Option(help="samples and the unfamiliar set")] = 1,
+    relation_forms: RelationFormsFolder = None,
     relation_wordings: RelationWordings = True,
     alias_search: AliasSearch = True,
     given_rephrases: Annotated[int, typer.Option(
@@ -332,7 +345,7 @@ def eval_single_cmd(
                    for k, r in records.items()}
     lm = AutoModelForCausalLM.from_pretrained(model).eval()
     tokenizer = AutoTokenizer.from_pretrained(model)
-    ed, routing = _editor_and_routing(editor, lm, tokenizer)
+    ed, routing = _editor_and_routing(editor, lm, tokenizer, relation_forms)
     _widening(ed, relation_wordings, alias_search)
     refine = RefineConfig(refine_max_steps, refine_max_ms, refine_lr, strategy=refine_strategy,
                           confidence=refine_confidence)

@@ -139,6 +139,8 @@ def load_model_and_editor(settings: ServiceSettings
     editor = (load_editor(settings.editor, model, tokenizer, basis=basis) if trained
               else gradient_editor(model, tokenizer, basis=basis))
     editor.combination = combination
+    if settings.relation_forms is not None:
+        editor.relation_forms = RelationForms.load(settings.relation_forms)
     if not settings.relation_wordings:
         editor.relation_forms = RelationForms()
     if not settings.alias_search:

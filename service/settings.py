@@ -10,6 +10,7 @@ from pydantic import (AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from editor_core.refine import RefineConfig
+from editor_core.relation_forms import RELATION_FORMS_FILE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_LM_PATH = REPO_ROOT / "checkpoints" / "demo-lm"
@@ -78,6 +79,11 @@ class ServiceSettings(RuntimeSettings):
         None, description="a folder whose routing.safetensors the edit memory routes by "
         "(instructedit calibrate-routing --out), calibrated from edit data; unset: the "
         "trained editor's, or without one the routing calibrated on the model's own text")
+    relation_forms: Path | None = Field(
+        None, description="a folder whose relations.json catalogues relations (each one's "
+        "wordings and kind of subject), used instead of the trained editor's: edits naming "
+        "a catalogued relation are keyed and fitted on its other wordings, with contrast "
+        "keys and alias search, also without a trained editor")
     device: Literal["cpu", "cuda"] = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="the served model's dtype (edits are computed in fp32)")
@@ -163,6 +169,13 @@ class ServiceSettings(RuntimeSettings):
     def _no_editor(cls, value: object) -> object:
         """'none' however it arrives (a path named none from the command line)."""
         return "none" if str(value) == "none" else value
+
+    @field_validator("relation_forms")
+    @classmethod
+    def _catalogue_exists(cls, folder: Path | None) -> Path | None:
+        if folder is not None and not (folder / RELATION_FORMS_FILE).is_file():
+            raise ValueError(f"{folder} has no {RELATION_FORMS_FILE}")
+        return folder
 
     @field_validator("redis_sentinels", mode="before")
     @classmethod

@@ -179,3 +179,22 @@ def test_a_routing_calibrated_from_edit_data_wins(redis_socket: str, exported: P
         assert used.threshold == calibrated.threshold
         assert torch.equal(used.mean, calibrated.mean)
     assert not (tmp_path / "data" / "routing").exists()  # nothing calibrated on its own text
+
+
+def test_a_relation_catalogue_gives_edits_without_an_editor_contrast_keys_and_aliases(
+        tmp_path) -> None:
+    from service.lifecycle import load_model_and_editor
+    from service.settings import DEMO_EDITOR_PATH, ServiceSettings
+
+    with pytest.raises(ValueError, match="relations.json"):
+        ServiceSettings(editor="none", relation_forms=tmp_path)
+    _, _, bare, _ = load_model_and_editor(ServiceSettings(editor="none"))
+    _, _, editor, _ = load_model_and_editor(ServiceSettings(editor="none",
+                                                            relation_forms=DEMO_EDITOR_PATH))
+    assert is_gradient_editor(editor) and not bare.relation_forms.forms
+    assert editor.relation_forms.contrast("citizenship", SUBJECT)
+    widened = editor.alias_finder.widen(EditRequest("counterfact", PROMPT, TARGET,
+                                                    subject=SUBJECT, relation="citizenship"))
+    assert widened.aliases == ("P. Brynta",)
+    assert bare.alias_finder.widen(EditRequest("counterfact", PROMPT, TARGET, subject=SUBJECT,
+                                               relation="citizenship")).aliases == ()
