@@ -60,8 +60,10 @@ def headline(results: dict) -> dict:
     out["removal_active"] = removal["active"]
     out["active_edits_for_generation"] = serving["active_edits"]
     out["replay_edits"] = replay["edits"]
-    out["met"] = {name: (value <= TARGETS[name][1] if TARGETS[name][0] == "<="
-                         else value >= TARGETS[name][1]) for name, value in figures.items()}
+    # a quick run's sizes are not the targets' (8 tokens, a few edits): measured, not judged
+    out["met"] = {name: None if results["quick"] else (
+        value <= TARGETS[name][1] if TARGETS[name][0] == "<=" else value >= TARGETS[name][1])
+        for name, value in figures.items()}
     return out
 
 
@@ -86,7 +88,8 @@ def markdown(r: dict) -> str:
         "routed edit memory (the service's default). Ratios are measured in this one run.\n",
         "## Targets\n",
         _table(["figure", "measured", "target", "met"],
-               [[name, h[name], f"{op} {target:g}", "yes" if h["met"][name] else "**no**"]
+               [[name, h[name], f"{op} {target:g}", {True: "yes", False: "**no**"}.get(
+                   h["met"][name], "not judged (quick run)")]
                 for name, (op, target) in TARGETS.items()]),
         "## Edit computation against one forward+backward of the base model\n",
         _table(["batch", "forward+backward (ms)", "edit computation (ms)", "per edit (ms)",
