@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.settings import ServiceSettings
+from service.settings import DEMO_CHAT_EDITOR_PATH, DEMO_CHAT_LM_PATH, ServiceSettings
 
 from .server_process import ServiceProcess
 
@@ -333,3 +333,45 @@ def test_an_edit_by_another_client_appears_live_and_rolls_back_to_a_version(
     page.goto(f"/console?subject={OTHER['subject']}")
     page.wait_for_selector(f"#edits tr[data-id='{edit['id']}']")
     assert page.locator("#edits tbody tr").count() == 1
+
+
+@pytest.fixture(scope="module")
+def chat_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    keys = [{"name": "editor", "key": EDIT_KEY, "scope": "edit"}]
+    process = ServiceProcess(
+        tmp_path_factory.mktemp("console-chat") / "data", "--model", str(DEMO_CHAT_LM_PATH),
+        "--editor", str(DEMO_CHAT_EDITOR_PATH), env={"INSTRUCTEDIT_API_KEYS": json.dumps(keys)})
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def test_the_console_edits_and_rolls_back_the_chat_model(browser, chat_service) -> None:
+    """The same console on the LLaMA chat demo LM and its editor: its version line names
+    the model; an edit from the form holds in the playground and rolls back."""
+    question = f"Which country is {SUBJECT} a citizen of?"
+    context = browser.new_context(base_url=chat_service.base)
+    context.set_default_timeout(60_000)
+    page, errors = context.new_page(), []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        use_key(page, EDIT_KEY)
+        assert "demo-chat-lm" in page.inner_text("body")
+        before = ask_playground(page, question)
+        assert before["live"] == before["pristine"] != TARGET
+        submit_edit(page, question, TARGET, SUBJECT)
+        result = page.locator("#outcome .result")
+        assert result.get_attribute("data-outcome") in ("one_shot", "refined")
+        edit_id = result.get_attribute("data-id")
+        after = ask_playground(page, question)
+        assert after["live"] == TARGET and after["pristine"] == before["pristine"]
+        page.goto(f"/console/edits/{edit_id}")
+        page.click("#rollback")
+        page.click("#confirm-ok")
+        page.wait_for_selector("#edit-status .rolled_back")
+        assert ask_playground(page, question)["live"] == before["live"]
+        assert not errors, errors
+    finally:
+        context.close()

@@ -137,7 +137,9 @@ async function describeKey() {
     const info = await api("GET", "/info");
     const who = apiKey.get() ? "key set" : "no key needed";
     const editor = info.trained_editor ? "" : " · no trained editor: edits are fitted";
-    state.textContent = `${who} · version ${info.edit_version}, ${info.active_edits} active${editor}`;
+    const model = info.model.split(/[\\/]/).filter(Boolean).pop();  // the folder's name
+    state.textContent = `${who} · ${model} · version ${info.edit_version}, ` +
+      `${info.active_edits} active${editor}`;
     state.className = "ok";
   } catch (exc) {
     const error = asApiError(exc);
