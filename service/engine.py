@@ -41,8 +41,17 @@ from .claims import claims
 from .errors import ServiceError
 from .follower import LogFollower
 from .metrics import ServiceMetrics
-from .schemas import (BeforeAfter, EarlierEdit, Edit, EditQuality, EditRecord, EditReport,
-                      LocalityCheck, RephraseQuality, Score)
+from .schemas import (
+    BeforeAfter,
+    EarlierEdit,
+    Edit,
+    EditQuality,
+    EditRecord,
+    EditReport,
+    LocalityCheck,
+    RephraseQuality,
+    Score,
+)
 from .store import AddResult, EditStore, NewEdit
 
 # A locality prompt's answer: its greedy continuation up to the end of the line.

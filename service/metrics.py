@@ -25,7 +25,8 @@ class ServiceMetrics:
         self.edit_seconds = Histogram(
             "instructedit_edit_duration_seconds",
             "Edit time by phase: compute (editor), judge (trial and refinement), persist "
-            "(Redis), apply (weights), measure (quality before/after)", ["phase"], buckets=_MS_TO_MIN, registry=r)
+            "(Redis), apply (weights), measure (quality before/after)", ["phase"],
+            buckets=_MS_TO_MIN, registry=r)
         self.lock_wait_seconds = Histogram(
             "instructedit_edit_lock_wait_seconds",
             "Time an edit or rollback waited for the one-at-a-time edit lock",

@@ -95,7 +95,8 @@ for i = 8, #ARGV, 4 do
   local version = redis.call('INCR', prefix .. ':version')
   for claim in string.gmatch(claims, '[^\\n]+') do
     local old = redis.call('GET', prefix .. ':claim:' .. claim)
-    if old and old ~= id and redis.call('HGET', prefix .. ':edit:' .. old, 'status') == 'active' then
+    if old and old ~= id
+        and redis.call('HGET', prefix .. ':edit:' .. old, 'status') == 'active' then
       release(prefix, old)
       retire(prefix, old, retention)
       redis.call('HSET', prefix .. ':edit:' .. old, 'status', 'rolled_back', 'rolled_back_by',
@@ -287,7 +288,8 @@ class EditStore:
         for edit in edits:
             if any("\n" in c for c in edit.claims):
                 raise ValueError("a claim cannot contain a newline")
-            args += [edit.id, edit.record.model_dump_json(exclude_defaults=True), edit.delta, "\n".join(edit.claims)]
+            args += [edit.id, edit.record.model_dump_json(exclude_defaults=True), edit.delta,
+                     "\n".join(edit.claims)]
         created, ids, stored_hash, replaced = (
             _decode(x) for x in await self._change(self._add, args))
         superseded: dict[str, list[str]] = {}
