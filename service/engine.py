@@ -326,10 +326,10 @@ class EditEngine:
         """Roll back every active edit newer than ``version``, newest first."""
         lock = await self._turn()
         try:
-            result = await self.store.rollback_after(version, by=by, at=at)
+            ids = await self.store.rollback_after(version, by=by, at=at)
             await self.follower.sync()
-            self.metrics.rollbacks.inc(len(result.ids))
-            return await self.store.get_many(result.ids)
+            self.metrics.rollbacks.inc(len(ids))
+            return await self.store.get_many(ids)
         finally:
             lock.release()
 
