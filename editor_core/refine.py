@@ -41,11 +41,10 @@ from .delta import STORE_DTYPE, EditDelta, WeightFactors
 from .editor import EditRequest
 from .encoding import IGNORE_INDEX, label_nll
 from .memory import EditMemory
+from .outcomes import Outcome
 from .probing import TargetScore
 from .specs import EditableWeight
 
-# "fitted": an edit without a trained editor (its step searched, then fitted) that holds
-Outcome = Literal["one_shot", "refined", "fitted", "did_not_hold"]
 # The step sizes a plain gradient step is tried at: 1e-3 to 10, half a decade apart.
 STEP_GRID = tuple(10 ** (k / 2) for k in range(-6, 3))
 

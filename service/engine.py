@@ -40,7 +40,7 @@ from editor_core.refine import EditJudge, Judgement
 from .claims import claims
 from .errors import ServiceError
 from .follower import LogFollower
-from .metrics import ServiceMetrics
+from .metrics import REFUSED, ServiceMetrics
 from .schemas import (
     BeforeAfter,
     EarlierEdit,
@@ -258,7 +258,7 @@ class EditEngine:
         for s, j in zip(specs, judged):
             self.metrics.edits.labels(s.request.task, "refused").inc()
             self.metrics.edit_outcomes.labels(
-                s.request.task, "refused" if not j.holds else j.outcome).inc()
+                s.request.task, REFUSED if not j.holds else j.outcome).inc()
         details = [{"index": i, "prompt": specs[i].request.prompt,
                     "target": specs[i].request.target, "refine_steps": judged[i].steps,
                     "refine_ms": round(judged[i].ms, 1),
