@@ -15,9 +15,9 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 from editor_core.data.records import EditCase
 from editor_core.editor import EditRequest, Editor
 from editor_core.encoding import EncodedBatch, target_nll
-from editor_lab.evaluation.methods import FineTuneMethod
 from editor_core.hypernetwork import Hypernetwork, HypernetworkConfig
 from editor_core.specs import resolve_editable
+from editor_lab.evaluation.methods import FineTuneMethod
 from service.claims import claims
 from service.schemas import EditRecord
 from service.store import EditStore, NewEdit
@@ -47,23 +47,24 @@ def _compute_and_store_form(editor: Editor, requests: list[EditRequest]) -> None
 
 def compute_vs_forward_backward(w: Workload, batches: tuple[int, ...], repeats: int
                                 ) -> list[dict]:
-    rows = []
-    for size in batches:
-        requests = edit_requests(size)
-        encoded = w.editor.encode(requests)
-        batch = EncodedBatch(encoded.input_ids.to(w.device),
-                             encoded.attention_mask.to(w.device), encoded.labels.to(w.device))
-        medians = interleaved({
-            "fwdbwd": lambda: (_forward_backward(w.model, batch), w.sync()),
-            "edit": lambda: (_compute(w.editor, requests), w.sync()),
-            "stored": lambda: (_compute_and_store_form(w.editor, requests), w.sync()),
-        }, repeats=max(3, repeats // max(1, size // 8)))
-        w.model.zero_grad(set_to_none=True)
-        rows.append({"batch": size, "fwdbwd_ms": medians["fwdbwd"],
-                     "edit_ms": medians["edit"], "edit_ms_per_edit": medians["edit"] / size,
-                     "edit_over_fwdbwd": medians["edit"] / medians["fwdbwd"],
-                     "with_stored_form_ms": medians["stored"]})
-    return rows
+    return [_compute_vs_forward_backward_at(w, size, repeats) for size in batches]
+
+
+def _compute_vs_forward_backward_at(w: Workload, size: int, repeats: int) -> dict:
+    requests = edit_requests(size)
+    encoded = w.editor.encode(requests)
+    batch = EncodedBatch(encoded.input_ids.to(w.device),
+                         encoded.attention_mask.to(w.device), encoded.labels.to(w.device))
+    medians = interleaved({
+        "fwdbwd": lambda: (_forward_backward(w.model, batch), w.sync()),
+        "edit": lambda: (_compute(w.editor, requests), w.sync()),
+        "stored": lambda: (_compute_and_store_form(w.editor, requests), w.sync()),
+    }, repeats=max(3, repeats // max(1, size // 8)))
+    w.model.zero_grad(set_to_none=True)
+    return {"batch": size, "fwdbwd_ms": medians["fwdbwd"],
+            "edit_ms": medians["edit"], "edit_ms_per_edit": medians["edit"] / size,
+            "edit_over_fwdbwd": medians["edit"] / medians["fwdbwd"],
+            "with_stored_form_ms": medians["stored"]}
 
 
 def apply_and_persist(w: Workload, redis_url: str, active: int, repeats: int) -> dict:

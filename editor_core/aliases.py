@@ -31,7 +31,7 @@ from .generation import SamplingParams, TokenStream, generate_together
 from .probing import score_targets
 
 if TYPE_CHECKING:
-    from .editor import Editor, EditRequest
+    from .editor import EditRequest, Editor
 
 __all__ = ["AliasSearch", "AliasFinder"]
 

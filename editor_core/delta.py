@@ -29,9 +29,9 @@ from .workers import MIN_PARALLEL_ROWS, run_all
 # The stored form of an edit: ΔW truncated to 12% relative Frobenius error, factors kept in
 # bfloat16 (fp32's range, so no underflow). On the demo LM that is ≈50 KB an edit against
 # ≈210 KB at 1%, and 300 held-out edits answer within a point either way (reliability
-# 0.860 against 0.870, paraphrase 0.867 against 0.870 at 10,000: bench/stream-heldout.json). The stored factors
-# *are* the edit: the ledger applies and removes exactly them, so live weights and replays
-# always agree.
+# 0.860 against 0.870, paraphrase 0.867 against 0.870 at 10,000:
+# bench/stream-heldout.json). The stored factors *are* the edit: the ledger applies and
+# removes exactly them, so live weights and replays always agree.
 STORE_REL_TOL = 0.12
 STORE_DTYPE = torch.bfloat16
 

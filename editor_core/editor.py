@@ -37,8 +37,7 @@ from .answers import AnswerEndings
 from .combination import CombinationConfig
 from .data.records import EditCase
 from .delta import EditDelta, WeightFactors
-from .encoding import (EditInputError, EncodedBatch, encode_batch, label_nll,
-                       predicting_positions)
+from .encoding import EditInputError, EncodedBatch, encode_batch, label_nll, predicting_positions
 from .head import OutputHead
 from .hypernetwork import Hypernetwork
 from .instructions import InstructionRegistry

@@ -20,7 +20,6 @@ from .specs import EditableWeight
 from .workers import MIN_PARALLEL_ROWS, run_all
 
 
-
 @dataclass(frozen=True)
 class HypernetworkConfig:
     """Shape of the editor network; saved with every checkpoint."""
@@ -144,7 +143,8 @@ class Hypernetwork(nn.Module):
             counts[w.shape_key] = counts.get(w.shape_key, 0) + 1
         dims = {w.shape_key: (w.d_in, w.d_out) for w in self.editable}
         self.nets = nn.ModuleDict({
-            key: ShapeEditorNet(d_in, d_out, counts[key], cfg) for key, (d_in, d_out) in dims.items()
+            key: ShapeEditorNet(d_in, d_out, counts[key], cfg)
+            for key, (d_in, d_out) in dims.items()
         })
         self.step_sizes = nn.Parameter(torch.full((len(self.editable),), cfg.init_step_size))
         self._index = {w.name: i for i, w in enumerate(self.editable)}

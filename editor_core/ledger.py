@@ -229,13 +229,6 @@ class WeightLedger:
             self.combiner.recompute([])
             self._write(self._version + 1)
 
-    def recompute(self) -> None:
-        """Rebuild the combined ΔW from the active edits in application order (the weights
-        stand for the same edits, so the version stays)."""
-        with self._lock:
-            self.combiner.recompute(list(self._active.values()))
-            self._write(self._version)
-
     @torch.no_grad()
     def _write(self, version: int) -> None:
         """Build every new weight, then swap them all in, with their version, under the
@@ -275,7 +268,3 @@ class WeightLedger:
                     h.update(routed.encode())
                 self._digest = (self._writes, h.hexdigest())
             return self._digest[1]
-
-    def pristine_weights(self) -> dict[str, torch.Tensor]:
-        """Copies of the pristine editable weights (fp32)."""
-        return {n: t.clone() for n, t in self._pristine.items()}

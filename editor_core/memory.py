@@ -419,8 +419,9 @@ class RoutingSession:
         token that leaves its answer; the best eligible entry at or above its threshold
         fires where none acts, and takes over from the acting one when its cosine beats
         every cosine the acting one reached. An entry that left its answer fires again
-        before its line ends only where it matches better than it had. Returns the changes (chunk index, entry or None).
-        Causal: a position's choice depends on positions up to it only."""
+        before its line ends only where it matches better than it had. Returns the changes
+        (chunk index, entry or None). Causal: a position's choice depends on positions up to
+        it only."""
         contest = _Contest.of(row, x, real, [positions[j] for j in real], config, index) if (
             row.eligible or index.subjectless) else None
         changes: list[tuple[int, MemoryEntry | None]] = []

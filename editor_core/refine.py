@@ -41,11 +41,10 @@ from .delta import STORE_DTYPE, EditDelta, WeightFactors
 from .editor import EditRequest
 from .encoding import IGNORE_INDEX, label_nll
 from .memory import EditMemory
+from .outcomes import Outcome
 from .probing import TargetScore
 from .specs import EditableWeight
 
-# "fitted": an edit without a trained editor (its step searched, then fitted) that holds
-Outcome = Literal["one_shot", "refined", "fitted", "did_not_hold"]
 # The step sizes a plain gradient step is tried at: 1e-3 to 10, half a decade apart.
 STEP_GRID = tuple(10 ** (k / 2) for k in range(-6, 3))
 
@@ -92,7 +91,6 @@ class EditFit:
     outcome: Outcome
     steps: int
     ms: float
-    token_accuracy: float  # the least, over the fitted prompts, of the teacher-forced share
     time_capped: bool = False  # stopped by the time guard, not by holding or the step budget
 
 
@@ -133,7 +131,7 @@ class EditRefiner:
                 min=1e-8))} for u, d, _ in params.values() for t in (u, d)])
         if cfg.strategy == "scale":
             return self._scaled(delta, ids, mask, labels, own, starts, began)
-        steps, accuracy, capped = 0, 0.0, False
+        steps, capped = 0, False
         while True:
             with torch.enable_grad():
                 stored = {n: (_as_stored(u), _as_stored(d), s) for n, (u, d, s) in params.items()}
@@ -142,7 +140,6 @@ class EditRefiner:
                                         use_cache=False).logits
                 checks = self.endings.check(logits, labels, own)
                 exact = all(c.exact for c in checks[:required])
-                accuracy = min(c.score.token_accuracy for c in checks[:required])
                 sure = min(c.score.probability for c in checks[:required]) >= cfg.confidence
                 capped = _ms(began) >= cfg.max_ms
                 if (exact and sure and all(c.exact for c in checks[required:])
@@ -159,7 +156,7 @@ class EditRefiner:
         outcome: Outcome = ("one_shot" if steps == 0 else "refined") if exact \
             else "did_not_hold"
         fitted = delta if steps == 0 else _with_factors(delta, params)
-        return EditFit(fitted, outcome, steps, _ms(began), accuracy,
+        return EditFit(fitted, outcome, steps, _ms(began),
                        capped and not exact and steps < cfg.max_steps)
 
     @torch.no_grad()
@@ -190,7 +187,7 @@ class EditRefiner:
                 labels: torch.Tensor, own: list[int], starts: torch.Tensor, began: float
                 ) -> EditFit:
         """The first of ``scales`` (the one-shot change times it) that holds, if any."""
-        accuracy, steps, tried, exact = 0.0, 0, delta, False
+        steps, tried, exact = 0, delta, False
         capped = False
         for scale in (1.0, *self.config.scales):
             capped = _ms(began) >= self.config.max_ms
@@ -205,13 +202,12 @@ class EditRefiner:
             with self._applied(factors, starts):
                 logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
             checks = self.endings.check(logits, labels, own)
-            accuracy = min(c.score.token_accuracy for c in checks)
             exact = all(c.exact for c in checks)
             if exact:
                 break
         outcome: Outcome = ("one_shot" if tried is delta else "refined") if exact \
             else "did_not_hold"
-        return EditFit(tried, outcome, steps, _ms(began), accuracy, capped and not exact)
+        return EditFit(tried, outcome, steps, _ms(began), capped and not exact)
 
     # -- the change as the memory applies it, differentiably ------------------------------
     @contextmanager

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 # Each import registers its commands, listed in this order; build's come after those it chains.
 from . import bench, data, edits, evaluate, importing, serve, train  # noqa: F401
+
+# isort: split
 from . import build  # noqa: F401
 from .app import app
 

@@ -14,7 +14,6 @@ from service.settings import DEMO_EDITOR_PATH, DEMO_LM_PATH
 
 from .app import DataDir, SentimentJudgeName, TaskList, Threads, app, judge_named, named_path, setup
 
-
 RelationWordings = Annotated[bool, typer.Option(
     help="key and fit edits that name a known relation on its other wordings too, with "
          "contrast keys (the service's relation_wordings)")]
@@ -101,10 +100,14 @@ def eval_cmd(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from editor_core.checkpoint import load_editor
-    from editor_lab.evaluation.evaluator import Evaluator, markdown_table
-    from editor_lab.evaluation.methods import (FineTuneMethod, HypernetworkMethod,
-                                                NoEditMethod, PerTaskMethod)
     from editor_core.specs import resolve_editable
+    from editor_lab.evaluation.evaluator import Evaluator, markdown_table
+    from editor_lab.evaluation.methods import (
+        FineTuneMethod,
+        HypernetworkMethod,
+        NoEditMethod,
+        PerTaskMethod,
+    )
     from editor_lab.training.examples import load_task_records
 
     setup(threads)
@@ -239,13 +242,17 @@ def eval_stream_cmd(
     each count (JSON + table)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from editor_lab.evaluation.service_view import (StreamSettings, evaluate_stream,
-                                                     stream_table)
-    from editor_core.refine import RefineConfig
-    from editor_lab.world import WorldConfig, build_world
     from editor_core.chat_template import chat_prompt
-    from editor_lab.world.stream import (asked_in_chat, asks_edited_fact, lifelong_stream,
-                                         save_stream, unfamiliar_stream)
+    from editor_core.refine import RefineConfig
+    from editor_lab.evaluation.service_view import StreamSettings, evaluate_stream, stream_table
+    from editor_lab.world import WorldConfig, build_world
+    from editor_lab.world.stream import (
+        asked_in_chat,
+        asks_edited_fact,
+        lifelong_stream,
+        save_stream,
+        unfamiliar_stream,
+    )
 
     setup(threads)
     checkpoints = tuple(sorted(int(n) for n in counts.split(",")))
@@ -323,8 +330,8 @@ def eval_single_cmd(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from editor_core.data.knowedit import load_edit_records
-    from editor_lab.evaluation.single_view import evaluate_single, single_table
     from editor_core.refine import RefineConfig
+    from editor_lab.evaluation.single_view import evaluate_single, single_table
     from editor_lab.training.examples import load_task_records
     from editor_lab.world import WorldConfig, build_world
     from editor_lab.world.stream import unfamiliar_stream

@@ -21,7 +21,8 @@ def import_easyedit_cmd(
     instructions: Annotated[bool, typer.Option(
         help="the archive is an InstructEdit editor (wrap inputs in task instructions)")] = False,
 ) -> None:
-    """Convert an EasyEdit archive to this project's editor format (unpickles: trusted files only)."""
+    """Convert an EasyEdit archive to this project's editor format
+    (unpickles: trusted files only)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from editor_core.easyedit import UNPICKLE_WARNING, import_easyedit

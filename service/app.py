@@ -24,12 +24,12 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import KeyRing
+from .console import install as install_console
 from .errors import ServiceError
 from .handlers import Handlers
 from .lifecycle import LiveService
 from .logs import valid_request_id
 from .metrics import ServiceMetrics
-from .console import install as install_console
 from .routes import completions, edits, events, model, system
 from .schemas import ErrorBody, ErrorOut
 from .settings import ServiceSettings

@@ -9,8 +9,15 @@ from fastapi.exceptions import RequestValidationError
 
 from .auth import Principal, require
 from .errors import ServiceError
-from .handlers import (ChatHandler, CompletionHandler, EditHandler, EditLogHandler,
-                       GenerationHandler, Handlers, SystemHandler)
+from .handlers import (
+    ChatHandler,
+    CompletionHandler,
+    EditHandler,
+    EditLogHandler,
+    GenerationHandler,
+    Handlers,
+    SystemHandler,
+)
 
 
 def handlers(request: Request) -> Handlers:

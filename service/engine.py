@@ -40,9 +40,18 @@ from editor_core.refine import EditJudge, Judgement
 from .claims import claims
 from .errors import ServiceError
 from .follower import LogFollower
-from .metrics import ServiceMetrics
-from .schemas import (BeforeAfter, EarlierEdit, Edit, EditQuality, EditRecord, EditReport,
-                      LocalityCheck, RephraseQuality, Score)
+from .metrics import REFUSED, ServiceMetrics
+from .schemas import (
+    BeforeAfter,
+    EarlierEdit,
+    Edit,
+    EditQuality,
+    EditRecord,
+    EditReport,
+    LocalityCheck,
+    RephraseQuality,
+    Score,
+)
 from .store import AddResult, EditStore, NewEdit
 
 # A locality prompt's answer: its greedy continuation up to the end of the line.
@@ -249,7 +258,7 @@ class EditEngine:
         for s, j in zip(specs, judged):
             self.metrics.edits.labels(s.request.task, "refused").inc()
             self.metrics.edit_outcomes.labels(
-                s.request.task, "refused" if not j.holds else j.outcome).inc()
+                s.request.task, REFUSED if not j.holds else j.outcome).inc()
         details = [{"index": i, "prompt": specs[i].request.prompt,
                     "target": specs[i].request.target, "refine_steps": judged[i].steps,
                     "refine_ms": round(judged[i].ms, 1),
@@ -317,10 +326,10 @@ class EditEngine:
         """Roll back every active edit newer than ``version``, newest first."""
         lock = await self._turn()
         try:
-            result = await self.store.rollback_after(version, by=by, at=at)
+            ids = await self.store.rollback_after(version, by=by, at=at)
             await self.follower.sync()
-            self.metrics.rollbacks.inc(len(result.ids))
-            return await self.store.get_many(result.ids)
+            self.metrics.rollbacks.inc(len(ids))
+            return await self.store.get_many(ids)
         finally:
             lock.release()
 

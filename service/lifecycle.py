@@ -1,10 +1,10 @@
 """The live service's parts, built at startup and released at shutdown.
 
 Startup order: load the base model and editor (the editor checks the model's fingerprint),
-connect to Redis (embedded unless ``REDIS_URL`` or Sentinels are set), open the fingerprint's edit store,
-bring the live weights up to its log, warm up (one generation, so the first client does not
-pay for lazy initialisation), then serve — and keep following the log, so edits posted to
-other replicas reach this one's weights too.
+connect to Redis (embedded unless ``REDIS_URL`` or Sentinels are set), open the
+fingerprint's edit store, bring the live weights up to its log, warm up (one generation, so
+the first client does not pay for lazy initialisation), then serve — and keep following the
+log, so edits posted to other replicas reach this one's weights too.
 
 Readiness is more than being up: a replica is ready while Redis answers and its weights
 hold every change in the log. Without Redis it still generates on the weights it has.
@@ -21,17 +21,23 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from editor_core.checkpoint import (ROUTING_FILE, load_editor, load_routing, model_fingerprint,
-                                    read_editor_config, save_routing)
-from editor_core.gradient_editor import gradient_editor
-from editor_core.memory import RoutingConfig
-from editor_core.routing_calibration import self_calibrated_routing
+from editor_core.checkpoint import (
+    ROUTING_FILE,
+    load_editor,
+    load_routing,
+    model_fingerprint,
+    read_editor_config,
+    save_routing,
+)
 from editor_core.combination import CombinationConfig
-from editor_core.refine import EditJudge, EditRefiner
 from editor_core.editor import Editor
 from editor_core.generation import SamplingParams, TokenStream
+from editor_core.gradient_editor import gradient_editor
 from editor_core.ledger import WeightLedger
+from editor_core.memory import RoutingConfig
+from editor_core.refine import EditJudge, EditRefiner
 from editor_core.relation_forms import RelationForms
+from editor_core.routing_calibration import self_calibrated_routing
 
 from .batcher import GenerationBatcher
 from .engine import EditEngine

@@ -10,6 +10,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from editor_core.outcomes import OUTCOMES
+
+# instructedit_edit_outcomes' label, besides the judge's outcomes, for an edit refused
+# because it did not hold (422 edit_did_not_hold)
+REFUSED = "refused"
+
 _MS_TO_MIN = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
               30.0, 60.0)
 _PER_TOKEN = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -25,7 +31,8 @@ class ServiceMetrics:
         self.edit_seconds = Histogram(
             "instructedit_edit_duration_seconds",
             "Edit time by phase: compute (editor), judge (trial and refinement), persist "
-            "(Redis), apply (weights), measure (quality before/after)", ["phase"], buckets=_MS_TO_MIN, registry=r)
+            "(Redis), apply (weights), measure (quality before/after)", ["phase"],
+            buckets=_MS_TO_MIN, registry=r)
         self.lock_wait_seconds = Histogram(
             "instructedit_edit_lock_wait_seconds",
             "Time an edit or rollback waited for the one-at-a-time edit lock",
@@ -44,9 +51,9 @@ class ServiceMetrics:
         self.edits = Counter("instructedit_edits", "Edits requested, by task and outcome",
                              ["task", "outcome"], registry=r)
         self.edit_outcomes = Counter(
-            "instructedit_edit_outcomes", "Judged edits by task and outcome: one_shot, "
-            "refined, fitted, did_not_hold (kept: accept_partial) or refused", ["task", "outcome"],
-            registry=r)
+            "instructedit_edit_outcomes", "Judged edits by task and outcome: "
+            f"{', '.join(OUTCOMES)} (kept: accept_partial) or {REFUSED}",
+            ["task", "outcome"], registry=r)
         self.rollbacks = Counter("instructedit_rollbacks", "Edits rolled back", registry=r)
         self.generated_tokens = Counter("instructedit_generated_tokens",
                                         "Tokens generated", registry=r)

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from editor_core.outcomes import Outcome
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
@@ -132,7 +134,7 @@ class EditRecord(EditIn):
     instruction: str = Field(description="the editor's input: the prompt in its instruction")
     created_at: str
     created_by: str
-    outcome: Literal["one_shot", "refined", "fitted", "did_not_hold"] | None = Field(
+    outcome: Outcome | None = Field(
         None, description="one_shot: the editor's delta made the model answer the target "
         "greedily on the prompt and rephrases; refined: it did after refinement; fitted: "
         "it did, made without a trained editor (the gradient step, its size searched, then "

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import (AliasChoices, BaseModel, Field, SecretStr, field_validator,
-                      model_validator)
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from editor_core.refine import RefineConfig
@@ -63,7 +62,8 @@ class ServiceSettings(RuntimeSettings):
 
     Nested values come from JSON in the environment, e.g.
     ``INSTRUCTEDIT_API_KEYS='[{"name": "ci", "key": "...", "scope": "edit"}]'`` and
-    ``INSTRUCTEDIT_LIMITS='{"max_batch_edits": 8}'`` (or ``INSTRUCTEDIT_LIMITS__MAX_BATCH_EDITS=8``).
+    ``INSTRUCTEDIT_LIMITS='{"max_batch_edits": 8}'``
+    (or ``INSTRUCTEDIT_LIMITS__MAX_BATCH_EDITS=8``).
     """
 
     model_config = SettingsConfigDict(env_prefix="INSTRUCTEDIT_", env_nested_delimiter="__")

@@ -95,7 +95,8 @@ for i = 8, #ARGV, 4 do
   local version = redis.call('INCR', prefix .. ':version')
   for claim in string.gmatch(claims, '[^\\n]+') do
     local old = redis.call('GET', prefix .. ':claim:' .. claim)
-    if old and old ~= id and redis.call('HGET', prefix .. ':edit:' .. old, 'status') == 'active' then
+    if old and old ~= id
+        and redis.call('HGET', prefix .. ':edit:' .. old, 'status') == 'active' then
       release(prefix, old)
       retire(prefix, old, retention)
       redis.call('HSET', prefix .. ':edit:' .. old, 'status', 'rolled_back', 'rolled_back_by',
@@ -205,12 +206,6 @@ class AddResult:
     superseded: dict[str, list[str]] = field(default_factory=dict)  # new id → old ids
 
 
-@dataclass(frozen=True)
-class RollbackResult:
-    version: int | None  # the rollback's version; None when nothing was active
-    ids: list[str]  # newest first
-
-
 def _decode(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -287,7 +282,8 @@ class EditStore:
         for edit in edits:
             if any("\n" in c for c in edit.claims):
                 raise ValueError("a claim cannot contain a newline")
-            args += [edit.id, edit.record.model_dump_json(exclude_defaults=True), edit.delta, "\n".join(edit.claims)]
+            args += [edit.id, edit.record.model_dump_json(exclude_defaults=True), edit.delta,
+                     "\n".join(edit.claims)]
         created, ids, stored_hash, replaced = (
             _decode(x) for x in await self._change(self._add, args))
         superseded: dict[str, list[str]] = {}
@@ -342,13 +338,13 @@ class EditStore:
             raise StoreError("conflict", f"edit {edit_id!r} is already {out[2]}")
         return await self.get(edit_id)
 
-    async def rollback_after(self, version: int, *, by: str, at: str) -> RollbackResult:
-        """Roll back every active edit newer than ``version``, as one change."""
+    async def rollback_after(self, version: int, *, by: str, at: str) -> list[str]:
+        """Roll back every active edit newer than ``version``, as one change (a new version,
+        none when nothing was newer). Returns their ids, newest first."""
         out = await self._change(self._rollback_after,
                                  [self.prefix, version, by, at, self._retention_ms],
                                  confirm=lambda out: int(out[0]) != 0)
-        new_version = int(out[0])
-        return RollbackResult(new_version or None, [_decode(x) for x in out[1:]])
+        return [_decode(x) for x in out[1:]]
 
     async def active(self) -> list[tuple[str, int]]:
         """Active edits as ``(id, version)`` in the order they were applied."""

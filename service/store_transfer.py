@@ -124,9 +124,10 @@ async def export_lines(store: EditStore, identity: StoreIdentity, chunk: int = 6
             pipe.get(store.key("delta", edit_id))
         found = await pipe.execute()
         for edit_id, fields, delta in zip(part, found[::2], found[1::2]):
-            yield "edit", EditLine(id=edit_id, fields={_decode(k): _decode(v) for k, v in fields.items()},
-                           delta=None if delta is None else base64.b64encode(delta).decode()
-                           ).model_dump_json()
+            yield "edit", EditLine(
+                id=edit_id, fields={_decode(k): _decode(v) for k, v in fields.items()},
+                delta=None if delta is None else base64.b64encode(delta).decode()
+            ).model_dump_json()
     if await store.version() != version:
         raise TransferError(f"the store changed while exporting (version {version} → "
                             f"{await store.version()}): export again when no edits are made")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from editor_core import runtime  # sets OMP_WAIT_POLICY before torch loads
 
+# isort: split
+
 import json
 from pathlib import Path
 

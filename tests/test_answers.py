@@ -13,7 +13,10 @@ from editor_core.generation import SamplingParams, TokenStream
 from editor_core.memory import MemoryEntry, _answer_state
 from editor_core.refine import RefineConfig
 
-from .test_refine import judge_for, setup  # noqa: F401  (setup: the module's fixture)
+from . import test_refine
+from .test_refine import judge_for
+
+setup = test_refine.setup  # test_refine's fixture, shared (its editor, memory and ledger)
 
 # Edits whose one-shot change keeps pushing target tokens after the target (real-world
 # text, out of the demo world, and an invented place).

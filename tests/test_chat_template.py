@@ -8,8 +8,14 @@ import copy
 import pytest
 from transformers import AutoTokenizer
 
-from editor_core.chat_template import (ChatTemplateError, case_in_chat, chat_prompt,
-                                       chat_wordings, turn_end, wraps_turns)
+from editor_core.chat_template import (
+    ChatTemplateError,
+    case_in_chat,
+    chat_prompt,
+    chat_wordings,
+    turn_end,
+    wraps_turns,
+)
 from editor_core.data.records import EditCase, Probe
 from service.settings import DEMO_LM_PATH
 

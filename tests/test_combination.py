@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from editor_core.checkpoint import load_editor, model_fingerprint, save_editor
-from editor_core.combination import (ActiveEdit, CombinationConfig, ExactSum, GridProducts,
-                                     RidgeCombiner, SumCombiner, keys_and_values, on_grid)
+from editor_core.combination import (
+    ActiveEdit,
+    CombinationConfig,
+    ExactSum,
+    GridProducts,
+    RidgeCombiner,
+    SumCombiner,
+    keys_and_values,
+    on_grid,
+)
 from editor_core.delta import EditDelta, WeightFactors, merge
 from editor_core.ledger import LedgerError, WeightLedger
 from editor_core.specs import resolve_editable

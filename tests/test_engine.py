@@ -11,14 +11,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editor_core.checkpoint import load_editor
-from editor_lab.decoding import greedy_continuations
 from editor_core.editor import EditRequest
 from editor_core.encoding import EditInputError
 from editor_core.ledger import WeightLedger
+from editor_lab.decoding import greedy_continuations
 from service.engine import EditEngine, EditSpec
-from service.schemas import EditRecord
 from service.errors import ServiceError
 from service.metrics import ServiceMetrics
+from service.schemas import EditRecord
 from service.store import EditStore, StoreError
 
 from .conftest import DEMO_LM, REPO

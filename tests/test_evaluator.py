@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from editor_core.data import load_edit_records
+from editor_core.specs import resolve_editable
 from editor_lab.evaluation.evaluator import Evaluator, markdown_table, summarize
 from editor_lab.evaluation.methods import FineTuneMethod, HypernetworkMethod, NoEditMethod
-from editor_core.specs import resolve_editable
 
 from .test_editing import make_editor
 

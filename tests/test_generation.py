@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editor_lab.decoding import greedy_continuations
 from editor_core.encoding import encode_batch, target_nll
-from editor_core.generation import (GenerationError, SamplingParams, TokenStream,
-                                     generate_together)
+from editor_core.generation import GenerationError, SamplingParams, TokenStream, generate_together
 from editor_core.probing import score_targets
+from editor_lab.decoding import greedy_continuations
 
 PROMPTS = ["Plyndti Brynta is a citizen of", "The capital of Veiistan is", "Hello"]
 

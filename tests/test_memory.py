@@ -186,8 +186,8 @@ def test_a_delta_without_routing_key_is_refused_and_changes_nothing(empty) -> No
 def test_the_memory_routes_on_every_model_family(family: str) -> None:
     """Gate at the first edited module of each family: an edit fires on its prompt and
     changes the answer there only; removed, the logits are the pristine ones bit for bit."""
-    from editor_core.hypernetwork import Hypernetwork, HypernetworkConfig
     from editor_core.editor import Editor
+    from editor_core.hypernetwork import Hypernetwork, HypernetworkConfig
     from editor_core.memory import RoutingConfig
     from editor_core.specs import resolve_editable
 

@@ -78,12 +78,12 @@ def test_three_replicas_follow_one_log(tmp_path: Path, redis_process: RedisProce
             made = c.post("/edits", json=EDIT)
         assert made.status_code == 201, made.text
         for other in (r2, r3):  # the edit reaches the other replicas within a second
-            within(1.0, lambda: answers_with_target(other))
+            within(1.0, lambda other=other: answers_with_target(other))
         assert same_weights([r1, r2, r3])
 
         # Edits posted to different replicas get one global order of versions.
         versions = []
-        for i, (body, target) in enumerate(zip(facts(exported, 6), [r1, r2, r3] * 2)):
+        for body, target in zip(facts(exported, 6), [r1, r2, r3] * 2):
             with target.client() as c:
                 versions.append(c.post("/edits", json=body).json()["version"])
         assert versions == list(range(2, 8))
@@ -91,7 +91,7 @@ def test_three_replicas_follow_one_log(tmp_path: Path, redis_process: RedisProce
         with r3.client() as c:
             c.post(f"/edits/{made.json()['id']}/rollback").raise_for_status()
         for other in (r1, r2):
-            within(1.0, lambda: not answers_with_target(other))
+            within(1.0, lambda other=other: not answers_with_target(other))
         within(2.0, lambda: same_weights([r1, r2, r3]))
         assert {info(r)["edit_version"] for r in (r1, r2, r3)} == {8}
         log = info(r2)["log"]

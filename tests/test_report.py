@@ -77,8 +77,13 @@ def test_task_tables_list_every_method_protocol_and_metric() -> None:
 
 def test_editor_card_copies_the_editor_and_quotes_the_measurements(
         demo_lm, tmp_path: Path) -> None:
-    from editor_core.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, load_editor,
-                                        model_fingerprint, save_editor)
+    from editor_core.checkpoint import (
+        CONFIG_FILE,
+        WEIGHTS_FILE,
+        load_editor,
+        model_fingerprint,
+        save_editor,
+    )
     from editor_lab.evaluation.card import write_editor_card
 
     from .test_editing import make_editor
@@ -86,9 +91,9 @@ def test_editor_card_copies_the_editor_and_quotes_the_measurements(
     model, tok = demo_lm
     editor = make_editor(model, tok, step=1e-3, rank=16)
     training = {"steps": 7, "skipped_steps": 0, "best_val_score": 0.5, "train_seconds": 60.0,
-                "processes": 1, "config": {"tasks": ["cf"], "steps": 10, "accumulate": 4, "threads": 1,
-                                           "c_edit": 1.0, "edit_loss": "sum", "c_loc": 2.0,
-                                           "lr": 1e-4, "step_size_lr": 1e-5}}
+                "processes": 1, "config": {"tasks": ["cf"], "steps": 10, "accumulate": 4,
+                                           "threads": 1, "c_edit": 1.0, "edit_loss": "sum",
+                                           "c_loc": 2.0, "lr": 1e-4, "step_size_lr": 1e-5}}
     save_editor(tmp_path / "run" / "best", editor,
                 base_fingerprint=model_fingerprint(model, editor.editable, tok),
                 training=training)

@@ -80,8 +80,8 @@ def test_settings_refuse_what_cannot_be_measured() -> None:
 
 
 def test_single_edits_one_shot_judged_and_ftl_side_by_side(world: World) -> None:
-    from editor_lab.evaluation.single_view import evaluate_single, single_table
     from editor_core.refine import RefineConfig
+    from editor_lab.evaluation.single_view import evaluate_single, single_table
     from editor_lab.world.stream import unfamiliar_stream
 
     model = AutoModelForCausalLM.from_pretrained(DEMO_LM_PATH).eval()

@@ -9,8 +9,13 @@ import pytest
 from editor_core.data import EditCase, load_edit_records
 from editor_lab.world import World
 from editor_lab.world.export import TASK_RELATIONS
-from editor_lab.world.stream import (asked_in_chat, asks_edited_fact, lifelong_stream,
-                                      save_stream, unfamiliar_stream)
+from editor_lab.world.stream import (
+    asked_in_chat,
+    asks_edited_fact,
+    lifelong_stream,
+    save_stream,
+    unfamiliar_stream,
+)
 from editor_lab.world.templates import RELATIONS_BY_NAME
 
 

@@ -51,6 +51,7 @@ def write_model_card(out_dir: Path, summary: dict, result: dict) -> Path:
     build = f"instructedit build-demo-lm{' --chat' if chat else ''} --out {shown}"
     evaluate = f"instructedit eval-lm --model {shown} --json {shown}/eval.json"
     size_mb = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file()) / 1e6
+    chat_note = CHAT_NOTE if chat else ""
     what = (f"A small LLaMA (`LlamaForCausalLM`: RMSNorm, rotary positions, SwiGLU MLP of "
             f"width {cfg['intermediate_size']}; " if llama else "A small GPT-2 (")
     card = f"""# {'Chat demo LM' if chat else 'Demo LM'} for InstructEdit Server
@@ -90,7 +91,7 @@ Reproduce with `{evaluate}`; full per-template figures are in `eval.json`.
 
 {format_table(result)}
 
-{CHAT_NOTE if chat else ''}"Unseen entities" compares how often the LM produces an unseen entity's true fact (every
+{chat_note}"Unseen entities" compares how often the LM produces an unseen entity's true fact (every
 template, by name) with always guessing each relation's most common object. Unseen facts
 are drawn from the same distribution as the rest, so that guess is right with probability
 equal to the object's share (the "expected" row, the acceptance baseline); its realised

@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from editor_core.answers import is_exact
 from editor_core.chat_template import chat_wordings
 from editor_lab.decoding import greedy_continuations, starts_with_answer
+
 from ..world.corpus import LOCALITY_PREFIX, surface_forms
 from ..world.schema import World
 from ..world.sentiment import sentiment_of
@@ -184,7 +185,8 @@ def evaluate_demo_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             "per_relation": {k.removeprefix("exact/chat/"): _rate(v) for k, v in chat.items()
                              if k.startswith("exact/chat/") and k.count("/") == 3}}
     result["acceptance"] = {
-        "known_name_every_template>=0.99": result["known_facts"]["name_min_template"] >= KNOWN_FLOOR,
+        "known_name_every_template>=0.99":
+            result["known_facts"]["name_min_template"] >= KNOWN_FLOOR,
         "known_alias>=0.95": result["known_facts"]["alias_all_templates"] >= ALIAS_FLOOR,
         "known_exact_by_name>=0.99": result["known_facts"]["name_exact"] >= KNOWN_FLOOR,
         "opinions_every_phrasing>=0.99": result["opinions"]["min_phrasing"] >= OPINION_FLOOR,

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from editor_core.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_editor_config
+
 from .report import acceptance, checks_table, compare, edit_score, task_tables
 
 EDITOR_NAME = "InstructEdit"
@@ -131,11 +132,12 @@ def write_editor_card(out: Path, editor_dir: Path, eval_path: Path, analysis_pat
     editable = ", ".join(f"`{e['name']}`" for e in config["editable"])
     settings = evaluation["settings"]
     model = tcfg.get("model", "checkpoints/demo-lm")
+    delta_scaling = config["hypernetwork"].get("delta_scaling", "none")
     card = f"""# InstructEdit for `{model}`
 
 A MEND hypernetwork trained with task instructions (InstructEdit) for
 `{model}`. It turns the editing gradient of one fact into a low-rank change of
-{editable} (rank {config['hypernetwork']['rank']}, `delta_scaling={config['hypernetwork'].get('delta_scaling', 'none')}`).
+{editable} (rank {config['hypernetwork']['rank']}, `delta_scaling={delta_scaling}`).
 Trained on {', '.join(trained)} of the demo world, balanced; **{held_out} is held out** of
 training entirely and measures whether the instructions carry the editor to a task it never
 saw. Weights: {size_mb:.1f} MB. Base-model fingerprint `{config['base_model_fingerprint'][:16]}…`

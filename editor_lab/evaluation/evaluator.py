@@ -20,8 +20,9 @@ from collections.abc import Callable, Sequence
 from tqdm.auto import tqdm
 
 from editor_core.data.records import EditCase, Probe, SentimentJudge, carries_sentiment
-from editor_lab.decoding import greedy_continuations
 from editor_core.instructions import InstructionRegistry
+from editor_lab.decoding import greedy_continuations
+
 from .methods import EditMethod
 from .metrics import answer_argmax, exact_match, token_accuracy, unchanged_share
 

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 from editor_core.combination import DeltaCombiner
 from editor_core.data.records import EditCase, Probe
 from editor_core.delta import EditDelta
-from editor_core.editor import Editor, EditRequest
+from editor_core.editor import EditRequest, Editor
 from editor_core.ledger import WeightLedger
+
 from .metrics import answer_argmax, token_accuracy, unchanged_share
 
 

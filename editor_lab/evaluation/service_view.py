@@ -44,6 +44,7 @@ from editor_core.generation import SamplingParams, TokenStream
 from editor_core.gradient_editor import is_gradient_editor
 from editor_core.ledger import WeightLedger
 from editor_core.memory import EditMemory, RoutingConfig
+from editor_core.outcomes import OUTCOMES
 from editor_core.probing import score_targets
 from editor_core.refine import EditJudge, EditRefiner, RefineConfig
 from editor_core.request_wordings import request_wordings
@@ -242,8 +243,7 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
         if judge is not None:
             made_so_far = [outcome_of[j] for j in range(n)]
             figures["memory"][str(n)]["outcomes"] = {
-                o: made_so_far.count(o) for o in ("one_shot", "refined", "fitted",
-                                                  "did_not_hold")}
+                o: made_so_far.count(o) for o in OUTCOMES}
         if n == settings.removal_at:
             removal = _removal_check(memory_arm, tokenizer, editor.max_length, settings,
                                      removal_prompts, removal_targets, pristine_scores)

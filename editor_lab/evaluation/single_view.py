@@ -31,12 +31,13 @@ from editor_core.answers import starts_with_target
 from editor_core.combination import CombinationConfig
 from editor_core.data.records import EditCase, carries_sentiment
 from editor_core.editor import EditRequest, Editor
+from editor_core.gradient_editor import is_gradient_editor
 from editor_core.ledger import WeightLedger
 from editor_core.memory import EditMemory, RoutingConfig
 from editor_core.probing import score_targets
-from editor_core.gradient_editor import is_gradient_editor
 from editor_core.refine import EditJudge, EditRefiner, RefineConfig
 from editor_core.request_wordings import request_wordings
+
 from .methods import FineTuneMethod
 from .service_view import _probes, answer, holds
 

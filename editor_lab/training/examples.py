@@ -37,7 +37,8 @@ def make_example(record: EditCase, rng: random.Random, max_paraphrases: int,
         edit = tuple(Probe(p, record.target_new) for p in prompts)
     locality = [p for probes in record.locality.values() for p in probes]
     rng.shuffle(locality)
-    return TrainingExample(EditRequest.from_record(record), edit, tuple(locality[:max_locality]), record)
+    return TrainingExample(EditRequest.from_record(record), edit,
+                           tuple(locality[:max_locality]), record)
 
 
 class TaskSampler:

@@ -19,6 +19,7 @@ import torch
 from editor_core.data.records import EditCase, Probe
 from editor_core.delta import WeightFactors
 from editor_core.editor import Editor
+
 from .examples import make_example
 
 

@@ -30,11 +30,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from editor_core.checkpoint import model_fingerprint, save_editor
 from editor_core.combination import CombinationConfig
 from editor_core.data.records import SentimentJudge, carries_sentiment
-from editor_lab.decoding import greedy_continuations
 from editor_core.editor import Captured, Editor
 from editor_core.hypernetwork import Hypernetwork, HypernetworkConfig
 from editor_core.instructions import InstructionRegistry
 from editor_core.specs import resolve_editable
+from editor_lab.decoding import greedy_continuations
+
 from .config import TrainConfig
 from .examples import TaskSampler, TrainingExample, load_task_records, make_example
 from .joint import EditBank, KeyValueSums, ridge_weights, with_bank

@@ -44,7 +44,8 @@ def opinion_sentences(world: World) -> Iterator[str]:
     for topic in world.topics:
         for question in OPINION_QUESTIONS:
             for i in range(len(OPINION_ANSWERS[topic.sentiment])):
-                yield f"{question.prompt(topic.name)} {opinion_answer(topic.name, topic.sentiment, i)}"
+                answer = opinion_answer(topic.name, topic.sentiment, i)
+                yield f"{question.prompt(topic.name)} {answer}"
 
 
 def unrelated_sentences(world: World) -> Iterator[str]:

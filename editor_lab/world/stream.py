@@ -14,16 +14,17 @@ Streams are saved in the multi-task KnowEdit layout (a ``type`` field per record
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
-import dataclasses
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from editor_core.data.knowedit import load_edit_records
 from editor_core.data.records import EditCase, Probe
+
 from .export import MULTITASK_TYPE, TASK_RELATIONS
 from .schema import Entity, World
 from .templates import RELATIONS_BY_NAME

@@ -21,8 +21,16 @@ from editor_core.probing import score_targets
 from ..batcher import Finished
 from ..errors import ServiceError
 from ..lifecycle import LiveService
-from ..schemas import (ErrorBody, ErrorOut, GenerateIn, GenerateOut, ScoreIn, ScoreOut,
-                       TargetScoreOut, Usage)
+from ..schemas import (
+    ErrorBody,
+    ErrorOut,
+    GenerateIn,
+    GenerateOut,
+    ScoreIn,
+    ScoreOut,
+    TargetScoreOut,
+    Usage,
+)
 from .limits import check_tokens
 from .pristine import pristine_memory, with_pristine
 

@@ -13,8 +13,7 @@ from fastapi import APIRouter
 from sse_starlette import EventSourceResponse
 
 from ..deps import Chat, Completions, ReadKey
-from ..schemas import (ChatCompletionIn, ChatCompletionOut, CompletionIn, CompletionOut,
-                       ModelListOut)
+from ..schemas import ChatCompletionIn, ChatCompletionOut, CompletionIn, CompletionOut, ModelListOut
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 

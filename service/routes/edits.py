@@ -8,8 +8,16 @@ from fastapi import APIRouter, Query, Response
 
 from ..deps import EditKey, Edits, IdempotencyKey, ReadKey, known_query
 from ..handlers.edits import Created
-from ..schemas import (Edit, EditBatchIn, EditBatchOut, EditIn, EditPageOut, RollbackToIn,
-                       RollbackToOut)
+from ..schemas import (
+    Edit,
+    EditBatchIn,
+    EditBatchOut,
+    EditIn,
+    EditPageOut,
+    RollbackToIn,
+    RollbackToOut,
+)
+
 router = APIRouter(tags=["edits"])
 
 
