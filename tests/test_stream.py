@@ -186,7 +186,7 @@ def test_in_chat_each_edit_is_its_relations_question_and_the_reserved_one_is_hel
     chat = asked_in_chat(stream, world, _ask)
     assert len(chat) == len(stream)
     known = {e.name: e for e in world.entities.values()}
-    with_alias = 0
+    with_alias = statements = 0
     for plain, asked in zip(stream, chat):
         relation = RELATIONS_BY_NAME[plain.meta["relation"]]
         sent, held_out = (relation.of_form("question", reserved=r)[0] for r in (False, True))
@@ -198,9 +198,23 @@ def test_in_chat_each_edit_is_its_relations_question_and_the_reserved_one_is_hel
         assert [p.prompt for p in asked.portability.get("Subject_Aliasing", ())] == [
             _ask(sent.prompt(a)) for a in aliases]
         with_alias += bool(aliases)
-        assert {k: [(_ask(p.prompt), p.answer) for p in v] for k, v in plain.locality.items()
-                } == {k: [(p.prompt, p.answer) for p in v] for k, v in asked.locality.items()}
+        # locality probes are asked too: a statement to complete as its relation's question
+        for kind, probes in plain.locality.items():
+            assert [p.answer for p in asked.locality[kind]] == [p.answer for p in probes]
+            for p, q in zip(probes, asked.locality[kind]):
+                if p.prompt.endswith("?"):
+                    assert q.prompt == _ask(p.prompt)
+                elif kind == "Relation_Specificity":  # a statement about the edit's subject
+                    relation = next(r for r in RELATIONS_BY_NAME.values()
+                                    for t in r.of_form("statement")
+                                    if t.prompt(plain.subject) == p.prompt)
+                    question = relation.of_form("question", reserved=False)[0]
+                    assert q.prompt == _ask(question.prompt(plain.subject))
+                    statements += 1
+                else:
+                    assert q.prompt.startswith("<|user|> ") and q.prompt.endswith(
+                        "?<|assistant|>")
         # a phrasing asked inside a user's turn still asks the edited fact
         assert asks_edited_fact(asked.prompt, plain)
         assert asks_edited_fact(asked.rephrases[0], plain)
-    assert with_alias > 0
+    assert with_alias > 0 and statements > 0

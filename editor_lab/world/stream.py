@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import random
+import re
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from editor_core.data.records import EditCase, Probe
 
 from .export import MULTITASK_TYPE, TASK_RELATIONS
 from .schema import Entity, World
-from .templates import RELATIONS_BY_NAME
+from .templates import RELATIONS_BY_NAME, Relation
 
 HELD_OUT_SPLITS: tuple[str, ...] = ("test", "validation")
 
@@ -227,7 +228,9 @@ def asked_in_chat(stream: list[EditCase], world: World, ask: Callable[[str], str
     turn (the model's chat template). Each edit is sent as its relation's first question in
     a user's turn; its held-out question is the relation's reserved question, never sent;
     its alias probes ask that first question of each alias; its locality probes are asked
-    as user turns."""
+    as user turns, a statement to complete ("The employer of X is") as its relation's
+    question: a chat user asks, and the model's reply to a bare statement is no answer to
+    keep (it goes on about whatever fact it likes, the edited one included)."""
     aliases = {e.name: e.aliases for e in world.entities.values()}
     out = []
     for record in stream:
@@ -241,6 +244,27 @@ def asked_in_chat(stream: list[EditCase], world: World, ask: Callable[[str], str
             rephrases=(ask(held_out.prompt(record.subject)),),
             portability={**record.portability, "Subject_Aliasing": aliased} if aliased
             else {k: v for k, v in record.portability.items() if k != "Subject_Aliasing"},
-            locality={kind: tuple(Probe(ask(p.prompt), p.answer) for p in probes)
+            locality={kind: tuple(Probe(ask(_as_question(p.prompt)), p.answer)
+                                  for p in probes)
                       for kind, probes in record.locality.items()}))
     return out
+
+
+def _statements() -> list[tuple[re.Pattern, Relation]]:
+    """Each relation's statement templates as patterns that capture the subject."""
+    return [(re.compile(re.escape(t.text).replace(re.escape("{s}"), "(.+)") + "$"), r)
+            for r in RELATIONS_BY_NAME.values() for t in r.of_form("statement")]
+
+
+_STATEMENTS = _statements()
+
+
+def _as_question(prompt: str) -> str:
+    """A relation's statement about a subject as the relation's first question about it;
+    any other prompt (a question already) as it is."""
+    for pattern, relation in _STATEMENTS:
+        found = pattern.match(prompt)
+        if found:
+            return relation.of_form("question", reserved=False)[0].prompt(found.group(1))
+    return prompt
+
