@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import subprocess
 import sys
@@ -154,6 +155,22 @@ def test_non_finite_steps_are_skipped_and_counted(tiny_lm, exported, tmp_path) -
     record = trainer.train_step()
     assert record["skipped"] == 1 and trainer.skipped == 1
     assert all(torch.equal(before[k], v) for k, v in trainer.editor.hypernetwork.named_parameters())
+
+
+def test_bf16_steps_run_under_autocast_and_keep_fp32_weights(tiny_lm, exported,
+                                                             tmp_path) -> None:
+    """The GPU path's mixed precision, on the CPU: the step's passes in bfloat16 give a
+    finite loss that differs from fp32's on the same example, and the hypernetwork and its
+    update stay fp32."""
+    records = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        trainer = Trainer(tiny_config(tiny_lm, exported, tmp_path / precision,
+                                      precision=precision))
+        records[precision] = trainer.train_step()
+        assert all(p.dtype == torch.float32 for p in trainer.editor.hypernetwork.parameters())
+    assert math.isfinite(records["bf16"]["loss"]) and records["bf16"]["skipped"] == 0
+    assert records["bf16"]["loss"] != records["fp32"]["loss"]
 
 
 def test_without_instructions_ablation(tiny_lm, exported, tmp_path) -> None:

@@ -55,6 +55,9 @@ class TrainConfig(BaseModel):
     seed: int = 0
     threads: int = 2
     device: str = "cpu"  # cuda: under torchrun each process takes cuda:LOCAL_RANK
+    # bf16: a step's forward and backward passes under torch.autocast in bfloat16 (the base
+    # model's and the hypernetwork's matmuls); weights, optimiser and validation stay fp32
+    precision: Literal["fp32", "bf16"] = "fp32"
     max_minutes: float | None = None
 
     def task_mix(self) -> dict[str, float]:

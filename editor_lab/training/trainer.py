@@ -12,6 +12,7 @@ draws its own edits and gradients are averaged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -194,6 +195,12 @@ class Trainer:
         return loss, stats
 
     # -- training -----------------------------------------------------------------------
+    def _precision(self) -> contextlib.AbstractContextManager:
+        """bf16: autocast (torch keeps losses and softmaxes in fp32 under it)."""
+        if self.cfg.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def train_step(self) -> dict:
         cfg = self.cfg
         self.editor.hypernetwork.train()
@@ -203,17 +210,19 @@ class Trainer:
         if self.bank is not None and (self.bank.sums.count == 0
                                       or self.step % cfg.background_refresh == 0):
             self.bank.refresh()
-        captured = [self.editor.capture(self.editor.encode([ex.request])) for ex in examples]
-        outputs = self.net(captured)
-        if cfg.combination == "ridge":
-            total, stats = self._joint_loss(examples, outputs)
-        else:
-            total, stats = 0.0, {"edit_nll": 0.0, "loc_kl": 0.0}
-            for ex, factors in zip(examples, outputs):
-                loss, s = self._loss(ex, factors)
-                total = total + loss / len(examples)
-                for k, v in s.items():
-                    stats[k] += v / len(examples)
+        with self._precision():
+            captured = [self.editor.capture(self.editor.encode([ex.request]))
+                        for ex in examples]
+            outputs = self.net(captured)
+            if cfg.combination == "ridge":
+                total, stats = self._joint_loss(examples, outputs)
+            else:
+                total, stats = 0.0, {"edit_nll": 0.0, "loc_kl": 0.0}
+                for ex, factors in zip(examples, outputs):
+                    loss, s = self._loss(ex, factors)
+                    total = total + loss / len(examples)
+                    for k, v in s.items():
+                        stats[k] += v / len(examples)
         self.optim.zero_grad(set_to_none=True)
         total.backward()
         params = [p for p in self.editor.hypernetwork.parameters() if p.grad is not None]
