@@ -41,6 +41,7 @@ from editor_core.routing_calibration import self_calibrated_routing
 
 from .batcher import GenerationBatcher
 from .engine import EditEngine
+from .follower import LogFollower
 from .metrics import ServiceMetrics
 from .redis_connection import StoreConnection
 from .settings import ServiceSettings
@@ -55,6 +56,8 @@ class LiveService:
     editor: Editor
     ledger: WeightLedger
     engine: EditEngine
+    store: EditStore
+    metrics: ServiceMetrics
     batcher: GenerationBatcher
     fingerprint: str
     pristine_digest: str
@@ -97,8 +100,8 @@ class LiveService:
                             settings.ridge_refresh_every, judge)
         batcher = GenerationBatcher(model, ledger, settings.generation_batch_size,
                                     settings.generation_batch_window_ms / 1000)
-        live = cls(settings, model, tokenizer, editor, ledger, engine, batcher, fingerprint,
-                   ledger.live_digest(), redis)
+        live = cls(settings, model, tokenizer, editor, ledger, engine, store, metrics, batcher,
+                   fingerprint, ledger.live_digest(), redis)
         live.replayed = await engine.replay()
         await batcher.run(TokenStream(model, tokenizer, "Warm up",
                                       SamplingParams(max_new_tokens=2)))
@@ -106,9 +109,14 @@ class LiveService:
         live.started = True
         return live
 
+    @property
+    def follower(self) -> LogFollower:
+        """What this replica has applied of the edit log."""
+        return self.engine.follower
+
     def not_ready(self) -> tuple[str, str] | None:
         """Why this replica is not ready (a code and a message), or None when it is."""
-        follower = self.engine.follower
+        follower = self.follower
         if not self.started:
             return "not_ready", "the service is starting"
         if not follower.store_up:

@@ -112,7 +112,7 @@ def test_a_key_another_replica_stored_meanwhile_replays_its_edit(
     first = client.post("/edits", json=EDIT, headers={"Idempotency-Key": "race"})
     assert first.status_code == 201, first.text
     before = client.get("/info").json()
-    store = client.app.state.live.engine.store
+    store = client.app.state.live.store
 
     async def not_yet_seen(key: str):  # the key was stored after this replica looked
         return None

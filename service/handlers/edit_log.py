@@ -43,7 +43,7 @@ class EditLogHandler:
         return self._follow(last_event_id)
 
     async def _follow(self, after: str | None) -> AsyncIterator[dict]:
-        store = self.live.engine.store
+        store = self.live.store
         try:
             version = await store.version()
             if after is None:  # from now on: the log's entry of the newest version

@@ -109,11 +109,11 @@ class EditHandler:
 
     async def page(self, *, status: str | None, task: str | None, subject: str | None,
                    limit: int, before: int | None) -> EditPageOut:
-        return await self.live.engine.store.list(before=before, limit=limit, status=status,
+        return await self.live.store.list(before=before, limit=limit, status=status,
                                                  task=task, subject=subject)
 
     async def get(self, edit_id: str) -> Edit:
-        return await self.live.engine.store.get(edit_id)
+        return await self.live.store.get(edit_id)
 
     async def rollback(self, edit_id: str, who: Principal) -> Edit:
         return await self.live.engine.rollback(edit_id, by=who.name, at=_now())

@@ -135,7 +135,7 @@ class GenerationHandler:
 
     def _finished(self, stream: TokenStream, version: int, seconds: float) -> GenerateOut:
         """Record a finished generation in the metrics; its answer."""
-        m = self.live.engine.metrics
+        m = self.live.metrics
         m.generation_seconds.observe(seconds)
         m.generated_tokens.inc(stream.completion_tokens)
         if stream.completion_tokens:

@@ -22,13 +22,13 @@ class SystemHandler:
         live = self.live
         reason = live.not_ready()
         if reason is not None:
-            raise ServiceError(503, *reason, {"lag": live.engine.follower.lag})
+            raise ServiceError(503, *reason, {"lag": live.follower.lag})
         return ReadyOut(replayed=live.replayed, version=live.ledger.version)
 
     async def info(self) -> InfoOut:
         live = self.live
         digest = await asyncio.to_thread(live.ledger.live_digest)
-        follower = live.engine.follower
+        follower = live.follower
         with live.ledger.reading():
             version, active = live.ledger.version, len(live.ledger)
         return InfoOut(model=live.settings.model, editor=str(live.settings.editor),
