@@ -59,6 +59,23 @@ def test_a_client_that_leaves_stops_only_its_own_sequence(demo_lm, batcher) -> N
     assert staying.finish_reason == "length" and staying.completion_tokens == 40
 
 
+def test_a_cancelled_whole_generation_stops_its_sequence_at_once(demo_lm, batcher) -> None:
+    """A non-streamed request whose client left is cancelled (``until_disconnected``): its
+    sequence leaves the wave then."""
+    async def run() -> TokenStream:
+        leaving = stream(demo_lm, PROMPTS[0], 200)
+        task = asyncio.create_task(batcher.run(leaving))
+        while not leaving.text:  # decoding has begun
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert leaving.finish_reason == "stop"  # stopped by the cancellation itself
+        return leaving
+
+    assert asyncio.run(run()).completion_tokens < 200
+
+
 def test_a_failure_mid_wave_reaches_every_request(demo_lm, batcher, monkeypatch) -> None:
     model, _ = demo_lm
 

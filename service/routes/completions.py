@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
 from ..deps import Chat, Completions, ReadKey
+from ..disconnect import until_disconnected
 from ..schemas import ChatCompletionIn, ChatCompletionOut, CompletionIn, CompletionOut, ModelListOut
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -27,17 +28,21 @@ async def models(completions: Completions, _: ReadKey) -> ModelListOut:
 @router.post("/completions", response_model=CompletionOut,
              responses={200: {"content": {"text/event-stream": {"description":
                         "with stream: data chunks in OpenAI's format, then [DONE]"}}}})
-async def completions(body: CompletionIn, completions: Completions, _: ReadKey) -> Any:
+async def completions(body: CompletionIn, completions: Completions, _: ReadKey,
+                      request: Request) -> Any:
     """Complete each prompt with the live (edited) model, in OpenAI's completion format."""
-    answer = await completions.complete(body)
-    return answer if isinstance(answer, CompletionOut) else EventSourceResponse(answer)
+    answer = await until_disconnected(request, completions.complete(body))
+    return answer if isinstance(answer, (CompletionOut, Response)) else EventSourceResponse(
+        answer)
 
 
 @router.post("/chat/completions", response_model=ChatCompletionOut,
              responses={200: {"content": {"text/event-stream": {"description":
                         "with stream: chat.completion.chunk data chunks, then [DONE]"}}}})
-async def chat_completions(body: ChatCompletionIn, chat: Chat, _: ReadKey) -> Any:
+async def chat_completions(body: ChatCompletionIn, chat: Chat, _: ReadKey,
+                           request: Request) -> Any:
     """Answer the conversation's next assistant turn with the live (edited) model, through
     the model's chat template, in OpenAI's chat format."""
-    answer = await chat.complete(body)
-    return answer if isinstance(answer, ChatCompletionOut) else EventSourceResponse(answer)
+    answer = await until_disconnected(request, chat.complete(body))
+    return answer if isinstance(answer, (ChatCompletionOut, Response)) else \
+        EventSourceResponse(answer)
