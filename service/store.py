@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from .schemas import Edit, EditPageOut, EditRecord, EditReport
 
@@ -178,6 +180,10 @@ return 1
 """
 
 
+# what Redis answers a change sent to a replica: a script's write, and WAIT
+_ON_A_REPLICA = ("READONLY", "WAIT cannot be used with replica")
+
+
 class StoreError(Exception):
     """A refused store change; ``code`` is machine-readable (``not_found``, ``conflict``,
     ``store_unconfirmed``)."""
@@ -250,12 +256,23 @@ class EditStore:
         time: ``store_unconfirmed`` (the primary has the change; a retry with the same
         Idempotency-Key finds it if it survives). ``confirm``: whether a script's result
         reports a change to confirm (a key not found has none)."""
-        if not self.wait_replicas:
-            return await script(args=args)
-        async with self.client.pipeline(transaction=False) as pipe:
-            await script(args=args, client=pipe)
-            pipe.wait(self.wait_replicas, self.wait_timeout_ms)
-            out, held = await pipe.execute()
+        try:
+            if not self.wait_replicas:
+                return await script(args=args)
+            async with self.client.pipeline(transaction=False) as pipe:
+                await script(args=args, client=pipe)
+                pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+                out, held = await pipe.execute()
+        except ResponseError as exc:
+            if not any(sign in str(exc) for sign in _ON_A_REPLICA):
+                raise
+            # A change sent to a replica (a primary demoted by a failover, still named by a
+            # sentinel that has not caught up): Redis wraps READONLY in the script's error,
+            # or refuses the WAIT, neither of which redis-py takes for a lost primary. Drop
+            # the connections, so the next try asks the sentinels again; meanwhile, the
+            # store is unavailable.
+            await self.client.connection_pool.disconnect()
+            raise RedisConnectionError(f"the store wrote to a replica: {exc}") from exc
         if held < self.wait_replicas and confirm(out):
             raise StoreError("store_unconfirmed", f"the change is on the Redis primary but "
                              f"{held} of the {self.wait_replicas} replicas it waits for "

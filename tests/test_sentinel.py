@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from service.redis_connection import StoreConnection
+from service.redis_connection import StoreConnection, connect
 from service.settings import ServiceSettings
 from service.store import EditStore, NewEdit, StoreError
 
@@ -94,6 +94,25 @@ def test_the_store_follows_a_failover_without_a_restart(group: SentinelGroup,
             assert await store.version() == 2
         finally:
             await connection.close()
+
+    asyncio.run(main())
+
+
+def test_a_change_sent_to_a_replica_is_a_lost_primary_not_a_server_error(
+        group: SentinelGroup) -> None:
+    """A demoted primary answers a script's write with READONLY inside the script's error:
+    the store takes it for an unavailable primary (503 and a retry), not a 500."""
+    async def main() -> None:
+        client = connect(group.servers[1].url)  # a replica
+        waiting, alone = EditStore(client, "fp", wait_replicas=1), EditStore(client, "fp")
+        try:
+            for change in (waiting.add([NewEdit(record(subject="Ann"), b"d")]),
+                           waiting.find_idempotent("k"), waiting.rollback("x", by="b", at="t"),
+                           alone.add([NewEdit(record(subject="Bo"), b"d")])):
+                with pytest.raises(redis.ConnectionError, match="wrote to a replica"):
+                    await change
+        finally:
+            await client.aclose()
 
     asyncio.run(main())
 
