@@ -314,8 +314,10 @@ class EditStore:
         """What an earlier request with this ``Idempotency-Key`` stored, if any: with
         ``wait_replicas``, only once the replicas hold it (an earlier try may have been
         answered ``store_unconfirmed``)."""
-        ids, request_hash = (_decode(x) for x in await self._change(
-            self._seen, [self.key("idem", key)], confirm=lambda seen: seen[0] is not None))
+        key = self.key("idem", key)
+        seen = (await self._change(self._seen, [key], confirm=lambda s: s[0] is not None)
+                if self.wait_replicas else await self.client.hmget(key, "ids", "request"))
+        ids, request_hash = (_decode(x) for x in seen)
         if ids is None:
             return None
         return AddResult(await self.get_many(ids.split(",")), False, request_hash or "")
