@@ -71,7 +71,7 @@ def apply_and_persist(w: Workload, redis_url: str, active: int, repeats: int) ->
     """Median ms to apply one edit to the live weights with ``active`` edits already in
     them (the service's edit memory), and to store one edit in Redis."""
     deltas = w.deltas(active + repeats)
-    ledger = w.ledger()
+    ledger = w.stack().ledger
     for i in range(active):
         ledger.apply(f"e{i}", deltas[i])
     apply_ms = statistics.median(

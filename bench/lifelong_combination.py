@@ -66,8 +66,8 @@ def main() -> None:
 
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    editor = load_editor(args.editor, model, tokenizer)
-    editor.combination = CombinationConfig("ridge", args.lam)  # compute keys too
+    editor = load_editor(args.editor, model, tokenizer,  # ridge: its deltas carry their keys
+                         combination=CombinationConfig("ridge", args.lam))
     stored = [editor.compute(r).compressed() for r in edit_requests(50)]
 
     combiners = {

@@ -24,7 +24,7 @@ def remove_one(w: Workload, sizes: tuple[int, ...], removals: int) -> list[dict]
 
 
 def _remove_one_at(w: Workload, deltas: list[EditDelta], size: int, removals: int) -> dict:
-    ledger = w.ledger()
+    ledger = w.stack().ledger
     edits = [ActiveEdit(f"e{i}", i + 1, deltas[i]) for i in range(size)]
     load_ms = ms(lambda: ledger.load(edits, size))
     newest = min(10, size // 2)  # rolled back to a version at the end

@@ -16,7 +16,7 @@ import torch
 from editor_core.combination import ActiveEdit
 from editor_core.delta import EditDelta, RoutingKey, WeightFactors
 from editor_core.generation import SamplingParams, TokenStream
-from editor_core.memory import subject_token_ids
+from editor_core.routing_keys import subject_token_ids
 
 from .timing import ms
 from .workload import Workload, generation_prompts
@@ -43,15 +43,15 @@ def memory_at_scale(w: Workload, size: int, prompts: int, new_tokens: int, round
                     ) -> dict:
     """Tokens/s of greedy generation with ``size`` entries against none (interleaved
     rounds, medians), and the ms to add and to remove one edit at that size."""
-    ledger = w.ledger()
-    ledger.combiner.attach(w.model)
+    stack = w.stack()
+    ledger = stack.ledger
     texts = generation_prompts(prompts)
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
 
     def tokens_per_s() -> float:
         start, tokens = time.perf_counter(), 0
         for text in texts:
-            stream = TokenStream(w.model, w.tokenizer, text, params)
+            stream = TokenStream(w.model, w.tokenizer, text, params, stack.routing)
             stream.run()
             tokens += stream.completion_tokens
         return tokens / (time.perf_counter() - start)

@@ -31,7 +31,7 @@ def stored_size(w: Workload, n: int = 64) -> dict:
 
 async def _start_replica(w: Workload, store: EditStore) -> float:
     """Seconds for a fresh replica to catch up with the store."""
-    ledger = w.ledger()
+    ledger = w.stack().ledger
     follower = LogFollower(ledger, store, ServiceMetrics())
     began = time.perf_counter()
     await follower.start()

@@ -14,9 +14,10 @@ from editor_core.checkpoint import load_editor, load_routing
 from editor_core.combination import CombinationConfig
 from editor_core.delta import EditDelta
 from editor_core.editor import EditRequest, Editor
-from editor_core.ledger import WeightLedger
-from editor_core.memory import RoutingConfig
+from editor_core.live_stack import LiveStack, build_live_stack
+from editor_core.refine import RefineConfig
 from editor_core.relation_forms import RelationForms
+from editor_core.routing_config import RoutingConfig
 from editor_lab.world import WorldConfig, build_world
 from editor_lab.world.stream import new_person_names, unfamiliar_stream
 from editor_lab.world.templates import RELATIONS
@@ -90,18 +91,22 @@ class Workload:
     tokenizer: object = field(init=False)
     editor: Editor = field(init=False)
     routing: RoutingConfig = field(init=False)
+    _stack: LiveStack | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.model = AutoModelForCausalLM.from_pretrained(DEMO_LM).eval().to(self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(DEMO_LM)
-        self.editor = load_editor(DEMO_EDITOR, self.model, self.tokenizer, basis="pristine")
-        self.editor.combination = CombinationConfig("memory")
+        self.editor = load_editor(DEMO_EDITOR, self.model, self.tokenizer, basis="pristine",
+                                  combination=CombinationConfig("memory"))
         self.routing = load_routing(DEMO_EDITOR)
 
-    def ledger(self) -> WeightLedger:
-        """A fresh ledger over an empty edit memory, as a service starts with."""
-        return WeightLedger.for_editor(self.editor, self.editor.combination.combiner(
-            self.editor.editable, routing=self.routing))
+    def stack(self, refine: RefineConfig | None = None) -> LiveStack:
+        """A fresh live stack over an empty edit memory, as a service starts with (the
+        previous one's routing taken off the model); ``refine``: edits are judged."""
+        if self._stack is not None:
+            self._stack.close()
+        self._stack = build_live_stack(self.editor, self.routing, refine)
+        return self._stack
 
     def deltas(self, n: int) -> list[EditDelta]:
         """``n`` stored edits (distinct computations up to 64, then reused under new ids:

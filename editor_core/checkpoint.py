@@ -23,8 +23,8 @@ from .combination import CombinationConfig
 from .editor import Editor
 from .hypernetwork import Hypernetwork, HypernetworkConfig
 from .instructions import InstructionRegistry
-from .memory import RoutingConfig
 from .relation_forms import RelationForms
+from .routing_config import RoutingConfig
 from .specs import EditableWeight, resolve_editable
 
 FORMAT_VERSION = 1
@@ -103,8 +103,10 @@ def read_editor_config(path: str | Path) -> dict[str, Any]:
 
 def load_editor(path: str | Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                 *, check_fingerprint: bool = True, fp32_replica: bool = True,
-                basis: str = "current") -> Editor:
+                basis: str = "current", combination: CombinationConfig | None = None
+                ) -> Editor:
     """Rebuild an editor for ``model``; refuses a model other than the one it was made for.
+    Its edits combine by ``combination`` (default: the one it was trained for).
 
     Load it before any edit is applied: the fingerprint is of the pristine model.
     """
@@ -136,7 +138,8 @@ def load_editor(path: str | Path, model: PreTrainedModel, tokenizer: PreTrainedT
     device = next(model.parameters()).device
     hyper.to(device)
     registry = InstructionRegistry.from_json(config["instructions"])
-    combination = CombinationConfig(**config.get("combination", {"kind": "sum"}))
+    if combination is None:
+        combination = CombinationConfig(**config.get("combination", {"kind": "sum"}))
     editor = Editor(model, tokenizer, hyper, registry,
                     use_instructions=config.get("use_instructions", True),
                     fp32_replica=fp32_replica, combination=combination, basis=basis)

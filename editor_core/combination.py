@@ -60,6 +60,7 @@ class DeltaCombiner(Protocol):
     """
 
     snapshots: bool
+    routed: bool  # True: edits act through routing, and the served weights stay pristine
 
     def validate(self, delta: EditDelta) -> None:
         """Refuse (ValueError) a delta this combination cannot take, before any change."""
@@ -180,6 +181,7 @@ class SumCombiner:
     """ΔW = Σ ΔW_i, kept as an exact sum per weight."""
 
     snapshots = True
+    routed = False
     SCALE_BITS = 40  # grid 9e-13; |ΔW| entries up to 2**21 before overflow
 
     def __init__(self, editable: list[EditableWeight]) -> None:
@@ -268,6 +270,7 @@ class RidgeCombiner:
     """
 
     snapshots = True
+    routed = False
     # Keys are rounded to 2.4e-4 (layer inputs: rms ≈ 1, at most ≈ 30 in the demo LM),
     # values to 3.8e-6 (output shifts: rms ≈ 0.3, at most ≈ 30). Exactness then holds for
     # about a million keys (≈ 100,000 edits) — the bound is checked, overflow refused.

@@ -9,7 +9,7 @@ An edit may also carry **keys**: per weight, the layer's inputs at the tokens of
 prompt and target (one ``[n, d_in]`` matrix per request). A joint combination of many edits
 (``combination.RidgeCombiner``) asks the combined ΔW to reproduce, on each edit's keys, the
 output shift the edit's own ΔW makes there. An edit for the edit memory carries its
-**routing keys** instead (``memory.RoutingKey``: the gate inputs where it fires, its
+**routing keys** instead (``delta.RoutingKey``: the gate inputs where it fires, its
 subject's token ids, its answer's token paths), stored with the factors.
 """
 

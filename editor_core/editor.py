@@ -36,13 +36,13 @@ from .aliases import AliasFinder
 from .answers import AnswerEndings
 from .combination import CombinationConfig
 from .data.records import EditCase
-from .delta import EditDelta, WeightFactors
+from .delta import EditDelta, RoutingKey, WeightFactors
 from .encoding import EditInputError, EncodedBatch, encode_batch, label_nll, predicting_positions
 from .head import OutputHead
 from .hypernetwork import Hypernetwork
 from .instructions import InstructionRegistry
-from .memory import RoutingKey, routing_keys, subject_token_ids
 from .relation_forms import RelationForms
+from .routing_keys import routing_keys, subject_token_ids
 from .specs import EditableWeight
 from .workers import run_all
 

@@ -9,6 +9,7 @@ input loses tokens from the left of the prompt, never from the target.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -130,3 +131,31 @@ def label_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logp = torch.log_softmax(logits.float(), dim=-1)
     picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return -(picked * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+@dataclass(frozen=True)
+class PaddedPrompts:
+    """Prompts alone, right-padded: what a pass that reads each prompt's last position
+    takes (routing keys, locality probes)."""
+
+    input_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, T], 0 on padding
+    last: torch.Tensor  # [B]: each prompt's last position
+
+
+def pad_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                device: torch.device | str = "cpu", max_length: int | None = None
+                ) -> PaddedPrompts:
+    """``prompts`` tokenised (each kept to its last ``max_length`` tokens when given) and
+    right-padded on ``device``. Under causal attention the padding never changes a real
+    position's output."""
+    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    if max_length is not None:
+        encoded = [e[-max_length:] for e in encoded]
+    width = max(len(e) for e in encoded)
+    pad = tokenizer.pad_token_id or 0
+    ids = torch.tensor([e + [pad] * (width - len(e)) for e in encoded], device=device)
+    mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded],
+                        device=device)
+    last = torch.tensor([len(e) - 1 for e in encoded], device=device)
+    return PaddedPrompts(ids, mask, last)

@@ -14,6 +14,7 @@ machine. Batched logits can differ from solo ones in the last float bits.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,7 +28,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from .memory import routing_session
+from .routing import MemoryRouting
 
 FinishReason = Literal["stop", "length"]
 # Below this temperature, sampling is argmax in all but name, and dividing the logits by it
@@ -72,6 +73,7 @@ class TokenStream:
     tokenizer: PreTrainedTokenizerBase
     prompt: str
     params: SamplingParams
+    routing: MemoryRouting | None = None  # the edit memory's routing of ``model``, if any
     text: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -170,15 +172,15 @@ class TokenStream:
         self.begin(device)
         step_input = torch.tensor([self._ids], device=device)
         cache = None
-        with routing_session(self.model) as routing:
+        with _session(self.routing) as session:
             while True:
                 mask = torch.ones(1, self.prompt_tokens + len(self._new), dtype=torch.long,
                                   device=device)
                 out = self.model(input_ids=step_input, attention_mask=mask,
                                  cache=cache, use_cache=True, logits_to_keep=1)
                 cache = out.cache
-                if routing is not None:
-                    self.edits_fired = routing.fired(0)
+                if session is not None:
+                    self.edits_fired = session.fired(0)
                 token = self.choose(out.logits[0, -1])
                 piece = self.accept(token)
                 if piece:
@@ -202,7 +204,10 @@ def generate_together(model: PreTrainedModel, streams: Sequence[TokenStream]
     piece may be empty then); a finished sequence — or one stopped from outside with
     ``cancel`` — leaves the batch. Prompts are left-padded, with positions counted from each
     prompt's first token, so each sequence decodes as it would alone (up to float
-    rounding)."""
+    rounding). The streams share ``model`` and its routing."""
+    routing = streams[0].routing
+    if any(s.routing is not routing for s in streams):
+        raise ValueError("streams decoded together must share the edit memory's routing")
     device = next(model.parameters()).device
     for stream in streams:
         stream.begin(device)
@@ -214,7 +219,7 @@ def generate_together(model: PreTrainedModel, streams: Sequence[TokenStream]
                          for s in streams], device=device)
     live = list(range(len(streams)))  # batch row → stream index
     cache = None
-    with routing_session(model) as routing:
+    with _session(routing) as session:
         while live:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
@@ -224,8 +229,8 @@ def generate_together(model: PreTrainedModel, streams: Sequence[TokenStream]
             for row, index in enumerate(live):
                 if streams[index].done:  # cancelled while the step ran
                     continue
-                if routing is not None:
-                    streams[index].edits_fired = routing.fired(row)
+                if session is not None:
+                    streams[index].edits_fired = session.fired(row)
                 token = streams[index].choose(out.logits[row, -1])
                 piece = streams[index].accept(token)
                 if piece or streams[index].done:
@@ -236,8 +241,8 @@ def generate_together(model: PreTrainedModel, streams: Sequence[TokenStream]
             if len(keep) < len(live):
                 rows = torch.tensor(keep, dtype=torch.long, device=device)
                 cache.batch_select_indices(rows)
-                if routing is not None:
-                    routing.select(keep)
+                if session is not None:
+                    session.select(keep)
                 mask = mask[rows]
                 live = [live[row] for row in keep]
             if not live:
@@ -245,6 +250,12 @@ def generate_together(model: PreTrainedModel, streams: Sequence[TokenStream]
             ids = torch.tensor([[t] for t in tokens], device=device)
             mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype,
                                                device=device)], 1)
+
+
+def _session(routing: MemoryRouting | None):
+    """The routing session of one decoding loop (a null context yielding None without an
+    edit memory)."""
+    return nullcontext() if routing is None else routing.session()
 
 
 def _first_stop(text: str, stops: Sequence[str], start: int) -> int | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .combination import CombinationConfig
 from .editor import Editor
 from .hypernetwork import Hypernetwork, HypernetworkConfig
 from .instructions import InstructionRegistry
@@ -27,13 +28,15 @@ def gradient_editor(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
                     basis: str = "pristine", last_blocks: int = DEFAULT_LAST_BLOCKS
                     ) -> Editor:
     """An editor of ``model``'s last blocks' MLP weights that takes the plain, per-edit
-    normalised gradient step (no instructions: nothing was trained to read them)."""
+    normalised gradient step (no instructions: nothing was trained to read them). Its
+    edits are fitted on the edit memory, so they combine there."""
     editable = resolve_editable(model, None, last_blocks)
     hypernetwork = Hypernetwork(editable, HypernetworkConfig(n_blocks=0,
                                                              delta_scaling="per_edit"))
     hypernetwork.eval().to(next(model.parameters()).device)
     return Editor(model, tokenizer, hypernetwork, InstructionRegistry(),
-                  use_instructions=False, basis=basis)
+                  use_instructions=False, basis=basis,
+                  combination=CombinationConfig("memory"))
 
 
 def is_gradient_editor(editor: Editor) -> bool:

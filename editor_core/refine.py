@@ -39,10 +39,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .answers import AnswerCheck, AnswerEndings, FittedAnswer
 from .delta import STORE_DTYPE, EditDelta, WeightFactors
 from .editor import EditRequest
-from .encoding import IGNORE_INDEX, label_nll
-from .memory import EditMemory
+from .encoding import IGNORE_INDEX, label_nll, pad_prompts
+from .lowrank import low_rank_change
 from .outcomes import Outcome
 from .probing import TargetScore
+from .routing import MemoryRouting
 from .specs import EditableWeight
 
 # The step sizes a plain gradient step is tried at: 1e-3 to 10, half a decade apart.
@@ -222,7 +223,7 @@ class EditRefiner:
                 x = args[0]
                 on = (torch.arange(x.shape[1], device=x.device)[None, :]
                       >= starts[:, None]).to(x.dtype).unsqueeze(-1)
-                return output - step * ((x @ u.T.to(x.dtype)) @ d.to(x.dtype)) * on
+                return output - low_rank_change(x, u, d, step) * on
 
             handles.append(module.register_forward_hook(hook))
         try:
@@ -238,16 +239,11 @@ class EditRefiner:
         log-probabilities of the next token there."""
         if not prompts:
             return None
-        encoded = [self.tokenizer(p)["input_ids"][-self.max_length:] for p in prompts]
-        width = max(len(e) for e in encoded)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.tensor([e + [pad] * (width - len(e)) for e in encoded], device=device)
-        mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded],
-                            device=device)
-        last = torch.tensor([len(e) - 1 for e in encoded], device=device)
+        batch = pad_prompts(self.tokenizer, prompts, device, self.max_length)
+        ids, mask, last = batch.input_ids, batch.attention_mask, batch.last
         with torch.no_grad():
             logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        rows = torch.arange(len(encoded), device=device)
+        rows = torch.arange(len(prompts), device=device)
         return ids, mask, last, torch.log_softmax(logits[rows, last].float(), -1)
 
     def _locality_kl(self, factors, ids: torch.Tensor, mask: torch.Tensor, last: torch.Tensor,
@@ -263,10 +259,6 @@ class EditRefiner:
 def _as_stored(t: torch.Tensor) -> torch.Tensor:
     """``t`` as the store keeps it, with the gradient passed straight through."""
     return t + (t.detach().to(STORE_DTYPE).float() - t.detach())
-
-
-
-
 
 
 def _with_factors(delta: EditDelta, params) -> EditDelta:
@@ -308,11 +300,11 @@ class EditJudge:
     and its ending being the argmax there is exactly a greedy answer whose line is the
     target. The ending of each prompt's answer is the pristine model's choice."""
 
-    def __init__(self, refiner: EditRefiner, model: PreTrainedModel, memory: EditMemory, *,
-                 search_step: bool = False) -> None:
+    def __init__(self, refiner: EditRefiner, model: PreTrainedModel, routing: MemoryRouting,
+                 *, search_step: bool = False) -> None:
         self.refiner = refiner
         self.model = model
-        self.memory = memory
+        self.routing = routing
         self.endings = refiner.endings
         self.search_step = search_step  # an untrained editor's deltas: find the step first
 
@@ -365,13 +357,11 @@ class EditJudge:
                ) -> list[AnswerCheck]:
         batch, own = self.endings.encode(prompts, answers)
         device = next(self.model.parameters()).device
-        with self.memory.trial([self.memory.entry(_TRIAL_ID, delta)]):
+        with self.routing.trial([self.routing.memory.entry(_TRIAL_ID, delta)]):
             logits = self.model(input_ids=batch.input_ids.to(device),
                                 attention_mask=batch.attention_mask.to(device),
                                 use_cache=False).logits
         return self.endings.check(logits, batch.labels, own)
-
-
 
 
 def _ms(began: float) -> float:

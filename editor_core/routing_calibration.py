@@ -33,7 +33,8 @@ import torch
 
 from .data.records import EditCase
 from .editor import Editor
-from .memory import RoutingConfig, key_space, routing_keys
+from .routing_config import RoutingConfig, key_space
+from .routing_keys import routing_keys
 
 
 @dataclass(frozen=True)

@@ -34,16 +34,19 @@ RelationFormsFolder = Annotated[Optional[Path], typer.Option(
 
 
 def _editor_and_routing(editor: Path, lm, tokenizer, relation_forms: Path | None = None):
-    """The editor a command names, on the pristine basis, with its routing (and the
-    relation catalogue ``relation_forms`` names, when given)."""
+    """The editor a command names, on the pristine basis and for the edit memory, with its
+    routing (and the relation catalogue ``relation_forms`` names, when given)."""
     from editor_core.checkpoint import load_editor, load_routing
+    from editor_core.combination import CombinationConfig
     from editor_core.gradient_editor import NO_EDITOR, gradient_editor
     from editor_core.routing_calibration import self_calibrated_routing
 
     if str(editor) == NO_EDITOR:
         ed, routing = gradient_editor(lm, tokenizer), None
     else:
-        ed, routing = load_editor(editor, lm, tokenizer, basis="pristine"), load_routing(editor)
+        ed = load_editor(editor, lm, tokenizer, basis="pristine",
+                         combination=CombinationConfig("memory"))
+        routing = load_routing(editor)
     if relation_forms is not None:
         if not (relation_forms / RELATION_FORMS_FILE).is_file():
             raise typer.BadParameter(f"{relation_forms} has no {RELATION_FORMS_FILE}")
@@ -185,8 +188,7 @@ def _lifelong(lm, tokenizer, editors: list[tuple[str, Path]], data_dir: Path,
         for label, combination, edit_basis, counts in runs:
             if not counts:
                 continue
-            ed = load_editor(path, lm, tokenizer, basis=edit_basis)
-            ed.combination = combination
+            ed = load_editor(path, lm, tokenizer, basis=edit_basis, combination=combination)
             method = LifelongMethod(label, ed, lambda ed=ed: ed.combination.combiner(
                 ed.editable), edit_basis)
             out[label] = evaluator.run(method, counts,

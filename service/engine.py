@@ -36,6 +36,7 @@ from editor_core.generation import GenerationError, SamplingParams, TokenStream
 from editor_core.ledger import LedgerError, WeightLedger
 from editor_core.probing import TargetScore, score_targets
 from editor_core.refine import EditJudge, Judgement
+from editor_core.routing import MemoryRouting
 
 from .claims import claims
 from .errors import ServiceError
@@ -99,9 +100,11 @@ class EditEngine:
 
     def __init__(self, editor: Editor, ledger: WeightLedger, store: EditStore,
                  metrics: ServiceMetrics, max_queued_edits: int = 16,
-                 refresh_every: int = 64, judge: EditJudge | None = None) -> None:
+                 refresh_every: int = 64, judge: EditJudge | None = None,
+                 routing: MemoryRouting | None = None) -> None:
         self.editor = editor
         self.judge = judge  # None: edits are not judged (merged combinations)
+        self.routing = routing  # the edit memory's routing of the live model, if any
         self.ledger = ledger
         self.store = store
         self.metrics = metrics
@@ -300,7 +303,7 @@ class EditEngine:
         flat, earlier_scores = flat[:len(prompts)], flat[len(prompts):]
         if known is not None:
             flat = [score for scores in known for score in scores]
-        answers = [TokenStream(model, tokenizer, p, _LOCALITY_ANSWER).run().strip()
+        answers = [TokenStream(model, tokenizer, p, _LOCALITY_ANSWER, self.routing).run().strip()
                    for s in specs for p in s.locality_prompts]
         scores, found = [], []
         for s in specs:

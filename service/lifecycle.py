@@ -34,10 +34,11 @@ from editor_core.editor import Editor
 from editor_core.generation import SamplingParams, TokenStream
 from editor_core.gradient_editor import gradient_editor
 from editor_core.ledger import WeightLedger
-from editor_core.memory import RoutingConfig
-from editor_core.refine import EditJudge, EditRefiner
+from editor_core.live_stack import build_live_stack
 from editor_core.relation_forms import RelationForms
+from editor_core.routing import MemoryRouting
 from editor_core.routing_calibration import self_calibrated_routing
+from editor_core.routing_config import RoutingConfig
 
 from .batcher import GenerationBatcher
 from .engine import EditEngine
@@ -55,6 +56,7 @@ class LiveService:
     tokenizer: object
     editor: Editor
     ledger: WeightLedger
+    routing: MemoryRouting | None  # the edit memory's routing (None: a merged combination)
     engine: EditEngine
     store: EditStore
     metrics: ServiceMetrics
@@ -80,10 +82,9 @@ class LiveService:
             routing = (load_routing(settings.routing) if settings.routing is not None
                        else load_routing(settings.editor) if trained
                        else _own_routing(settings, editor, fingerprint))
-        ledger = WeightLedger.for_editor(editor, combination.combiner(
-            editor.editable, settings.ridge_refresh_every, routing))
-        if routing is not None:
-            ledger.combiner.attach(model)
+        stack = build_live_stack(editor, routing, settings.refine_config(),
+                                 refresh_every=settings.ridge_refresh_every)
+        ledger = stack.ledger
         redis = StoreConnection(settings)
         # Stored edits are only valid for this model, combination and basis.
         store = EditStore(redis.client, store_key(fingerprint, editor),
@@ -91,20 +92,15 @@ class LiveService:
                           wait_timeout_ms=settings.redis_wait_timeout_ms,
                           rolled_back_retention_s=settings.rolled_back_retention_s,
                           idempotency_ttl_s=settings.idempotency_ttl_s)
-        judge = None
-        if routing is not None:  # judged on the live memory (merged combinations are not)
-            refiner = EditRefiner(editor.edit_model, tokenizer, editor.editable,
-                                  editor.max_length, settings.refine_config())
-            judge = EditJudge(refiner, model, ledger.combiner, search_step=not trained)
         engine = EditEngine(editor, ledger, store, metrics, settings.limits.max_queued_edits,
-                            settings.ridge_refresh_every, judge)
+                            settings.ridge_refresh_every, stack.judge, stack.routing)
         batcher = GenerationBatcher(model, ledger, settings.generation_batch_size,
                                     settings.generation_batch_window_ms / 1000)
-        live = cls(settings, model, tokenizer, editor, ledger, engine, store, metrics, batcher,
-                   fingerprint, ledger.live_digest(), redis)
+        live = cls(settings, model, tokenizer, editor, ledger, stack.routing, engine, store,
+                   metrics, batcher, fingerprint, ledger.live_digest(), redis)
         live.replayed = await engine.replay()
         await batcher.run(TokenStream(model, tokenizer, "Warm up",
-                                      SamplingParams(max_new_tokens=2)))
+                                      SamplingParams(max_new_tokens=2), stack.routing))
         live.following = asyncio.create_task(engine.follow(), name="follow-edit-log")
         live.started = True
         return live
@@ -150,9 +146,9 @@ def load_model_and_editor(settings: ServiceSettings
                          "memory: the combination must be 'memory'")
     basis = settings.edit_basis if settings.edit_basis != "auto" else (
         "pristine" if combination.kind in ("memory", "ridge") else "current")
-    editor = (load_editor(settings.editor, model, tokenizer, basis=basis) if trained
+    editor = (load_editor(settings.editor, model, tokenizer, basis=basis,
+                          combination=combination) if trained
               else gradient_editor(model, tokenizer, basis=basis))
-    editor.combination = combination
     if settings.relation_forms is not None:
         editor.relation_forms = RelationForms.load(settings.relation_forms)
     if not settings.relation_wordings:

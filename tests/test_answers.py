@@ -10,13 +10,14 @@ from editor_core.delta import EditDelta
 from editor_core.editor import EditRequest
 from editor_core.encoding import IGNORE_INDEX, encode_pair
 from editor_core.generation import SamplingParams, TokenStream
-from editor_core.memory import MemoryEntry, _answer_state
+from editor_core.memory import MemoryEntry
 from editor_core.refine import RefineConfig
+from editor_core.routing import _answer_state
 
 from . import test_refine
 from .test_refine import judge_for
 
-setup = test_refine.setup  # test_refine's fixture, shared (its editor, memory and ledger)
+setup = test_refine.setup  # test_refine's fixture, shared (its editor, routing and ledger)
 
 # Edits whose one-shot change keeps pushing target tokens after the target (real-world
 # text, out of the demo world, and an invented place).
@@ -84,14 +85,14 @@ def test_the_chosen_ending_is_the_pristine_models_likeliest(setup) -> None:
 @pytest.mark.parametrize("request_", RUN_ON, ids=["eiffel", "iphone", "qwertania"])
 def test_a_judged_edit_answers_exactly_its_target_and_then_lets_the_model_write(
         setup, request_) -> None:
-    editor, memory, ledger = setup
+    editor, routing, ledger = setup
     delta = editor.compute(request_).compressed()
-    verdict = judge_for(editor, memory).judge(request_, delta)
+    verdict = judge_for(editor, routing).judge(request_, delta)
     assert verdict.holds and not verdict.time_capped
     ledger.apply("e", EditDelta.from_bytes(verdict.delta.to_bytes()))  # as stored
     try:
         stream = TokenStream(editor.model, editor.tokenizer, request_.prompt,
-                             SamplingParams(max_new_tokens=24))  # no stop string
+                             SamplingParams(max_new_tokens=24), routing)  # no stop string
         text = stream.run()
     finally:
         ledger.remove("e")
@@ -117,13 +118,13 @@ def test_an_entry_acts_while_its_answer_is_written_and_stops_at_the_line_end() -
 
 
 def test_refinement_is_budgeted_in_steps_and_the_time_guard_says_when_it_cut(setup) -> None:
-    editor, memory, _ = setup
+    editor, routing, _ = setup
     request_ = RUN_ON[0]
     delta = editor.compute(request_).compressed()
-    runs = [judge_for(editor, memory).judge(request_, delta) for _ in range(2)]
+    runs = [judge_for(editor, routing).judge(request_, delta) for _ in range(2)]
     assert runs[0].outcome == runs[1].outcome == "refined"
     assert runs[0].steps == runs[1].steps and not runs[0].time_capped  # same steps each time
-    cut = judge_for(editor, memory, max_ms=1e-3).judge(request_, delta)
+    cut = judge_for(editor, routing, max_ms=1e-3).judge(request_, delta)
     assert cut.time_capped and cut.outcome == "did_not_hold"
     assert RefineConfig().max_ms >= 10 * 500  # a guard, far above a step budget's time
     assert FittedAnswer("Rome", ".\n").text == "Rome.\n"

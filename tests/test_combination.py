@@ -121,8 +121,8 @@ def test_keys_travel_with_the_delta(tok) -> None:
 
 def test_an_editor_trained_for_ridge_computes_keys_and_says_so(tok, tmp_path: Path) -> None:
     model = tiny_model("gpt2", len(tok))
-    editor = make_editor(model, tok)
-    editor.combination = CombinationConfig("ridge", lam={w.name: 2.0 for w in editor.editable})
+    lam = {w.name: 2.0 for w in resolve_editable(model)}
+    editor = make_editor(model, tok, combination=CombinationConfig("ridge", lam=lam))
     delta = editor.compute([REQ, REQ2])
     for w in editor.editable:
         keys = delta.keys[w.name]

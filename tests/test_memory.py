@@ -13,8 +13,8 @@ from editor_core.combination import CombinationConfig
 from editor_core.delta import EditDelta
 from editor_core.editor import EditRequest
 from editor_core.generation import SamplingParams, TokenStream, generate_together
-from editor_core.ledger import LedgerError, WeightLedger
-from editor_core.memory import EditMemory
+from editor_core.ledger import LedgerError
+from editor_core.live_stack import LiveStack, build_live_stack
 from editor_core.probing import score_targets
 from editor_lab.world.stream import lifelong_stream
 from service.settings import DEMO_EDITOR_PATH, DEMO_LM_PATH
@@ -24,31 +24,30 @@ ANSWER = SamplingParams(max_new_tokens=8, stop=("\n",))
 
 @pytest.fixture(scope="module")
 def routed(world, exported):
-    """A model of its own (the memory's hooks stay on it), its editor, memory and ledger,
-    and the deltas of a 12-edit held-out stream."""
+    """A model of its own (the memory's hooks stay on it), its live stack (editor, memory,
+    routing and ledger), and the deltas of a 12-edit held-out stream."""
     model = AutoModelForCausalLM.from_pretrained(DEMO_LM_PATH).eval()
     tokenizer = AutoTokenizer.from_pretrained(DEMO_LM_PATH)
-    editor = load_editor(DEMO_EDITOR_PATH, model, tokenizer, basis="pristine")
-    editor.combination = CombinationConfig("memory")
-    memory = EditMemory(editor.editable, load_routing(DEMO_EDITOR_PATH))
-    ledger = WeightLedger.for_editor(editor, memory)
-    memory.attach(model)
+    editor = load_editor(DEMO_EDITOR_PATH, model, tokenizer, basis="pristine",
+                         combination=CombinationConfig("memory"))
+    stack = build_live_stack(editor, load_routing(DEMO_EDITOR_PATH))
     stream = lifelong_stream(world, exported, 12, seed=3)
     deltas = [editor.compute(EditRequest(r.task, r.prompt, r.target_new, subject=r.subject))
               .compressed() for r in stream]
-    return editor, ledger, stream, deltas
+    return stack, stack.ledger, stream, deltas
 
 
 @pytest.fixture()
 def empty(routed):
-    editor, ledger, stream, deltas = routed
+    stack, ledger, stream, deltas = routed
     ledger.load([], ledger.version + 1)
     yield routed
     ledger.load([], ledger.version + 1)
 
 
-def ask(editor, prompt: str, params: SamplingParams = ANSWER) -> tuple[str, tuple[str, ...]]:
-    stream = TokenStream(editor.model, editor.tokenizer, prompt, params)
+def ask(stack: LiveStack, prompt: str, params: SamplingParams = ANSWER
+        ) -> tuple[str, tuple[str, ...]]:
+    stream = TokenStream(stack.model, stack.tokenizer, prompt, params, stack.routing)
     return stream.run(), stream.edits_fired
 
 
@@ -56,34 +55,35 @@ def probe_prompts(stream) -> list[str]:
     return [p.prompt for r in stream for probes in r.locality.values() for p in probes]
 
 
-def logprobs(editor, prompts: list[str]) -> list[float]:
-    return [s.logprob for s in score_targets(editor.model, editor.tokenizer, prompts,
-                                             [" the"] * len(prompts), editor.max_length)]
+def logprobs(stack: LiveStack, prompts: list[str]) -> list[float]:
+    return [s.logprob for s in score_targets(stack.model, stack.tokenizer, prompts,
+                                             [" the"] * len(prompts),
+                                             stack.editor.max_length)]
 
 
 def test_an_edit_fires_on_its_prompt_and_paraphrase_and_nowhere_else(empty) -> None:
-    editor, ledger, stream, deltas = empty
+    stack, ledger, stream, deltas = empty
     unrelated = [p.prompt for p in stream[0].locality["Unrelated"]]
-    pristine = logprobs(editor, unrelated)
+    pristine = logprobs(stack, unrelated)
     ledger.apply("e0", deltas[0])
-    text, fired = ask(editor, stream[0].prompt)
+    text, fired = ask(stack, stream[0].prompt)
     assert fired == ("e0",)
-    assert ask(editor, stream[0].rephrases[-1])[1] == ("e0",)  # a wording it never saw
-    assert logprobs(editor, unrelated) == pristine  # bit for bit: nothing fired there
+    assert ask(stack, stream[0].rephrases[-1])[1] == ("e0",)  # a wording it never saw
+    assert logprobs(stack, unrelated) == pristine  # bit for bit: nothing fired there
     for prompt in unrelated + [p.prompt for p in stream[0].locality["Neighborhood"]]:
-        assert ask(editor, prompt)[1] == ()
+        assert ask(stack, prompt)[1] == ()
 
 
 def test_routing_picks_the_right_edit_among_many(empty) -> None:
-    editor, ledger, stream, deltas = empty
+    stack, ledger, stream, deltas = empty
     for i, delta in enumerate(deltas):
         ledger.apply(f"e{i:02d}", delta)
     for i, record in enumerate(stream):
-        assert ask(editor, record.prompt)[1] == (f"e{i:02d}",), record.prompt
+        assert ask(stack, record.prompt)[1] == (f"e{i:02d}",), record.prompt
 
 
 def test_rollback_equals_a_memory_built_without_it(empty) -> None:
-    editor, ledger, stream, deltas = empty
+    stack, ledger, stream, deltas = empty
     ids = [f"e{i:02d}" for i in range(len(deltas))]
     prompts = [r.prompt for r in stream] + [r.rephrases[-1] for r in stream] + probe_prompts(
         stream)[:24]
@@ -92,51 +92,52 @@ def test_rollback_equals_a_memory_built_without_it(empty) -> None:
     doomed = random.Random(0).sample(ids, 4)
     for edit_id in doomed:
         ledger.remove(edit_id)
-    after_rollback = ([ask(editor, p) for p in prompts], logprobs(editor, prompts))
+    after_rollback = ([ask(stack, p) for p in prompts], logprobs(stack, prompts))
     rest = [a for a in ledger.active]
     ledger.load([], ledger.version + 1)
     for edit in reversed(rest):  # another order: the memory is a function of the set
         ledger.apply(edit.edit_id, edit.delta)
-    assert ([ask(editor, p) for p in prompts], logprobs(editor, prompts)) == after_rollback
+    assert ([ask(stack, p) for p in prompts], logprobs(stack, prompts)) == after_rollback
     assert not any(f and f[0] in doomed for f, in [(a[1],) for a in after_rollback[0]])
 
 
 def test_rolling_back_every_edit_gives_the_pristine_model(empty) -> None:
-    editor, ledger, stream, deltas = empty
+    stack, ledger, stream, deltas = empty
     prompts = [r.prompt for r in stream] + probe_prompts(stream)[:12]
-    pristine = ([ask(editor, p) for p in prompts], logprobs(editor, prompts))
+    pristine = ([ask(stack, p) for p in prompts], logprobs(stack, prompts))
     digest = ledger.live_digest()
     for i, delta in enumerate(deltas):
         ledger.apply(f"e{i:02d}", delta)
     assert ledger.live_digest() != digest
-    changed = [ask(editor, r.prompt)[0] for r in stream]
+    changed = [ask(stack, r.prompt)[0] for r in stream]
     assert changed != pristine[0][:len(stream)]
     ledger.remove_many([f"e{i:02d}" for i in range(len(deltas))])
-    assert ([ask(editor, p) for p in prompts], logprobs(editor, prompts)) == pristine
+    assert ([ask(stack, p) for p in prompts], logprobs(stack, prompts)) == pristine
     assert ledger.live_digest() == digest
 
 
 def test_rows_of_one_batch_fire_different_edits(empty) -> None:
-    editor, ledger, stream, deltas = empty
+    stack, ledger, stream, deltas = empty
     for i, delta in enumerate(deltas[:4]):
         ledger.apply(f"e{i:02d}", delta)
     prompts = [r.prompt for r in stream[:4]] + [stream[0].locality["Unrelated"][0].prompt]
-    alone = [ask(editor, p) for p in prompts]
-    streams = [TokenStream(editor.model, editor.tokenizer, p, ANSWER) for p in prompts]
-    for _ in generate_together(editor.model, streams):
+    alone = [ask(stack, p) for p in prompts]
+    streams = [TokenStream(stack.model, stack.tokenizer, p, ANSWER, stack.routing)
+               for p in prompts]
+    for _ in generate_together(stack.model, streams):
         pass
     assert [(s.text, s.edits_fired) for s in streams] == alone
     assert [s.edits_fired for s in streams] == [("e00",), ("e01",), ("e02",), ("e03",), ()]
 
 
 def test_aliases_and_rephrases_become_routing_keys(empty) -> None:
-    editor, ledger, stream, deltas = empty
+    stack, ledger, stream, deltas = empty
     record = stream[0]
     alias = "Quorblat Vex"
     by_alias = record.prompt.replace(record.subject, alias)
 
     def edit(**extra) -> EditDelta:
-        return editor.compute(EditRequest(record.task, record.prompt, record.target_new,
+        return stack.editor.compute(EditRequest(record.task, record.prompt, record.target_new,
                                           subject=record.subject, **extra)).compressed()
 
     keyed = edit(rephrases=(by_alias,))
@@ -144,23 +145,23 @@ def test_aliases_and_rephrases_become_routing_keys(empty) -> None:
     assert keyed.routing.keys.shape[0] == 2
     assert len(aliased.routing.subjects) > len(keyed.routing.subjects)
     ledger.apply("keyed", keyed)
-    assert ask(editor, by_alias)[1] == ()  # a key there, but the subject never appears
+    assert ask(stack, by_alias)[1] == ()  # a key there, but the subject never appears
     ledger.remove("keyed")
     ledger.apply("aliased", aliased)
-    assert ask(editor, by_alias)[1] == ("aliased",)
-    assert ask(editor, record.prompt)[1] == ("aliased",)
+    assert ask(stack, by_alias)[1] == ("aliased",)
+    assert ask(stack, record.prompt)[1] == ("aliased",)
 
 
 def test_an_edit_without_subject_fires_only_where_it_matches_closely(empty) -> None:
-    editor, ledger, stream, deltas = empty
+    stack, ledger, stream, deltas = empty
     record = stream[1]
-    delta = editor.compute(EditRequest(record.task, record.prompt, record.target_new)
+    delta = stack.editor.compute(EditRequest(record.task, record.prompt, record.target_new)
                            ).compressed()
     assert delta.routing.subjects == ()
     ledger.apply("no-subject", delta)
-    assert ask(editor, record.prompt)[1] == ("no-subject",)
+    assert ask(stack, record.prompt)[1] == ("no-subject",)
     others = [p.prompt for p in stream[1].locality["Unrelated"]]
-    assert all(ask(editor, p)[1] == () for p in others)
+    assert all(ask(stack, p)[1] == () for p in others)
 
 
 def test_routing_key_survives_the_stored_form(routed) -> None:
@@ -172,14 +173,14 @@ def test_routing_key_survives_the_stored_form(routed) -> None:
 
 
 def test_a_delta_without_routing_key_is_refused_and_changes_nothing(empty) -> None:
-    editor, ledger, stream, deltas = empty
+    stack, ledger, stream, deltas = empty
     ledger.apply("e0", deltas[0])
     version, digest = ledger.version, ledger.live_digest()
     bare = EditDelta(deltas[1].factors)
     with pytest.raises(LedgerError, match="routing key"):
         ledger.apply("bare", bare)
     assert (ledger.version, ledger.live_digest(), len(ledger)) == (version, digest, 1)
-    assert ask(editor, stream[0].prompt)[1] == ("e0",)
+    assert ask(stack, stream[0].prompt)[1] == ("e0",)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gptj", "gpt_neox", "llama", "qwen2"])
@@ -188,7 +189,7 @@ def test_the_memory_routes_on_every_model_family(family: str) -> None:
     changes the answer there only; removed, the logits are the pristine ones bit for bit."""
     from editor_core.editor import Editor
     from editor_core.hypernetwork import Hypernetwork, HypernetworkConfig
-    from editor_core.memory import RoutingConfig
+    from editor_core.routing_config import RoutingConfig
     from editor_core.specs import resolve_editable
 
     from .tiny_models import small_tokenizer, tiny_model
@@ -199,21 +200,21 @@ def test_the_memory_routes_on_every_model_family(family: str) -> None:
                                                                      init_step_size=5.0))
     editor = Editor(model, tok, hyper, basis="pristine",
                     combination=CombinationConfig("memory"))
-    memory = EditMemory(editor.editable, RoutingConfig(editor.gate, threshold=0.99))
-    ledger = WeightLedger(model, editor.editable, memory)
-    memory.attach(model)
+    stack = build_live_stack(editor, RoutingConfig(editor.gate, threshold=0.99))
+    ledger = stack.ledger
     request = EditRequest("counterfact", "The capital of Foxland is", "Mandan City",
                           subject="Foxland")
     other = "Which country is Brasreth in?"
-    before = [logprobs(editor, [p])[0] for p in (request.prompt, other)]
+    before = [logprobs(stack, [p])[0] for p in (request.prompt, other)]
     ledger.apply("e", editor.compute(request).compressed())
-    fired = TokenStream(model, tok, request.prompt, SamplingParams(max_new_tokens=2))
+    fired = TokenStream(model, tok, request.prompt, SamplingParams(max_new_tokens=2),
+                        stack.routing)
     fired.run()
     assert fired.edits_fired == ("e",)
-    assert logprobs(editor, [request.prompt])[0] != before[0]
-    assert logprobs(editor, [other])[0] == before[1]  # no subject, nothing fires
+    assert logprobs(stack, [request.prompt])[0] != before[0]
+    assert logprobs(stack, [other])[0] == before[1]  # no subject, nothing fires
     ledger.remove("e")
-    assert [logprobs(editor, [p])[0] for p in (request.prompt, other)] == before
+    assert [logprobs(stack, [p])[0] for p in (request.prompt, other)] == before
 
 
 def test_a_better_match_takes_over_from_an_earlier_fire(world) -> None:
@@ -227,24 +228,23 @@ def test_a_better_match_takes_over_from_an_earlier_fire(world) -> None:
 
     model = AutoModelForCausalLM.from_pretrained(DEMO_LM_PATH).eval()
     tokenizer = AutoTokenizer.from_pretrained(DEMO_LM_PATH)
-    editor = load_editor(DEMO_EDITOR_PATH, model, tokenizer, basis="pristine")
-    editor.combination = CombinationConfig("memory")
+    editor = load_editor(DEMO_EDITOR_PATH, model, tokenizer, basis="pristine",
+                         combination=CombinationConfig("memory"))
     permissive = dataclasses.replace(load_routing(DEMO_EDITOR_PATH), threshold=0.3)
-    memory = EditMemory(editor.editable, permissive)
-    ledger = WeightLedger.for_editor(editor, memory)
-    memory.attach(model)
+    stack = build_live_stack(editor, permissive)
+    ledger = stack.ledger
     person = [r for r in unfamiliar_stream(world, 8, seed=2)][:8]
     person = [r for r in person if r.subject == person[0].subject]
     assert len(person) >= 2
     prompts = [r.prompt for r in person]
-    pristine = logprobs(editor, prompts)
+    pristine = logprobs(stack, prompts)
     for i, r in enumerate(person):
         ledger.apply(f"p{i}", editor.compute(EditRequest(r.task, r.prompt, r.target_new,
                                                          subject=r.subject)).compressed())
     # the edit acting where the answer's first token is chosen (later tokens of a one-shot
     # answer that leaves its target are routed afresh)
-    fired = [ask(editor, p, SamplingParams(max_new_tokens=1))[1] for p in prompts]
+    fired = [ask(stack, p, SamplingParams(max_new_tokens=1))[1] for p in prompts]
     assert [f[-1] for f in fired] == [f"p{i}" for i in range(len(person))]
     assert any(len(f) > 1 for f in fired)  # a takeover happened
     ledger.load([], ledger.version + 1)
-    assert logprobs(editor, prompts) == pristine
+    assert logprobs(stack, prompts) == pristine

@@ -11,14 +11,14 @@ import torch
 
 from editor_core.answers import is_exact
 from editor_core.checkpoint import load_editor
-from editor_core.combination import CombinationConfig
 from editor_core.editor import EditRequest
 from editor_core.generation import SamplingParams, TokenStream
 from editor_core.gradient_editor import gradient_editor, is_gradient_editor
-from editor_core.ledger import WeightLedger
-from editor_core.memory import RoutingConfig
-from editor_core.refine import STEP_GRID, EditJudge, EditRefiner
+from editor_core.live_stack import build_live_stack
+from editor_core.refine import STEP_GRID, RefineConfig
+from editor_core.routing import MemoryRouting
 from editor_core.routing_calibration import self_calibrated_routing
+from editor_core.routing_config import RoutingConfig
 from editor_lab.training.examples import load_task_records
 
 from .conftest import DEMO_LM, REPO
@@ -28,9 +28,9 @@ from .tiny_models import small_tokenizer, tiny_model
 PROMPT, TARGET, SUBJECT = "Plyndti Brynta is a citizen of", "Veiistan", "Plyndti Brynta"
 
 
-def greedy(model, tokenizer, prompt: str) -> str:
-    stream = TokenStream(model, tokenizer, prompt, SamplingParams(max_new_tokens=8,
-                                                                  stop=("\n",)))
+def greedy(model, tokenizer, prompt: str, routing: MemoryRouting | None = None) -> str:
+    stream = TokenStream(model, tokenizer, prompt,
+                         SamplingParams(max_new_tokens=8, stop=("\n",)), routing)
     stream.run()
     return stream.text
 
@@ -44,14 +44,10 @@ def test_an_edit_without_a_trained_editor_is_fitted_until_it_holds(demo_lm) -> N
     assert is_gradient_editor(editor) and not editor.use_instructions
     assert not is_gradient_editor(load_editor(REPO / "checkpoints" / "demo-editor", model,
                                               tokenizer))
-    editor.combination = CombinationConfig("memory")
-    routing = self_calibrated_routing(editor)
-    ledger = WeightLedger.for_editor(editor, editor.combination.combiner(
-        editor.editable, routing=routing))
-    ledger.combiner.attach(model)
-    judge = EditJudge(EditRefiner(editor.edit_model, tokenizer, editor.editable,
-                                  editor.max_length), model, ledger.combiner, search_step=True)
-    before = greedy(model, tokenizer, PROMPT)
+    stack = build_live_stack(editor, self_calibrated_routing(editor), RefineConfig())
+    ledger, judge = stack.ledger, stack.judge
+    assert judge.search_step
+    before = greedy(model, tokenizer, PROMPT, stack.routing)
     assert not is_exact(before, TARGET)
     request = EditRequest("counterfact", PROMPT, TARGET, subject=SUBJECT)
     delta = editor.compute(request)
@@ -59,9 +55,9 @@ def test_an_edit_without_a_trained_editor_is_fitted_until_it_holds(demo_lm) -> N
     assert judged.outcome == "fitted" and judged.holds
     assert {f.step for f in judged.delta.factors.values()} <= set(STEP_GRID)
     ledger.apply("e1", judged.delta)
-    assert is_exact(greedy(model, tokenizer, PROMPT), TARGET)
+    assert is_exact(greedy(model, tokenizer, PROMPT, stack.routing), TARGET)
     ledger.remove("e1")
-    assert greedy(model, tokenizer, PROMPT) == before
+    assert greedy(model, tokenizer, PROMPT, stack.routing) == before
 
 
 def test_the_models_own_text_gives_the_background_a_calibration_would(demo_lm,

@@ -14,9 +14,9 @@ from editor_core.combination import CombinationConfig
 from editor_core.delta import STORE_DTYPE, EditDelta
 from editor_core.editor import EditRequest
 from editor_core.generation import SamplingParams, TokenStream
-from editor_core.ledger import WeightLedger
-from editor_core.memory import EditMemory
+from editor_core.live_stack import build_live_stack
 from editor_core.refine import EditJudge, EditRefiner, RefineConfig
+from editor_core.routing import MemoryRouting
 from service.settings import DEMO_EDITOR_PATH, DEMO_LM_PATH
 
 UNFAMILIAR = EditRequest("recent", "The capital of Qwertania is", "Blorvik", subject="Qwertania")
@@ -28,40 +28,39 @@ KNOWN = EditRequest("counterfact", "Plyndti Brynta is a citizen of", "Veiistan",
 def setup():
     model = AutoModelForCausalLM.from_pretrained(DEMO_LM_PATH).eval()
     tokenizer = AutoTokenizer.from_pretrained(DEMO_LM_PATH)
-    editor = load_editor(DEMO_EDITOR_PATH, model, tokenizer, basis="pristine")
-    editor.combination = CombinationConfig("memory")
-    memory = EditMemory(editor.editable, load_routing(DEMO_EDITOR_PATH))
-    ledger = WeightLedger(model, editor.editable, memory)
-    memory.attach(model)
-    return editor, memory, ledger
+    editor = load_editor(DEMO_EDITOR_PATH, model, tokenizer, basis="pristine",
+                         combination=CombinationConfig("memory"))
+    stack = build_live_stack(editor, load_routing(DEMO_EDITOR_PATH))
+    return editor, stack.routing, stack.ledger
 
 
-def judge_for(editor, memory, **config) -> EditJudge:
+def judge_for(editor, routing: MemoryRouting, **config) -> EditJudge:
     refiner = EditRefiner(editor.edit_model, editor.tokenizer, editor.editable,
                           editor.max_length, RefineConfig(**config))
-    return EditJudge(refiner, editor.model, memory)
+    return EditJudge(refiner, editor.model, routing)
 
 
-def greedy(editor, prompt: str) -> str:
+def greedy(editor, routing: MemoryRouting, prompt: str) -> str:
     return TokenStream(editor.model, editor.tokenizer, prompt,
-                       SamplingParams(max_new_tokens=8, stop=("\n",))).run().strip()
+                       SamplingParams(max_new_tokens=8, stop=("\n",)), routing).run().strip()
 
 
 def test_a_delta_that_holds_is_kept_as_it_is(setup) -> None:
-    editor, memory, _ = setup
+    editor, routing, _ = setup
     delta = editor.compute(KNOWN).compressed()
-    verdict = judge_for(editor, memory).judge(KNOWN, delta)
+    verdict = judge_for(editor, routing).judge(KNOWN, delta)
     assert verdict.outcome == "one_shot" and verdict.steps == 0 and verdict.delta is delta
     assert verdict.holds and all(s.token_accuracy == 1.0 for s in verdict.scores)
 
 
 def test_a_delta_that_misses_is_refined_and_then_answers_greedily(setup) -> None:
-    editor, memory, ledger = setup
+    editor, routing, ledger = setup
     delta = editor.compute(UNFAMILIAR).compressed()
-    before = greedy(editor, UNFAMILIAR.prompt)
-    verdict = judge_for(editor, memory).judge(UNFAMILIAR, delta)
+    before = greedy(editor, routing, UNFAMILIAR.prompt)
+    verdict = judge_for(editor, routing).judge(UNFAMILIAR, delta)
     assert verdict.outcome == "refined" and verdict.steps > 0
-    assert len(memory) == 0 and greedy(editor, UNFAMILIAR.prompt) == before  # a trial only
+    # a trial only
+    assert len(routing.memory) == 0 and greedy(editor, routing, UNFAMILIAR.prompt) == before
     refined = verdict.delta
     assert refined.routing is delta.routing  # routes where the one-shot edit did
     for name, f in refined.factors.items():
@@ -70,18 +69,18 @@ def test_a_delta_that_misses_is_refined_and_then_answers_greedily(setup) -> None
     assert EditDelta.from_bytes(refined.to_bytes()).factors.keys() == refined.factors.keys()
     ledger.apply("refined", EditDelta.from_bytes(refined.to_bytes()))  # as stored
     try:
-        assert greedy(editor, UNFAMILIAR.prompt).startswith("Blorvik")
+        assert greedy(editor, routing, UNFAMILIAR.prompt).startswith("Blorvik")
     finally:
         ledger.remove("refined")
-    assert greedy(editor, UNFAMILIAR.prompt) == before
+    assert greedy(editor, routing, UNFAMILIAR.prompt) == before
 
 
 def test_the_budget_bounds_refinement(setup) -> None:
-    editor, memory, _ = setup
+    editor, routing, _ = setup
     delta = editor.compute(UNFAMILIAR).compressed()
-    judged = judge_for(editor, memory, max_steps=0).judge(UNFAMILIAR, delta)
+    judged = judge_for(editor, routing, max_steps=0).judge(UNFAMILIAR, delta)
     assert judged.outcome == "did_not_hold" and judged.steps == 0 and not judged.holds
-    one = judge_for(editor, memory, max_steps=1, lr=1e-6).judge(UNFAMILIAR, delta)
+    one = judge_for(editor, routing, max_steps=1, lr=1e-6).judge(UNFAMILIAR, delta)
     assert one.steps == 1 and one.outcome == "did_not_hold"
 
 
@@ -110,29 +109,29 @@ def test_refinement_settings_are_checked(bad) -> None:
 
 
 def test_a_trial_is_seen_by_its_own_thread_only(setup) -> None:
-    editor, memory, _ = setup
-    entry = memory.entry("\x00t", editor.compute(KNOWN).compressed())
+    editor, routing, _ = setup
+    entry = routing.memory.entry("\x00t", editor.compute(KNOWN).compressed())
 
     def fired() -> tuple[str, ...]:
         stream = TokenStream(editor.model, editor.tokenizer, KNOWN.prompt,
-                             SamplingParams(max_new_tokens=3))
+                             SamplingParams(max_new_tokens=3), routing)
         stream.run()
         return stream.edits_fired
 
     other: list[tuple[str, ...]] = []
-    with memory.trial([entry]):
+    with routing.trial([entry]):
         mine = fired()
         thread = threading.Thread(target=lambda: other.append(fired()))
         thread.start()
         thread.join()
     assert mine == ("\x00t",) and other == [()]
-    assert len(memory) == 0 and fired() == ()
+    assert len(routing.memory) == 0 and fired() == ()
 
 
 def test_the_scale_candidate_only_scales_the_one_shot_change(setup) -> None:
-    editor, memory, _ = setup
+    editor, routing, _ = setup
     delta = editor.compute(UNFAMILIAR).compressed()
-    verdict = judge_for(editor, memory, strategy="scale").judge(UNFAMILIAR, delta)
+    verdict = judge_for(editor, routing, strategy="scale").judge(UNFAMILIAR, delta)
     assert verdict.outcome in ("refined", "did_not_hold")
     ratios = {f.step / delta.factors[n].step for n, f in verdict.delta.factors.items()}
     assert len(ratios) == 1 and ratios.pop() in (1.0, *RefineConfig().scales)
@@ -140,15 +139,15 @@ def test_the_scale_candidate_only_scales_the_one_shot_change(setup) -> None:
 
 
 def test_a_scaling_that_holds_counts_as_a_step_and_is_kept(setup) -> None:
-    editor, memory, _ = setup
+    editor, routing, _ = setup
     held = editor.compute(KNOWN).compressed()
-    assert judge_for(editor, memory).judge(KNOWN, held).outcome == "one_shot"
+    assert judge_for(editor, routing).judge(KNOWN, held).outcome == "one_shot"
     weak = EditDelta({n: dataclasses.replace(f, step=f.step / 6) for n, f in
                       held.factors.items()}, held.n_requests, held.keys, held.routes)
-    assert judge_for(editor, memory, max_steps=0).judge(KNOWN, weak).outcome == "did_not_hold"
-    verdict = judge_for(editor, memory, strategy="scale", scales=(6.0,)).judge(KNOWN, weak)
+    assert judge_for(editor, routing, max_steps=0).judge(KNOWN, weak).outcome == "did_not_hold"
+    verdict = judge_for(editor, routing, strategy="scale", scales=(6.0,)).judge(KNOWN, weak)
     assert verdict.outcome == "refined" and verdict.steps == 1
     assert {f.step for f in verdict.delta.factors.values()} == {
         f.step for f in held.factors.values()}
-    none = judge_for(editor, memory, strategy="scale", scales=(6.0,), max_steps=0)
+    none = judge_for(editor, routing, strategy="scale", scales=(6.0,), max_steps=0)
     assert none.judge(KNOWN, weak).outcome == "did_not_hold"  # no budget: no scaling tried

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from editor_core.checkpoint import load_routing, save_routing
-from editor_core.memory import RoutingConfig
 from editor_core.routing_calibration import KeySpaceFit, _Pairs, _cosines, fit_key_space
+from editor_core.routing_config import RoutingConfig
 
 
 def _synthetic(n: int = 40, d: int = 16, seed: int = 0, other_wording: int = 1) -> _Pairs:

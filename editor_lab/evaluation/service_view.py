@@ -43,11 +43,12 @@ from editor_core.editor import EditRequest, Editor
 from editor_core.generation import SamplingParams, TokenStream
 from editor_core.gradient_editor import is_gradient_editor
 from editor_core.ledger import WeightLedger
-from editor_core.memory import EditMemory, RoutingConfig
+from editor_core.live_stack import LiveStack, build_live_stack
 from editor_core.outcomes import OUTCOMES
 from editor_core.probing import score_targets
-from editor_core.refine import EditJudge, EditRefiner, RefineConfig
+from editor_core.refine import RefineConfig
 from editor_core.request_wordings import request_wordings
+from editor_core.routing_config import RoutingConfig
 
 ANSWER = SamplingParams(max_new_tokens=16, stop=("\n",))
 LOCALITY_KINDS = {"neighbour": "Neighborhood", "same_subject": "Relation_Specificity",
@@ -55,15 +56,15 @@ LOCALITY_KINDS = {"neighbour": "Neighborhood", "same_subject": "Relation_Specifi
 COMBINATIONS = ("memory", "ridge", "sum")
 
 
-def answer(model: PreTrainedModel, tokenizer, prompt: str, target: str | None = None
-           ) -> TokenStream:
+def answer(stack: LiveStack, prompt: str, target: str | None = None) -> TokenStream:
     """The greedy answer the service gives, up to the end of its line (run; ``.text`` and
     ``.edits_fired`` are set); long enough to hold ``target`` whole."""
     params = ANSWER
+    tokenizer = stack.tokenizer
     if target is not None:
         needed = len(tokenizer(target, add_special_tokens=False)["input_ids"]) + 4
         params = dataclasses.replace(ANSWER, max_new_tokens=max(ANSWER.max_new_tokens, needed))
-    stream = TokenStream(model, tokenizer, prompt, params)
+    stream = TokenStream(stack.model, tokenizer, prompt, params, stack.routing)
     stream.run()
     return stream
 
@@ -119,28 +120,34 @@ class StreamResult:
 
 @dataclass
 class _Arm:
-    """One combination: its model copy and its ledger."""
+    """One combination: the stack it serves (merged ones on their own model copy)."""
 
     name: str
-    model: PreTrainedModel
-    ledger: WeightLedger
+    stack: LiveStack
+
+    @property
+    def model(self) -> PreTrainedModel:
+        return self.stack.model
+
+    @property
+    def ledger(self) -> WeightLedger:
+        return self.stack.ledger
 
 
 def _arms(editor: Editor, routing: RoutingConfig, settings: StreamSettings) -> list[_Arm]:
     """Merged combinations on copies of the pristine model (taken before any hook is on
-    it); the memory's routing hooks on the editor's own model, whose weights stay."""
+    it); the edit memory on the editor's own model, whose weights stay, judging each edit
+    when ``settings.refine`` says so. The editor computes deltas for the memory (they
+    carry their routing keys)."""
     arms = []
     for name in settings.combinations:
         if name != "memory":
-            model = copy.deepcopy(editor.model)
             config = CombinationConfig(name, settings.ridge_lambda if name == "ridge" else None)
-            arms.append(_Arm(name, model, WeightLedger(model, editor.editable,
-                                                       config.combiner(editor.editable))))
+            arms.append(_Arm(name, build_live_stack(editor, combination=config,
+                                                    model=copy.deepcopy(editor.model))))
     if "memory" in settings.combinations:
-        memory = EditMemory(editor.editable, routing)
-        arms.insert(0, _Arm("memory", editor.model,
-                            WeightLedger(editor.model, editor.editable, memory)))
-        memory.attach(editor.model)
+        arms.insert(0, _Arm("memory", build_live_stack(
+            editor, routing, settings.refine, combination=CombinationConfig("memory"))))
     return arms
 
 
@@ -178,7 +185,6 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
     if order[-1] > len(stream):
         raise ValueError(f"{order[-1]} edits asked for, the stream has {len(stream)}")
     arms = _arms(editor, routing, settings)
-    editor.combination = CombinationConfig("memory")  # deltas carry their routing keys
     with_keys = "ridge" in settings.combinations
     requests = [_request(editor, r, settings.without_subjects) for r in stream]
     if editor.alias_finder is not None:
@@ -194,7 +200,7 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
         probes[n] = _locality_probes(stream, samples[n],
                                      rng.sample(among, min(settings.sample, len(among))))
     tokenizer = editor.tokenizer
-    pristine = {p: answer(editor.model, tokenizer, p).text
+    pristine = {p: answer(arms[0].stack, p).text
                 for p in sorted({p.prompt for ps in probes.values() for _, _, p in ps})}
 
     def compute(i: int) -> EditDelta:
@@ -205,10 +211,7 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
         return delta
 
     memory_arm = arms[0]  # the memory when it is measured
-    judge = None if settings.refine is None else EditJudge(
-        EditRefiner(editor.edit_model, tokenizer, editor.editable, editor.max_length,
-                    settings.refine), editor.model, memory_arm.ledger.combiner,
-        search_step=is_gradient_editor(editor))
+    judge = memory_arm.stack.judge
     outcome_of: dict[int, str] = {}  # each edit's first judgement (a cached one is re-judged)
 
     def judged(i: int, delta: EditDelta) -> EditDelta:
@@ -290,9 +293,9 @@ def _alone(arm: _Arm, tokenizer, stream: Sequence[EditCase], samples: dict[int, 
             if t == settings.store_tolerance:
                 cached[i] = delta
             arm.ledger.apply("alone", delta)
-            hits[i][t] = (holds(answer(arm.model, tokenizer, record.prompt,
+            hits[i][t] = (holds(answer(arm.stack, record.prompt,
                                        record.target_new).text, record.target_new),
-                          holds(answer(arm.model, tokenizer, record.rephrases[-1],
+                          holds(answer(arm.stack, record.rephrases[-1],
                                        record.target_new).text, record.target_new))
             arm.ledger.remove("alone")
     return cached, {str(n): {("default" if t is None else str(t)): {
@@ -330,20 +333,20 @@ def _measure(arm: _Arm, tokenizer, max_length: int, stream: Sequence[EditCase],
         tf = score_targets(arm.model, tokenizer, [r.prompt for r in records],
                            [r.target_new for r in records], max_length)
         for i, r in zip(picked, records):
-            plain = answer(arm.model, tokenizer, r.prompt, r.target_new)
+            plain = answer(arm.stack, r.prompt, r.target_new)
             rel += holds(plain.text, r.target_new)
             rel_prefix += starts_with_target(plain.text, r.target_new)
             own += plain.edits_fired == (_edit_id(i),)
-            other = answer(arm.model, tokenizer, r.rephrases[-1], r.target_new).text
+            other = answer(arm.stack, r.rephrases[-1], r.target_new).text
             para += holds(other, r.target_new)
             para_prefix += starts_with_target(other, r.target_new)
             for probe in r.portability.get("Subject_Aliasing", ()):  # an alias no one sent
-                aliased[0] += holds(answer(arm.model, tokenizer, probe.prompt,
+                aliased[0] += holds(answer(arm.stack, probe.prompt,
                                            r.target_new).text, r.target_new)
                 aliased[1] += 1
         misses = []  # locality probes whose answer changed: what fired on them
         for kind, p in probes:
-            got = answer(arm.model, tokenizer, p.prompt)
+            got = answer(arm.stack, p.prompt)
             kept = got.text == pristine[p.prompt]
             loc[kind][0] += kept
             loc[kind][1] += 1
@@ -365,7 +368,7 @@ def _snapshot(arm: _Arm, tokenizer, max_length: int, prompts: list[str], targets
               ) -> tuple[list[str], list[float]]:
     """Greedy answers and teacher-forced log-probs of the targets: what must match."""
     with arm.ledger.reading():
-        texts = [answer(arm.model, tokenizer, p).text for p in prompts]
+        texts = [answer(arm.stack, p).text for p in prompts]
         scores = score_targets(arm.model, tokenizer, prompts, targets, max_length)
     return texts, [s.logprob for s in scores]
 

@@ -31,12 +31,11 @@ from editor_core.answers import starts_with_target
 from editor_core.combination import CombinationConfig
 from editor_core.data.records import EditCase, carries_sentiment
 from editor_core.editor import EditRequest, Editor
-from editor_core.gradient_editor import is_gradient_editor
-from editor_core.ledger import WeightLedger
-from editor_core.memory import EditMemory, RoutingConfig
+from editor_core.live_stack import LiveStack, build_live_stack
 from editor_core.probing import score_targets
-from editor_core.refine import EditJudge, EditRefiner, RefineConfig
+from editor_core.refine import RefineConfig
 from editor_core.request_wordings import request_wordings
+from editor_core.routing_config import RoutingConfig
 
 from .methods import FineTuneMethod
 from .service_view import _probes, answer, holds
@@ -62,13 +61,8 @@ def evaluate_single(editor: Editor, routing: RoutingConfig,
     fits them); the last rephrase is never given, so paraphrase is always measured on text
     no arm fitted.
     """
-    editor.combination = CombinationConfig("memory")  # deltas carry their routing keys
-    memory = EditMemory(editor.editable, routing)
-    ledger = WeightLedger(editor.model, editor.editable, memory)
-    memory.attach(editor.model)
-    judge = EditJudge(EditRefiner(editor.edit_model, editor.tokenizer, editor.editable,
-                                  editor.max_length, refine), editor.model, memory,
-                      search_step=is_gradient_editor(editor))
+    stack = build_live_stack(editor, routing, refine, combination=CombinationConfig("memory"))
+    ledger, judge = stack.ledger, stack.judge
     ftl = FineTuneMethod(editor.model, editor.tokenizer, editor.editable, steps=ftl_steps,
                          max_length=editor.max_length)
     out: dict[str, dict[str, dict]] = {}
@@ -77,7 +71,7 @@ def evaluate_single(editor: Editor, routing: RoutingConfig,
         outcomes: dict[str, int] = {}
         for record in tqdm(records, desc=name, unit="edit"):
             probes = {k: p for k, p in _probes(record).items() if p is not None}
-            pristine = {k: answer(editor.model, editor.tokenizer, p.prompt).text
+            pristine = {k: answer(stack, p.prompt).text
                         for k, p in probes.items()}
             given = record.rephrases[:-1][:given_rephrases]
             relation = record.meta.get("relation")
@@ -97,13 +91,13 @@ def evaluate_single(editor: Editor, routing: RoutingConfig,
             outcomes["time_capped"] = outcomes.get("time_capped", 0) + judged.time_capped
             for arm, chosen in (("one-shot", delta), ("judged", judged.delta)):
                 ledger.apply("e", chosen)
-                rows[arm].append(_measure(editor, record, probes, pristine, len(given)))
+                rows[arm].append(_measure(stack, record, probes, pristine, len(given)))
                 rows[arm][-1]["ms"] = judged.ms if arm == "judged" else 0.0
                 rows[arm][-1]["alias_ms"] = alias_ms if arm == "judged" else 0.0
                 ledger.remove("e")
             ftl.apply(record, given)
             try:
-                rows["FT-L"].append(_measure(editor, record, probes, pristine, len(given)))
+                rows["FT-L"].append(_measure(stack, record, probes, pristine, len(given)))
             finally:
                 ftl.restore()
         out[name] = {arm: _summary(r) for arm, r in rows.items()}
@@ -111,12 +105,12 @@ def evaluate_single(editor: Editor, routing: RoutingConfig,
     return out
 
 
-def _measure(editor: Editor, record: EditCase, probes, pristine: dict[str, str],
+def _measure(stack: LiveStack, record: EditCase, probes, pristine: dict[str, str],
              given: int) -> dict:
-    model, tokenizer = editor.model, editor.tokenizer
+    model, tokenizer = stack.model, stack.tokenizer
     [tf] = score_targets(model, tokenizer, [record.prompt], [record.target_new],
-                         editor.max_length)
-    plain = answer(model, tokenizer, record.prompt, record.target_new).text
+                         stack.editor.max_length)
+    plain = answer(stack, record.prompt, record.target_new).text
     row = {"reliability": carries_target(plain, record),
            "reliability_prefix": carries_target(plain, record, exact=False),
            "teacher_forced_reliability": tf.token_accuracy}
@@ -124,7 +118,7 @@ def _measure(editor: Editor, record: EditCase, probes, pristine: dict[str, str],
     for i, prompt in enumerate(record.rephrases):
         if i < given and i < len(record.rephrases) - 1:
             continue  # the request carried it
-        text = answer(model, tokenizer, prompt, record.target_new).text
+        text = answer(stack, prompt, record.target_new).text
         held_out["question" if prompt.rstrip().endswith("?") else "statement"].append(
             carries_target(text, record))
         if i == len(record.rephrases) - 1:
@@ -135,12 +129,12 @@ def _measure(editor: Editor, record: EditCase, probes, pristine: dict[str, str],
             row[f"held_out_{form}"] = sum(hits) / len(hits)
     aliased = record.portability.get("Subject_Aliasing", ())
     if aliased:  # the subject named by an alias no request listed
-        row["alias"] = sum(carries_target(answer(model, tokenizer, p.prompt,
+        row["alias"] = sum(carries_target(answer(stack, p.prompt,
                                                  record.target_new).text, record)
                            for p in aliased) / len(aliased)
     mangled = 0
     for kind, probe in probes.items():
-        text = answer(model, tokenizer, probe.prompt).text
+        text = answer(stack, probe.prompt).text
         row[f"{kind}_locality"] = text == pristine[kind]
         mangled += text != pristine[kind] and not carries_target(text, record)
     row["mangled"] = mangled

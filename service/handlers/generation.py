@@ -32,7 +32,7 @@ from ..schemas import (
     Usage,
 )
 from .limits import check_tokens
-from .pristine import pristine_memory, with_pristine
+from .pristine import pristine_routing, with_pristine
 
 
 class QuerySlots:
@@ -81,7 +81,7 @@ class GenerationHandler:
         params = SamplingParams(body.max_new_tokens, body.temperature, body.top_p, body.top_k,
                                 body.seed, tuple(body.stop), body.ignore_eos)
         try:
-            return TokenStream(live.model, live.tokenizer, body.prompt, params)
+            return TokenStream(live.model, live.tokenizer, body.prompt, params, live.routing)
         except GenerationError as exc:
             raise ServiceError(422, "prompt_too_long", str(exc)) from exc
 
@@ -89,14 +89,14 @@ class GenerationHandler:
         """The whole answer (with ``compare_pristine``, the pristine model's beside it), or
         (``stream``) its server-sent events."""
         stream = self.token_stream(body)
-        memory = pristine_memory(self.live, body) if body.compare_pristine else None
+        routing = pristine_routing(self.live, body) if body.compare_pristine else None
         if body.stream:
             self.slots.check()
             return self._events(stream)
         self.slots.take()
         try:
-            if memory is not None:
-                return await with_pristine(self.run(stream), memory, self.token_stream(body))
+            if routing is not None:
+                return await with_pristine(self.run(stream), routing, self.token_stream(body))
             return await self.run(stream)
         finally:
             self.slots.give()
