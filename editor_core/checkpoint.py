@@ -73,8 +73,10 @@ def editor_fingerprint(hypernetwork: Hypernetwork) -> str:
 
 
 def save_editor(out_dir: str | Path, editor: Editor, *, base_fingerprint: str,
-                training: dict[str, Any] | None = None) -> Path:
-    """Write the editor's weights and config; returns the folder."""
+                training: dict[str, Any] | None = None,
+                combination: CombinationConfig | None = None) -> Path:
+    """Write the editor's weights and config (its edits combined by ``combination``,
+    default the editor's own); returns the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hyper = editor.hypernetwork
@@ -87,7 +89,7 @@ def save_editor(out_dir: str | Path, editor: Editor, *, base_fingerprint: str,
         "hypernetwork": hyper.cfg.to_json(),
         "step_sizes": {w.name: hyper.step_size(w.name).item() for w in editor.editable},
         "use_instructions": editor.use_instructions,
-        "combination": editor.combination.to_json(),
+        "combination": (combination or editor.combination).to_json(),
         "instructions": editor.registry.to_json(),
         "base_model_fingerprint": base_fingerprint,
         "editor_fingerprint": editor_fingerprint(hyper),

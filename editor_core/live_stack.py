@@ -52,13 +52,13 @@ class LiveStack:
             self.routing.close()
 
 
-def build_live_stack(editor: Editor, routing: RoutingConfig | None = None,
+def build_live_stack(editor: Editor, routing_config: RoutingConfig | None = None,
                      refine: RefineConfig | None = None, *,
                      combination: CombinationConfig | None = None,
                      model: PreTrainedModel | None = None,
                      refresh_every: int = 64) -> LiveStack:
     """The stack serving ``model`` (default: the editor's own) with edits combined by
-    ``combination`` (default: the editor's). The edit memory needs ``routing``; with
+    ``combination`` (default: the editor's). The edit memory needs ``routing_config``; with
     ``refine`` each edit is judged (and refined within its budget) on the live memory — an
     editor that transforms nothing has its step size searched first. A merged combination
     on another model (a comparison arm) combines the editor's deltas there; on the
@@ -68,13 +68,13 @@ def build_live_stack(editor: Editor, routing: RoutingConfig | None = None,
     model = editor.model if model is None else model
     if model is editor.model:
         editor.combination = combination  # it computes what its stack combines
-    combiner = combination.combiner(editor.editable, refresh_every, routing)
+    combiner = combination.combiner(editor.editable, refresh_every, routing_config)
     ledger = (WeightLedger.for_editor(editor, combiner) if model is editor.model
               else WeightLedger(model, editor.editable, combiner))
     if not combiner.routed:
         return LiveStack(model, editor, ledger)
-    memory_routing = MemoryRouting(combiner, model)
+    routing = MemoryRouting(combiner, model)
     judge = None if refine is None else EditJudge(
         EditRefiner(editor.edit_model, editor.tokenizer, editor.editable, editor.max_length,
-                    refine), model, memory_routing, search_step=is_gradient_editor(editor))
-    return LiveStack(model, editor, ledger, memory_routing, judge)
+                    refine), model, routing, search_step=is_gradient_editor(editor))
+    return LiveStack(model, editor, ledger, routing, judge)

@@ -25,8 +25,10 @@ import torch
 T = TypeVar("T")
 
 _WORKERS = max(1, min(4, os.cpu_count() or 1))
-_POOL = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="edit-worker")
-_inside = threading.local()
+_PREFIX = "edit-worker"
+# One pool for the process, like its OpenMP threads: created once, never replaced; a worker
+# knows itself by its thread's name, so no per-thread flag is kept.
+_POOL = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix=_PREFIX)
 # Parts over fewer rows in all than this (a short edit input) run in turn: handing them to
 # workers costs more than it saves.
 MIN_PARALLEL_ROWS = 64
@@ -36,17 +38,13 @@ def run_all(calls: Sequence[Callable[[], T]], parallel: bool = True) -> list[T]:
     """Every call's result, in order, computed on the pool with the caller's grad mode —
     or in the calling thread, in order, when there is one call, the caller is a worker, or
     ``parallel`` is false (parts too small to be worth a hand-off: about a millisecond)."""
-    if not parallel or len(calls) <= 1 or getattr(_inside, "active", False):
+    if not parallel or len(calls) <= 1 or threading.current_thread().name.startswith(_PREFIX):
         return [call() for call in calls]
     grad = torch.is_grad_enabled()
 
     def run(call: Callable[[], T]) -> T:
-        _inside.active = True
-        try:
-            with torch.set_grad_enabled(grad):
-                return call()
-        finally:
-            _inside.active = False
+        with torch.set_grad_enabled(grad):
+            return call()
 
     futures = [_POOL.submit(run, call) for call in calls]
     wait(futures)  # every part finishes, even when one failed

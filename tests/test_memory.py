@@ -248,3 +248,37 @@ def test_a_better_match_takes_over_from_an_earlier_fire(world) -> None:
     assert any(len(f) > 1 for f in fired)  # a takeover happened
     ledger.load([], ledger.version + 1)
     assert logprobs(stack, prompts) == pristine
+
+
+def test_routing_is_per_model_and_closing_a_stack_takes_its_hooks_off() -> None:
+    """Two models, each with its own stack and one edit: an edit acts only on its own
+    model, and a closed stack's model is pristine again though its memory still holds the
+    entry (nothing of the routing lives outside the runtime)."""
+    from editor_core.editor import Editor
+    from editor_core.hypernetwork import Hypernetwork, HypernetworkConfig
+    from editor_core.routing_config import RoutingConfig
+    from editor_core.specs import resolve_editable
+
+    from .tiny_models import small_tokenizer, tiny_model
+
+    tok = small_tokenizer()
+    request = EditRequest("counterfact", "The capital of Foxland is", "Mandan City",
+                          subject="Foxland")
+    stacks = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = tiny_model("gpt2", len(tok)).eval()
+        hyper = Hypernetwork(resolve_editable(model), HypernetworkConfig(rank=8,
+                                                                         init_step_size=5.0))
+        editor = Editor(model, tok, hyper, basis="pristine",
+                        combination=CombinationConfig("memory"))
+        stacks.append(build_live_stack(editor, RoutingConfig(editor.gate, threshold=0.99)))
+    pristine = [logprobs(s, [request.prompt])[0] for s in stacks]
+    first, second = stacks
+    first.ledger.apply("e", first.editor.compute(request).compressed())
+    assert ask(first, request.prompt)[1] == ("e",) and ask(second, request.prompt)[1] == ()
+    assert logprobs(second, [request.prompt])[0] == pristine[1]
+    assert logprobs(first, [request.prompt])[0] != pristine[0]
+    first.close()
+    assert len(first.memory) == 1
+    assert logprobs(first, [request.prompt])[0] == pristine[0]

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .records import TASKS, EditCase, Probe
@@ -20,8 +21,8 @@ from .records import TASKS, EditCase, Probe
 logger = logging.getLogger(__name__)
 
 # ``type`` values of multi-task files and the task each stands for.
-TYPE_TO_TASK = {"counterfact": "counterfact", "wikirecent": "recent", "recent": "recent",
-                "convsent": "convsent", "zsre": "zsre"}
+TYPE_TO_TASK = MappingProxyType({"counterfact": "counterfact", "wikirecent": "recent",
+                                 "recent": "recent", "convsent": "convsent", "zsre": "zsre"})
 
 
 class RecordError(ValueError):

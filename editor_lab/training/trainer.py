@@ -112,8 +112,11 @@ def build_editor(cfg: TrainConfig, device: str | torch.device = "cpu") -> Editor
     hyper = Hypernetwork(editable, HypernetworkConfig(rank=cfg.rank, n_blocks=cfg.n_blocks,
                                                       init_step_size=cfg.init_step_size,
                                                       delta_scaling=cfg.delta_scaling))
+    # ridge: the deltas carry their ridge inputs (λ is learnt beside and saved with it)
+    combination = (CombinationConfig("ridge", cfg.ridge_lambda) if cfg.combination == "ridge"
+                   else CombinationConfig())
     return Editor(model, tokenizer, hyper.to(device), InstructionRegistry(),
-                  use_instructions=cfg.use_instructions)
+                  use_instructions=cfg.use_instructions, combination=combination)
 
 
 class Trainer:
@@ -156,7 +159,6 @@ class Trainer:
         if cfg.combination == "ridge" and cfg.background_edits:
             self.bank = EditBank(self.editor, [r for rs in train.values() for r in rs],
                                  cfg.background_edits, self.rng, self._describe)
-        self._sync_combination()
         self.step = 0
         self.skipped = 0
         self.best_score = -math.inf
@@ -165,11 +167,12 @@ class Trainer:
     def lam(self) -> dict[str, torch.Tensor]:
         return {w.name: self.log_lam[i].exp() for i, w in enumerate(self.editor.editable)}
 
-    def _sync_combination(self) -> None:
-        """Record in the editor how its edits are to be combined (saved with it)."""
-        if self.cfg.combination == "ridge":
-            lam = {name: float(v.detach()) for name, v in self.lam().items()}
-            self.editor.combination = CombinationConfig("ridge", lam)
+    def combination(self) -> CombinationConfig:
+        """How the editor's edits are to be combined, as learnt so far (saved with it)."""
+        if self.cfg.combination != "ridge":
+            return self.editor.combination
+        return CombinationConfig("ridge", {name: float(v.detach())
+                                           for name, v in self.lam().items()})
 
     # -- one example --------------------------------------------------------------------
     def _describe(self, example: TrainingExample) -> TrainingExample:
@@ -234,7 +237,6 @@ class Trainer:
             self.skipped += 1
             norm = float("nan")
         self.step += 1
-        self._sync_combination()
         return {"step": self.step, "loss": total.item(), "grad_norm": norm,
                 "skipped": self.skipped, **stats}
 
@@ -366,7 +368,7 @@ class Trainer:
 
     def save(self, folder: Path) -> None:
         save_editor(folder, self.editor, base_fingerprint=self.base_fingerprint,
-                    training=self._summary())
+                    training=self._summary(), combination=self.combination())
 
     def save_last(self) -> None:
         last = self.out / "last"
@@ -400,7 +402,6 @@ class Trainer:
         with torch.no_grad():
             self.log_lam.copy_(torch.tensor(saved.get("log_lambda", self.log_lam.tolist()),
                                             device=self.device))
-        self._sync_combination()
         self.step, self.skipped = saved["step"], saved["skipped"]
         self.best_score, self.seconds = saved["best_score"], saved["seconds"]
         self.rng.seed(self.cfg.seed * 1000 + self.dist.rank + self.step)
