@@ -268,3 +268,20 @@ def test_a_replica_loaded_at_a_refresh_version_then_following_the_log_is_bit_ide
            state)
     replay_history(c, deltas, [op for op in ops if op[2] > refresh])
     assert c.live_digest() == a.live_digest()
+
+
+# Store keys computed before CombinationConfig's λ was renamed (lam → ridge_lambda): the
+# stores of running services are keyed by them, so they must never change.
+@pytest.mark.parametrize(("kind", "lam", "basis", "key"), [
+    ("memory", None, "pristine", "043136db843942a33035cd21e39d9012"),
+    ("sum", None, "current", "ec5aca53da48f2d76849d7ae27bcaf9c"),
+    ("ridge", 3.0, "pristine", "c12df0b5c1fa7abd2974f5eff2a41e8a"),
+    ("ridge", {"a.weight": 2.0, "b.weight": 0.5}, "current", "0f523bbc0fdd53c406626b2b6726286d"),
+])
+def test_the_store_key_of_a_configuration_never_changes(kind, lam, basis, key) -> None:
+    from types import SimpleNamespace
+
+    from service.lifecycle import store_key
+
+    editor = SimpleNamespace(combination=CombinationConfig(kind, lam), basis=basis)
+    assert store_key("f" * 64, editor) == key
