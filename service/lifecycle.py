@@ -94,7 +94,7 @@ class LiveService:
         judge = None
         if routing is not None:  # judged on the live memory (merged combinations are not)
             refiner = EditRefiner(editor.edit_model, tokenizer, editor.editable,
-                                  editor.max_length, settings.refine_config())
+                                  editor.max_length, settings.refine)
             judge = EditJudge(refiner, model, ledger.combiner, search_step=not trained)
         engine = EditEngine(editor, ledger, store, metrics, settings.limits.max_queued_edits,
                             settings.ridge_refresh_every, judge)
