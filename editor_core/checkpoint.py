@@ -136,7 +136,7 @@ def load_editor(path: str | Path, model: PreTrainedModel, tokenizer: PreTrainedT
     device = next(model.parameters()).device
     hyper.to(device)
     registry = InstructionRegistry.from_json(config["instructions"])
-    combination = CombinationConfig(**config.get("combination", {"kind": "sum"}))
+    combination = CombinationConfig.from_json(config.get("combination", {}))
     editor = Editor(model, tokenizer, hyper, registry,
                     use_instructions=config.get("use_instructions", True),
                     fp32_replica=fp32_replica, combination=combination, basis=basis)

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from editor_core.combination import RIDGE_LAMBDA
 from editor_core.refine import RefineConfig
 from editor_core.relation_forms import RELATION_FORMS_FILE, RelationForms
 from editor_lab.evaluation import SETS_DIR
@@ -98,7 +99,8 @@ def eval_cmd(
         help="lifelong: which weights each edit is computed on for joint (ridge) "
              "methods: pristine, current or both")] = "pristine",
     ridge_lambda: Annotated[float, typer.Option(
-        help="lifelong: λ for the ridge combination of editors trained without one")] = 3.0,
+        help="lifelong: λ for the ridge combination of editors trained without one")
+    ] = RIDGE_LAMBDA,
     baseline_limit: Annotated[int, typer.Option(
         help="lifelong: the sum-combined baselines stop at this many edits")] = 1000,
     removal_at: Annotated[int, typer.Option(
@@ -186,8 +188,7 @@ def _lifelong(lm, tokenizer, editors: list[tuple[str, Path]], data_dir: Path,
     bases = ["pristine", "current"] if basis == "both" else [basis]
     out: dict[str, dict] = {}
     for name, path in editors:
-        trained = CombinationConfig(**read_editor_config(path).get("combination",
-                                                                   {"kind": "sum"}))
+        trained = CombinationConfig.from_json(read_editor_config(path).get("combination", {}))
         ridge = trained if trained.kind == "ridge" else CombinationConfig("ridge",
                                                                           ridge_lambda)
         runs = [(f"{name}, ridge, {b} basis", ridge, b, checkpoints) for b in bases]
@@ -220,7 +221,8 @@ def eval_stream_cmd(
         "world never uses)")] = "held-out",
     combinations: Annotated[str, typer.Option(
         help="side by side: memory (routed), ridge, sum (merged)")] = "memory",
-    ridge_lambda: Annotated[float, typer.Option(help="λ of the ridge combination")] = 3.0,
+    ridge_lambda: Annotated[float, typer.Option(help="λ of the ridge combination")
+                            ] = RIDGE_LAMBDA,
     editor: EditorFolder = DEMO_EDITOR_PATH,
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
     data_dir: DataDir = Path("data/world"),

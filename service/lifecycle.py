@@ -97,9 +97,9 @@ class LiveService:
                                   editor.max_length, settings.refine)
             judge = EditJudge(refiner, model, ledger.combiner, search_step=not trained)
         engine = EditEngine(editor, ledger, store, metrics, settings.limits.max_queued_edits,
-                            settings.ridge_refresh_every, judge)
+                            settings.snapshot_every, judge)
         batcher = GenerationBatcher(model, ledger, settings.generation_batch_size,
-                                    settings.generation_batch_window_ms / 1000)
+                                    settings.generation_batch_window_ms)
         live = cls(settings, model, tokenizer, editor, ledger, engine, store, metrics, batcher,
                    fingerprint, ledger.live_digest(), redis)
         live.replayed = await engine.replay()
@@ -165,7 +165,7 @@ def load_model_and_editor(settings: ServiceSettings
 
 def _combination(settings: ServiceSettings, editor_config: dict) -> CombinationConfig:
     """The combination the settings ask for; an editor trained for ridge keeps its λ."""
-    trained = CombinationConfig(**editor_config.get("combination", {"kind": "sum"}))
+    trained = CombinationConfig.from_json(editor_config.get("combination", {}))
     if settings.combination == "editor":
         return trained
     if settings.combination == "memory":

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from editor_core.combination import RIDGE_LAMBDA, RIDGE_REFRESH_EVERY
 from editor_core.refine import RefineConfig
 from editor_core.relation_forms import RELATION_FORMS_FILE
 
@@ -17,6 +18,12 @@ DEMO_LM_PATH = REPO_ROOT / "checkpoints" / "demo-lm"
 DEMO_EDITOR_PATH = REPO_ROOT / "checkpoints" / "demo-editor"
 DEMO_CHAT_LM_PATH = REPO_ROOT / "checkpoints" / "demo-chat-lm"
 DEMO_CHAT_EDITOR_PATH = REPO_ROOT / "checkpoints" / "demo-chat-editor"
+
+
+def default(model: type[BaseModel], name: str) -> Any:
+    """A setting's default, for a class that takes the setting as a parameter: the default is
+    written once, on the setting."""
+    return model.model_fields[name].get_default(call_default_factory=True)
 
 
 class RuntimeSettings(BaseSettings):
@@ -111,12 +118,17 @@ class ServiceSettings(RuntimeSettings):
         "to the sequences about its subject; holds up as edits accumulate), 'ridge' (joint "
         "least squares over every active edit's keys, merged into the weights), 'sum', or "
         "'editor' (as the editor checkpoint says)")
-    ridge_lambda: float = Field(3.0, gt=0, description="λ of the ridge combination, unless "
-                                "the editor was trained with its own")
+    ridge_lambda: float = Field(RIDGE_LAMBDA, gt=0, description="λ of the ridge "
+                                "combination, unless the editor was trained with its own")
     ridge_refresh_every: int = Field(
-        64, ge=1, description="the ridge combination is solved exactly at every version "
-        "divisible by this (between them: rank updates), and its sums are saved there for "
-        "starting replicas; replicas must agree on it")
+        RIDGE_REFRESH_EVERY, ge=1, description="the ridge combination is solved exactly at "
+        "every version divisible by this (between them: rank updates); replicas must agree "
+        "on it")
+    snapshot_every: int = Field(
+        RIDGE_REFRESH_EVERY, ge=1, description="a merged combination's (ridge's, sum's) "
+        "exact sums are saved at every version divisible by this, for starting replicas to "
+        "solve from instead of rebuilding from every edit (with ridge, only at its refresh "
+        "versions: keep it a multiple of ridge_refresh_every); the edit memory saves none")
     edit_basis: Literal["auto", "current", "pristine"] = Field(
         "auto", description="which weights a new edit is computed on: 'pristine' (edits "
         "independent, rollback as if never made), 'current' (the live weights), or 'auto' "

@@ -52,13 +52,13 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_removing_any_subset_equals_building_with_the_rest(tok) -> None:
     editable = resolve_editable(tiny_model("gpt2", len(tok)))
     edits = [ActiveEdit(f"e{i}", i + 1, keyed_delta(editable, i)) for i in range(40)]
-    live = RidgeCombiner(editable, lam=0.5)
+    live = RidgeCombiner(editable, ridge_lambda=0.5)
     for e in edits:
         live.add(e)
     gone = set(random.Random(0).sample(range(40), 13))
     for i in sorted(gone, reverse=True):
         live.remove(edits[i])
-    fresh = RidgeCombiner(editable, lam=0.5)
+    fresh = RidgeCombiner(editable, ridge_lambda=0.5)
     kept = [e for i, e in enumerate(edits) if i not in gone]
     for e in reversed(kept):  # another order: the result depends on the set only
         fresh.add(e)
@@ -72,7 +72,7 @@ def test_removing_any_subset_equals_building_with_the_rest(tok) -> None:
 def test_one_edit_keeps_its_own_effect_on_its_keys(tok) -> None:
     editable = resolve_editable(tiny_model("gpt2", len(tok)))
     delta = keyed_delta(editable, 1)
-    combiner = RidgeCombiner(editable, lam=1e-3)
+    combiner = RidgeCombiner(editable, ridge_lambda=1e-3)
     combiner.add(ActiveEdit("a", 1, delta))
     for w in editable:
         keys, values = keys_and_values(delta, w.name)
@@ -92,7 +92,7 @@ def test_the_ledger_combines_by_keys_and_restores_bit_for_bit(tok) -> None:
     editable = resolve_editable(model)
     params = dict(model.named_parameters())
     original = {w.name: params[w.name].detach().clone() for w in editable}
-    ledger = WeightLedger(model, editable, RidgeCombiner(editable, lam=1.0))
+    ledger = WeightLedger(model, editable, RidgeCombiner(editable, ridge_lambda=1.0))
     for i in range(10):
         ledger.apply(f"e{i}", keyed_delta(editable, i))
     without_keys = EditDelta(keyed_delta(editable, 99).factors)
@@ -122,7 +122,8 @@ def test_keys_travel_with_the_delta(tok) -> None:
 def test_an_editor_trained_for_ridge_computes_keys_and_says_so(tok, tmp_path: Path) -> None:
     model = tiny_model("gpt2", len(tok))
     editor = make_editor(model, tok)
-    editor.combination = CombinationConfig("ridge", lam={w.name: 2.0 for w in editor.editable})
+    editor.combination = CombinationConfig("ridge", ridge_lambda={w.name: 2.0
+                                                                  for w in editor.editable})
     delta = editor.compute([REQ, REQ2])
     for w in editor.editable:
         keys = delta.keys[w.name]
@@ -132,7 +133,7 @@ def test_an_editor_trained_for_ridge_computes_keys_and_says_so(tok, tmp_path: Pa
     save_editor(tmp_path, editor, base_fingerprint=model_fingerprint(model, editor.editable,
                                                                       tok))
     loaded = load_editor(tmp_path, model, tok)
-    assert loaded.combination == CombinationConfig("ridge", lam={w.name: 2.0
+    assert loaded.combination == CombinationConfig("ridge", ridge_lambda={w.name: 2.0
                                                                  for w in editor.editable})
     ledger = WeightLedger.for_editor(loaded)
     assert isinstance(ledger.combiner, RidgeCombiner)
@@ -144,7 +145,7 @@ def test_an_editor_trained_for_ridge_computes_keys_and_says_so(tok, tmp_path: Pa
 def test_a_failed_rank_update_falls_back_to_the_exact_solve(tok, monkeypatch) -> None:
     editable = resolve_editable(tiny_model("gpt2", len(tok)))
     edits = [ActiveEdit(f"e{i}", i + 1, keyed_delta(editable, i)) for i in range(4)]
-    live = RidgeCombiner(editable, lam=0.5)
+    live = RidgeCombiner(editable, ridge_lambda=0.5)
     for e in edits[:3]:
         live.add(e)
     real_solve = torch.linalg.solve
@@ -159,7 +160,7 @@ def test_a_failed_rank_update_falls_back_to_the_exact_solve(tok, monkeypatch) ->
     monkeypatch.setattr(torch.linalg, "solve", singular_on_the_second_weight)
     live.add(edits[3])
     monkeypatch.setattr(torch.linalg, "solve", real_solve)
-    fresh = RidgeCombiner(editable, lam=0.5)
+    fresh = RidgeCombiner(editable, ridge_lambda=0.5)
     fresh.recompute(edits)
     for name, total in totals(live, editable).items():
         assert rel_err(total, fresh.total(name)) <= 1e-9
@@ -285,3 +286,12 @@ def test_the_store_key_of_a_configuration_never_changes(kind, lam, basis, key) -
 
     editor = SimpleNamespace(combination=CombinationConfig(kind, lam), basis=basis)
     assert store_key("f" * 64, editor) == key
+
+
+def test_lambda_is_saved_under_its_first_name_and_read_under_either() -> None:
+    """Checkpoints and store keys hold λ as ``lam``; a saved combination reads back either way."""
+    ridge = CombinationConfig("ridge", ridge_lambda={"a.weight": 2.0})
+    assert ridge.to_json() == {"kind": "ridge", "lam": {"a.weight": 2.0}}
+    assert CombinationConfig.from_json(ridge.to_json()) == ridge
+    assert CombinationConfig.from_json({"kind": "ridge", "ridge_lambda": 3.0}).ridge_lambda == 3.0
+    assert CombinationConfig.from_json({}) == CombinationConfig("sum")
