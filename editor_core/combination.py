@@ -260,7 +260,7 @@ def keys_and_values(delta: EditDelta, name: str) -> tuple[torch.Tensor, torch.Te
     Computed from the stored factors (``V = step · (K uᵀ) d``), never a dense ΔW.
     """
     f = delta.factors[name]
-    keys = delta.key_matrix(name).to(torch.float64)
+    keys = delta.ridge_input_matrix(name).to(torch.float64)
     values = (keys @ f.u.to(torch.float64).T) @ f.d.to(torch.float64) * f.step
     return keys, values
 
@@ -303,10 +303,10 @@ class RidgeCombiner:
     def validate(self, delta: EditDelta) -> None:
         """The delta must carry finite keys of each weight's input width."""
         for name, w in self._editable.items():
-            if delta.keys is None or name not in delta.keys:
+            if delta.ridge_inputs is None or name not in delta.ridge_inputs:
                 raise ValueError(f"the ridge combination combines edits by their keys; the "
                                  f"delta has none for {name}")
-            keys = delta.key_matrix(name)
+            keys = delta.ridge_input_matrix(name)
             if keys.dim() != 2 or keys.shape[1] != w.d_in or not torch.isfinite(keys).all():
                 raise ValueError(f"keys of {name} are {tuple(keys.shape)}; expected finite "
                                  f"(tokens, {w.d_in})")
@@ -470,7 +470,7 @@ class CombinationConfig:
             raise ValueError("a ridge combination needs λ")
 
     @property
-    def needs_keys(self) -> bool:
+    def needs_ridge_inputs(self) -> bool:
         return self.kind == "ridge"
 
     @property

@@ -187,7 +187,7 @@ class EditRefiner:
         best = min(STEP_GRID, key=nll)
         return EditDelta({n: WeightFactors(f.u, f.d, best, f.spans)
                           for n, f in delta.factors.items()},
-                         delta.n_requests, delta.keys, delta.routes)
+                         delta.n_requests, delta.ridge_inputs, delta.routes)
 
     @torch.no_grad()
     def _scaled(self, delta: EditDelta, ids: torch.Tensor, mask: torch.Tensor,
@@ -203,7 +203,7 @@ class EditRefiner:
             steps += scale != 1.0  # each scaling tried is a step, the one that holds too
             tried = delta if scale == 1.0 else EditDelta(
                 {n: WeightFactors(f.u, f.d, f.step * scale, f.spans)
-                 for n, f in delta.factors.items()}, delta.n_requests, delta.keys,
+                 for n, f in delta.factors.items()}, delta.n_requests, delta.ridge_inputs,
                 delta.routes)
             factors = {n: (f.u.float(), f.d.float(), f.step) for n, f in tried.factors.items()}
             with self._applied(factors, starts):
@@ -282,7 +282,7 @@ def _with_factors(delta: EditDelta, params) -> EditDelta:
         name: WeightFactors(u.detach().to(STORE_DTYPE).contiguous(),
                             d.detach().to(STORE_DTYPE).contiguous(), step, f.spans)
         for (name, f), (u, d, step) in zip(delta.factors.items(), params.values())
-    }, delta.n_requests, delta.keys, delta.routes)
+    }, delta.n_requests, delta.ridge_inputs, delta.routes)
 
 
 @dataclass(frozen=True)

@@ -110,11 +110,11 @@ def test_keys_travel_with_the_delta(tok) -> None:
     batch = merge([a, b])
     parts = batch.split()
     name = editable[0].name
-    assert torch.equal(parts[1].key_matrix(name), b.key_matrix(name))
+    assert torch.equal(parts[1].ridge_input_matrix(name), b.ridge_input_matrix(name))
     stored = parts[1].compressed()
     again = EditDelta.from_bytes(stored.to_bytes())
-    assert torch.equal(again.key_matrix(name), stored.key_matrix(name))
-    assert again.key_matrix(name).shape == (7, editable[0].d_in)
+    assert torch.equal(again.ridge_input_matrix(name), stored.ridge_input_matrix(name))
+    assert again.ridge_input_matrix(name).shape == (7, editable[0].d_in)
     with pytest.raises(ValueError):
         merge([a, EditDelta(b.factors)])
 
@@ -126,7 +126,7 @@ def test_an_editor_trained_for_ridge_computes_keys_and_says_so(tok, tmp_path: Pa
                                                                   for w in editor.editable})
     delta = editor.compute([REQ, REQ2])
     for w in editor.editable:
-        keys = delta.keys[w.name]
+        keys = delta.ridge_inputs[w.name]
         assert len(keys) == 2 and all(k.shape[1] == w.d_in for k in keys)
         n = len(tok(REQ.prompt + " " + REQ.target)["input_ids"])
         assert keys[0].shape[0] >= n - 1  # every token of the plain prompt and target
