@@ -30,7 +30,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.workload import edit_requests
 from editor_core.checkpoint import load_editor
-from editor_core.combination import ActiveEdit, CombinationConfig, RidgeCombiner, SumCombiner
+from editor_core.combination import (
+    RIDGE_LAMBDA,
+    ActiveEdit,
+    CombinationConfig,
+    RidgeCombiner,
+    SumCombiner,
+)
 from editor_core.ledger import WeightLedger
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,21 +66,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--active", type=int, default=1000)
     parser.add_argument("--changes", type=int, default=60)
-    parser.add_argument("--lam", type=float, default=3.0)
+    parser.add_argument("--ridge-lambda", type=float, default=RIDGE_LAMBDA)
     args = parser.parse_args()
     runtime.configure_threads(args.threads)
 
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    editor = load_editor(args.editor, model, tokenizer,  # ridge: its deltas carry their keys
-                         combination=CombinationConfig("ridge", args.lam))
+    editor = load_editor(args.editor, model, tokenizer,  # ridge: its deltas carry their inputs
+                         combination=CombinationConfig("ridge", args.ridge_lambda))
     stored = [editor.compute(r).compressed() for r in edit_requests(50)]
 
     combiners = {
         "sum": lambda: SumCombiner(editor.editable),
-        "ridge (exact solve)": lambda: RidgeCombiner(editor.editable, args.lam,
+        "ridge (exact solve)": lambda: RidgeCombiner(editor.editable, args.ridge_lambda,
                                                      refresh_every=1),
-        "ridge (rank update)": lambda: RidgeCombiner(editor.editable, args.lam),
+        "ridge (rank update)": lambda: RidgeCombiner(editor.editable, args.ridge_lambda),
     }
     medians = {}
     print(f"Model {args.model}, {len(editor.editable)} editable weights, {args.active} active "

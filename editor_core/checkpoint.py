@@ -141,7 +141,7 @@ def load_editor(path: str | Path, model: PreTrainedModel, tokenizer: PreTrainedT
     hyper.to(device)
     registry = InstructionRegistry.from_json(config["instructions"])
     if combination is None:
-        combination = CombinationConfig(**config.get("combination", {"kind": "sum"}))
+        combination = CombinationConfig.from_json(config.get("combination", {}))
     editor = Editor(model, tokenizer, hyper, registry,
                     use_instructions=config.get("use_instructions", True),
                     fp32_replica=fp32_replica, combination=combination, basis=basis)

@@ -48,6 +48,11 @@ from .memory import EditMemory
 from .specs import EditableWeight
 from .workers import run_all
 
+# The ridge combination's defaults, here once: the service's settings and the commands that
+# measure it start from them.
+RIDGE_LAMBDA = 3.0  # λ, unless an editor was trained with its own
+RIDGE_REFRESH_EVERY = 64  # versions between two exact solves (rank updates in between)
+
 
 class DeltaCombiner(Protocol):
     """How active edits combine into one ΔW per weight (in the stored orientation).
@@ -257,16 +262,17 @@ def keys_and_values(delta: EditDelta, name: str) -> tuple[torch.Tensor, torch.Te
     Computed from the stored factors (``V = step · (K uᵀ) d``), never a dense ΔW.
     """
     f = delta.factors[name]
-    keys = delta.key_matrix(name).to(torch.float64)
+    keys = delta.ridge_input_matrix(name).to(torch.float64)
     values = (keys @ f.u.to(torch.float64).T) @ f.d.to(torch.float64) * f.step
     return keys, values
 
 
 class RidgeCombiner:
-    """ΔW = (Σ KᵢᵀKᵢ + λI)⁻¹ Σ KᵢᵀVᵢ per weight, with ``lam`` per weight name (or one for all).
+    """ΔW = (Σ KᵢᵀKᵢ + λI)⁻¹ Σ KᵢᵀVᵢ per weight, with ``ridge_lambda`` per weight name (or
+    one for all).
 
-    ``refresh_every``: solve exactly at every change whose version is a multiple of it (1:
-    at every change, with no rank updates).
+    ``refresh_every`` (the service's ``ridge_refresh_every``): solve exactly at every change
+    whose version is a multiple of it (1: at every change, with no rank updates).
     """
 
     snapshots = True
@@ -277,12 +283,14 @@ class RidgeCombiner:
     KEY_BITS = 12
     VALUE_BITS = 18
 
-    def __init__(self, editable: list[EditableWeight], lam: float | Mapping[str, float],
-                 refresh_every: int = 64) -> None:
+    def __init__(self, editable: list[EditableWeight],
+                 ridge_lambda: float | Mapping[str, float],
+                 refresh_every: int = RIDGE_REFRESH_EVERY) -> None:
         self._editable = {w.name: w for w in editable}
-        self.lam = {w.name: float(lam if isinstance(lam, (int, float)) else lam[w.name])
-                    for w in editable}
-        if any(v <= 0 for v in self.lam.values()):
+        lam = ridge_lambda
+        self.ridge_lambda = {w.name: float(lam if isinstance(lam, (int, float)) else lam[w.name])
+                             for w in editable}
+        if any(v <= 0 for v in self.ridge_lambda.values()):
             raise ValueError("the ridge λ must be positive (it keeps the solve well posed)")
         if refresh_every < 1:
             raise ValueError("refresh_every must be at least 1")
@@ -298,10 +306,10 @@ class RidgeCombiner:
     def validate(self, delta: EditDelta) -> None:
         """The delta must carry finite keys of each weight's input width."""
         for name, w in self._editable.items():
-            if delta.keys is None or name not in delta.keys:
+            if delta.ridge_inputs is None or name not in delta.ridge_inputs:
                 raise ValueError(f"the ridge combination combines edits by their keys; the "
                                  f"delta has none for {name}")
-            keys = delta.key_matrix(name)
+            keys = delta.ridge_input_matrix(name)
             if keys.dim() != 2 or keys.shape[1] != w.d_in or not torch.isfinite(keys).all():
                 raise ValueError(f"keys of {name} are {tuple(keys.shape)}; expected finite "
                                  f"(tokens, {w.d_in})")
@@ -376,7 +384,7 @@ class RidgeCombiner:
 
         def solve(name: str) -> None:
             gram = self._gram[name].value()
-            gram.diagonal().add_(self.lam[name])
+            gram.diagonal().add_(self.ridge_lambda[name])
             inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram)).contiguous()
             self._inverse[name] = inverse
             self._delta[name] = inverse @ self._cross[name].value()
@@ -448,37 +456,49 @@ class RidgeCombiner:
 
 @dataclass(frozen=True)
 class CombinationConfig:
-    """Which combination an editor was trained for; saved in its checkpoint."""
+    """Which combination an editor was trained for; saved in its checkpoint.
+
+    Saved (``to_json``) with λ under its first name, ``lam``: the edit store's key is a hash
+    of that JSON, so the stores of running services keep their keys; ``from_json`` reads
+    either name."""
 
     kind: str = "sum"  # "memory" (routed, unmerged), "sum" or "ridge"
-    lam: Mapping[str, float] | float | None = None  # ridge only: λ per weight (or one)
+    ridge_lambda: Mapping[str, float] | float | None = None  # ridge only: λ per weight (or one)
 
     def __post_init__(self) -> None:
         if self.kind not in ("memory", "sum", "ridge"):
             raise ValueError(f"unknown combination {self.kind!r}; use 'memory', 'sum' or "
                              "'ridge'")
-        if self.kind == "ridge" and self.lam is None:
+        if self.kind == "ridge" and self.ridge_lambda is None:
             raise ValueError("a ridge combination needs λ")
 
     @property
-    def needs_keys(self) -> bool:
+    def needs_ridge_inputs(self) -> bool:
         return self.kind == "ridge"
 
     @property
     def needs_routing(self) -> bool:
         return self.kind == "memory"
 
-    def combiner(self, editable: list[EditableWeight], refresh_every: int = 64,
-                 routing=None) -> DeltaCombiner:
+    def combiner(self, editable: list[EditableWeight],
+                 ridge_refresh_every: int = RIDGE_REFRESH_EVERY, routing=None) -> DeltaCombiner:
         """The combiner; the edit memory needs its ``RoutingConfig`` as ``routing``."""
         if self.kind == "memory":
             if routing is None:
                 raise ValueError("the edit memory needs a routing configuration")
             return EditMemory(editable, routing)
         if self.kind == "ridge":
-            return RidgeCombiner(editable, self.lam, refresh_every)
+            return RidgeCombiner(editable, self.ridge_lambda, ridge_refresh_every)
         return SumCombiner(editable)
 
     def to_json(self) -> dict:
-        lam = dict(self.lam) if isinstance(self.lam, Mapping) else self.lam
+        """The saved form (checkpoints, store keys, exports): λ keeps its first name."""
+        lam = dict(self.ridge_lambda) if isinstance(self.ridge_lambda, Mapping) \
+            else self.ridge_lambda
         return {"kind": self.kind, "lam": lam}
+
+    @classmethod
+    def from_json(cls, saved: Mapping) -> CombinationConfig:
+        """A saved combination: λ as ``lam`` (as saved) or ``ridge_lambda``."""
+        lam = saved.get("ridge_lambda", saved.get("lam"))
+        return cls(saved.get("kind", "sum"), lam)

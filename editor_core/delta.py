@@ -5,10 +5,11 @@ view; the ledger applies it as ``W ← W − ΔW`` (so an identity editor takes 
 descent step). A batch's delta records which rows belong to which request, so every edit of
 a batch can be stored and removed on its own.
 
-An edit may also carry **keys**: per weight, the layer's inputs at the tokens of the plain
-prompt and target (one ``[n, d_in]`` matrix per request). A joint combination of many edits
-(``combination.RidgeCombiner``) asks the combined ΔW to reproduce, on each edit's keys, the
-output shift the edit's own ΔW makes there. An edit for the edit memory carries its
+An edit may also carry **ridge inputs** (``ridge_inputs``, the K of the ridge solve; stored
+as the ``{i}.k`` tensors): per weight, the layer's inputs at the tokens of the plain prompt
+and target (one ``[n, d_in]`` matrix per request). A joint combination of many edits
+(``combination.RidgeCombiner``) asks the combined ΔW to reproduce, on each edit's ridge
+inputs, the output shift the edit's own ΔW makes there. An edit for the edit memory carries its
 **routing keys** instead (``delta.RoutingKey``: the gate inputs where it fires, its
 subject's token ids, its answer's token paths), stored with the factors.
 """
@@ -122,7 +123,7 @@ class EditDelta:
 
     factors: dict[str, WeightFactors]
     n_requests: int = 1
-    keys: dict[str, tuple[torch.Tensor, ...]] | None = None  # per weight, one per request
+    ridge_inputs: dict[str, tuple[torch.Tensor, ...]] | None = None  # per weight, one per request
     routes: tuple[RoutingKey, ...] | None = None  # one per request (the edit memory's)
 
     @property
@@ -140,19 +141,20 @@ class EditDelta:
             return [self]
         out = []
         for i in range(self.n_requests):
-            keys = None if self.keys is None else {n: (k[i],) for n, k in self.keys.items()}
+            inputs = None if self.ridge_inputs is None else {
+                n: (k[i],) for n, k in self.ridge_inputs.items()}
             out.append(EditDelta({
                 name: f.select(*f.spans[i]) for name, f in self.factors.items()
-            }, 1, keys, None if self.routes is None else (self.routes[i],)))
+            }, 1, inputs, None if self.routes is None else (self.routes[i],)))
         return out
 
-    def key_matrix(self, name: str) -> torch.Tensor:
-        """The keys of a single-request delta for one weight."""
-        if self.keys is None:
-            raise ValueError("this delta carries no keys (computed without them)")
+    def ridge_input_matrix(self, name: str) -> torch.Tensor:
+        """The ridge inputs of a single-request delta for one weight."""
+        if self.ridge_inputs is None:
+            raise ValueError("this delta carries no ridge inputs (computed without them)")
         if self.n_requests != 1:
-            raise ValueError("take one request's keys (use split())")
-        return self.keys[name][0]
+            raise ValueError("take one request's ridge inputs (use split())")
+        return self.ridge_inputs[name][0]
 
     def compressed(self, rel_tol: float | None = None, dtype: torch.dtype | None = None
                    ) -> EditDelta:
@@ -166,14 +168,14 @@ class EditDelta:
             factors = run_all([partial(f.compressed, rel_tol, dtype)
                                for f in p.factors.values()], rows >= MIN_PARALLEL_ROWS)
             parts.append(EditDelta(dict(zip(p.factors, factors)), 1,
-                                   None if p.keys is None else
+                                   None if p.ridge_inputs is None else
                                    {n: tuple(k.to(dtype).contiguous() for k in ks)
-                                    for n, ks in p.keys.items()}, p.routes))
+                                    for n, ks in p.ridge_inputs.items()}, p.routes))
         return parts[0] if len(parts) == 1 else merge(parts)
 
     def nbytes(self) -> int:
-        keys = 0 if self.keys is None else sum(k.numel() * k.element_size()
-                                               for ks in self.keys.values() for k in ks)
+        keys = 0 if self.ridge_inputs is None else sum(k.numel() * k.element_size()
+                                               for ks in self.ridge_inputs.values() for k in ks)
         keys += 0 if self.routes is None else sum(r.keys.numel() * r.keys.element_size()
                                                   for r in self.routes)
         return keys + sum(f.u.numel() * f.u.element_size() + f.d.numel() * f.d.element_size()
@@ -192,8 +194,8 @@ class EditDelta:
         for i, (name, f) in enumerate(self.factors.items()):
             tensors[f"{i}.u"] = f.u.contiguous()
             tensors[f"{i}.d"] = f.d.contiguous()
-            if self.keys is not None:
-                tensors[f"{i}.k"] = self.key_matrix(name).contiguous()
+            if self.ridge_inputs is not None:
+                tensors[f"{i}.k"] = self.ridge_input_matrix(name).contiguous()
             meta[f"{i}.name"] = name
             meta[f"{i}.step"] = repr(f.step)
         if self.routes is not None:
@@ -247,11 +249,11 @@ def merge(deltas: list[EditDelta]) -> EditDelta:
         factors[name] = WeightFactors(torch.cat([p.u for p in parts]),
                                       torch.cat([p.d for p in parts]), parts[0].step,
                                       tuple(spans))
-    with_keys = [d.keys is not None for d in deltas]
+    with_keys = [d.ridge_inputs is not None for d in deltas]
     if any(with_keys) and not all(with_keys):
         raise ValueError("cannot merge deltas with keys and deltas without")
     keys = None if not all(with_keys) else {
-        name: tuple(k for d in deltas for k in d.keys[name]) for name in names}
+        name: tuple(k for d in deltas for k in d.ridge_inputs[name]) for name in names}
     routed = [d.routes is not None for d in deltas]
     if any(routed) and not all(routed):
         raise ValueError("cannot merge deltas with routing keys and deltas without")

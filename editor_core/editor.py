@@ -326,12 +326,12 @@ class Editor:
             requests = [requests]
         batch = self.encode(requests)  # a refused input costs nothing further
         parts: list = [lambda: self.capture(batch)]
-        if self.combination.needs_keys:  # the keys pass runs beside the editing pass
+        if self.combination.needs_ridge_inputs:  # the keys pass runs beside the editing pass
             parts.append(lambda: self.plain_keys(requests))
         if self.combination.needs_routing:
             parts.append(lambda: self.routing(requests))
         captured, *found = run_all(parts)
-        keys = found[0] if self.combination.needs_keys else None
+        keys = found[0] if self.combination.needs_ridge_inputs else None
         routes = found[-1] if self.combination.needs_routing else None
         was_training = self.hypernetwork.training
         self.hypernetwork.eval()  # frozen normalisation statistics at inference

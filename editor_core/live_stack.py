@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedModel
 
-from .combination import CombinationConfig
+from .combination import RIDGE_REFRESH_EVERY, CombinationConfig
 from .editor import Editor
 from .gradient_editor import is_gradient_editor
 from .ledger import WeightLedger
@@ -56,7 +56,7 @@ def build_live_stack(editor: Editor, routing_config: RoutingConfig | None = None
                      refine: RefineConfig | None = None, *,
                      combination: CombinationConfig | None = None,
                      model: PreTrainedModel | None = None,
-                     refresh_every: int = 64) -> LiveStack:
+                     ridge_refresh_every: int = RIDGE_REFRESH_EVERY) -> LiveStack:
     """The stack serving ``model`` (default: the editor's own) with edits combined by
     ``combination`` (default: the editor's). The edit memory needs ``routing_config``; with
     ``refine`` each edit is judged (and refined within its budget) on the live memory — an
@@ -68,7 +68,7 @@ def build_live_stack(editor: Editor, routing_config: RoutingConfig | None = None
     model = editor.model if model is None else model
     if model is editor.model:
         editor.combination = combination  # it computes what its stack combines
-    combiner = combination.combiner(editor.editable, refresh_every, routing_config)
+    combiner = combination.combiner(editor.editable, ridge_refresh_every, routing_config)
     ledger = (WeightLedger.for_editor(editor, combiner) if model is editor.model
               else WeightLedger(model, editor.editable, combiner))
     if not combiner.routed:

@@ -40,6 +40,7 @@ from .answers import AnswerCheck, AnswerEndings, FittedAnswer
 from .delta import STORE_DTYPE, EditDelta, WeightFactors
 from .editor import EditRequest
 from .encoding import IGNORE_INDEX, label_nll, pad_prompts
+from .knobs import check_bounds, knob
 from .lowrank import low_rank_change
 from .outcomes import Outcome
 from .probing import TargetScore
@@ -58,28 +59,34 @@ class RefineConfig:
     """The budget and the fit of a refinement (``max_steps`` 0: judge, never refine).
 
     ``max_steps`` is the budget; ``max_ms`` only guards against a stalled machine (an edit
-    stopped by it says so: ``EditFit.time_capped``).
-
-    ``strategy``: ``adam`` fits the factors; ``scale`` only tries the one-shot change
-    scaled by each of ``scales`` in turn (a forward pass each), the cheaper candidate it
-    was measured against.
+    stopped by it says so: ``EditFit.time_capped``). Each field's meaning and bounds are in
+    its metadata, which the service's settings (``INSTRUCTEDIT_REFINE__*``) and the command
+    line's ``--refine-*`` options are made from.
     """
 
-    max_steps: int = 60
-    max_ms: float = 5000.0
-    lr: float = 0.5  # Adam's step, relative to each factor tensor's RMS
-    locality_weight: float = 1.0
-    strategy: Literal["adam", "scale"] = "adam"
-    scales: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0, 6.0)
-    # An edit is fitted until each prompt's target is also this likely (teacher-forced):
-    # one that barely holds on its prompt tends to miss its paraphrases.
-    confidence: float = 0.8
+    max_steps: int = knob(60, "refinement steps an edit that does not hold may take (0: "
+                          "judge only, never refine)", ge=0)
+    max_ms: float = knob(5000.0, "a guard only: refinement stops after this long (ms) even "
+                         "within its steps (the edit then says refine_time_capped); the "
+                         "budget is the steps, so whether an edit holds does not depend on "
+                         "how busy the machine is", gt=0)
+    lr: float = knob(0.5, "refinement's Adam step, relative to each factor tensor's scale "
+                     "(RMS)", gt=0)
+    locality_weight: float = knob(1.0, "weight of the KL term that keeps locality prompts' "
+                                  "next-token distribution while refining", ge=0)
+    strategy: Literal["adam", "scale"] = knob(
+        "adam", "'adam' fits the factors; 'scale' only tries the one-shot change scaled by "
+        "each of scales in turn (a forward pass each), the cheaper candidate it was "
+        "measured against")
+    scales: tuple[float, ...] = knob((1.5, 2.0, 3.0, 4.0, 6.0),
+                                     "the scales the 'scale' strategy tries")
+    # One that barely holds on its prompt tends to miss its paraphrases.
+    confidence: float = knob(0.8, "an edit whose targets are the argmax but less likely than "
+                             "this (teacher-forced) is refined up to it, within the budget: "
+                             "it then holds on more paraphrases", ge=0, lt=1)
 
     def __post_init__(self) -> None:
-        if self.max_steps < 0 or self.max_ms <= 0 or self.lr <= 0 or self.locality_weight < 0:
-            raise ValueError(f"invalid refinement settings: {self}")
-        if not 0.0 <= self.confidence < 1.0:
-            raise ValueError(f"confidence must be in [0, 1), got {self.confidence}")
+        check_bounds(self)
         if self.strategy not in ("adam", "scale") or any(m <= 0 for m in self.scales):
             raise ValueError(f"invalid refinement strategy: {self}")
 
@@ -181,7 +188,7 @@ class EditRefiner:
         best = min(STEP_GRID, key=nll)
         return EditDelta({n: WeightFactors(f.u, f.d, best, f.spans)
                           for n, f in delta.factors.items()},
-                         delta.n_requests, delta.keys, delta.routes)
+                         delta.n_requests, delta.ridge_inputs, delta.routes)
 
     @torch.no_grad()
     def _scaled(self, delta: EditDelta, ids: torch.Tensor, mask: torch.Tensor,
@@ -197,7 +204,7 @@ class EditRefiner:
             steps += scale != 1.0  # each scaling tried is a step, the one that holds too
             tried = delta if scale == 1.0 else EditDelta(
                 {n: WeightFactors(f.u, f.d, f.step * scale, f.spans)
-                 for n, f in delta.factors.items()}, delta.n_requests, delta.keys,
+                 for n, f in delta.factors.items()}, delta.n_requests, delta.ridge_inputs,
                 delta.routes)
             factors = {n: (f.u.float(), f.d.float(), f.step) for n, f in tried.factors.items()}
             with self._applied(factors, starts):
@@ -267,7 +274,7 @@ def _with_factors(delta: EditDelta, params) -> EditDelta:
         name: WeightFactors(u.detach().to(STORE_DTYPE).contiguous(),
                             d.detach().to(STORE_DTYPE).contiguous(), step, f.spans)
         for (name, f), (u, d, step) in zip(delta.factors.items(), params.values())
-    }, delta.n_requests, delta.keys, delta.routes)
+    }, delta.n_requests, delta.ridge_inputs, delta.routes)
 
 
 @dataclass(frozen=True)

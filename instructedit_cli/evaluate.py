@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from editor_core.combination import RIDGE_LAMBDA
+from editor_core.refine import RefineConfig
 from editor_core.relation_forms import RELATION_FORMS_FILE, RelationForms
 from editor_lab.evaluation import SETS_DIR
 from service.settings import DEMO_EDITOR_PATH, DEMO_LM_PATH
 
-from .app import DataDir, SentimentJudgeName, TaskList, Threads, app, judge_named, named_path, setup
+from .app import (
+    DataDir,
+    SentimentJudgeName,
+    TaskList,
+    Threads,
+    app,
+    config_options,
+    judge_named,
+    named_path,
+    setup,
+)
 
 RelationWordings = Annotated[bool, typer.Option(
     help="key and fit edits that name a known relation on its other wordings too, with "
@@ -21,6 +34,9 @@ AliasSearch = Annotated[bool, typer.Option(
     help="widen edits with the other names the model knows for their subject (the "
          "service's alias_search)")]
 
+
+# Replaced by one --refine-* option per field (config_options); the defaults are its own.
+REFINE_DEFAULTS = RefineConfig()
 
 EditorFolder = Annotated[Path, typer.Option(
     help="editor folder (with its routing), or 'none': no trained editor (each edit's "
@@ -86,7 +102,8 @@ def eval_cmd(
         help="lifelong: which weights each edit is computed on for joint (ridge) "
              "methods: pristine, current or both")] = "pristine",
     ridge_lambda: Annotated[float, typer.Option(
-        help="lifelong: λ for the ridge combination of editors trained without one")] = 3.0,
+        help="lifelong: λ for the ridge combination of editors trained without one")
+    ] = RIDGE_LAMBDA,
     baseline_limit: Annotated[int, typer.Option(
         help="lifelong: the sum-combined baselines stop at this many edits")] = 1000,
     removal_at: Annotated[int, typer.Option(
@@ -174,8 +191,7 @@ def _lifelong(lm, tokenizer, editors: list[tuple[str, Path]], data_dir: Path,
     bases = ["pristine", "current"] if basis == "both" else [basis]
     out: dict[str, dict] = {}
     for name, path in editors:
-        trained = CombinationConfig(**read_editor_config(path).get("combination",
-                                                                   {"kind": "sum"}))
+        trained = CombinationConfig.from_json(read_editor_config(path).get("combination", {}))
         ridge = trained if trained.kind == "ridge" else CombinationConfig("ridge",
                                                                           ridge_lambda)
         runs = [(f"{name}, ridge, {b} basis", ridge, b, checkpoints) for b in bases]
@@ -197,6 +213,7 @@ def _lifelong(lm, tokenizer, editors: list[tuple[str, Path]], data_dir: Path,
 
 
 @app.command("eval-stream")
+@config_options(RefineConfig, "refine", "refinement")
 def eval_stream_cmd(
     counts: Annotated[str, typer.Option(help="active edits to measure at")] = "10,100,1000",
     sample: Annotated[int, typer.Option(help="edits asked at each count")] = 200,
@@ -206,7 +223,8 @@ def eval_stream_cmd(
         "world never uses)")] = "held-out",
     combinations: Annotated[str, typer.Option(
         help="side by side: memory (routed), ridge, sum (merged)")] = "memory",
-    ridge_lambda: Annotated[float, typer.Option(help="λ of the ridge combination")] = 3.0,
+    ridge_lambda: Annotated[float, typer.Option(help="λ of the ridge combination")
+                            ] = RIDGE_LAMBDA,
     editor: EditorFolder = DEMO_EDITOR_PATH,
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
     data_dir: DataDir = Path("data/world"),
@@ -228,7 +246,8 @@ def eval_stream_cmd(
     ] = False,
     refine: Annotated[bool, typer.Option(
         help="judge each edit as the service does: refined where the one-shot delta does "
-             "not hold (the service's default budget); always, with --editor none")] = False,
+             "not hold, within the --refine-* budget; always, with --editor none")] = False,
+    refinement: RefineConfig = REFINE_DEFAULTS,
     chat: Annotated[bool, typer.Option(
         help="send and ask as a chat user does, through the model's chat template: each "
              "edit is its relation's question in a user's turn, its held-out question the "
@@ -245,7 +264,6 @@ def eval_stream_cmd(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from editor_core.chat_template import chat_prompt
-    from editor_core.refine import RefineConfig
     from editor_lab.evaluation.service_view import StreamSettings, evaluate_stream, stream_table
     from editor_lab.world import WorldConfig, build_world
     from editor_lab.world.stream import (
@@ -263,7 +281,7 @@ def eval_stream_cmd(
         ridge_lambda, store_tolerance,
         tuple(float(t) for t in alone_tolerances.split(",") if t.strip()), removal_at,
         without_subjects=without_subjects,
-        refine=RefineConfig() if refine or str(editor) == "none" else None)
+        refine=refinement if refine or str(editor) == "none" else None)
     world = build_world(WorldConfig())
     if stream_kind == "held-out":
         stream = lifelong_stream(world, data_dir, checkpoints[-1], seed)
@@ -291,6 +309,7 @@ def eval_stream_cmd(
 
 
 @app.command("eval-single")
+@config_options(RefineConfig, "refine", "refine")
 def eval_single_cmd(
     sets: Annotated[str, typer.Option(
         help="what to edit: tasks of the split, 'unfamiliar' (new people named with "
@@ -304,14 +323,7 @@ def eval_single_cmd(
                          ] = Path("../shared/data/zsre_real_sample.json"),
     real_text: Annotated[Path, typer.Option(help="hand-written real-world facts (KnowEdit "
                                             "CounterFact format)")] = SETS_DIR / "real_text.json",
-    refine_max_steps: Annotated[int, typer.Option(help="refinement budget: steps")] = 60,
-    refine_max_ms: Annotated[float, typer.Option(
-        help="refinement's time guard (ms); the budget is the steps")] = 5000.0,
-    refine_lr: Annotated[float, typer.Option(help="refinement's relative Adam step")] = 0.5,
-    refine_strategy: Annotated[str, typer.Option(
-        help="adam (fit the factors) or scale (try the one-shot change scaled up)")] = "adam",
-    refine_confidence: Annotated[float, typer.Option(
-        help="fit until each target is also this likely (0: until the argmax holds)")] = 0.8,
+    refine: RefineConfig = REFINE_DEFAULTS,
     editor: EditorFolder = DEMO_EDITOR_PATH,
     model: Annotated[Path, typer.Option(help="base model (HF format)")] = DEMO_LM_PATH,
     data_dir: DataDir = Path("data/world"),
@@ -332,7 +344,6 @@ def eval_single_cmd(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from editor_core.data.knowedit import load_edit_records
-    from editor_core.refine import RefineConfig
     from editor_lab.evaluation.single_view import evaluate_single, single_table
     from editor_lab.training.examples import load_task_records
     from editor_lab.world import WorldConfig, build_world
@@ -356,8 +367,6 @@ def eval_single_cmd(
     tokenizer = AutoTokenizer.from_pretrained(model)
     ed, routing = _editor_and_routing(editor, lm, tokenizer, relation_forms)
     _widening(ed, relation_wordings, alias_search)
-    refine = RefineConfig(refine_max_steps, refine_max_ms, refine_lr, strategy=refine_strategy,
-                          confidence=refine_confidence)
     results = evaluate_single(ed, routing, records, refine,
                               given_rephrases=given_rephrases)
     if json_path is not None:
@@ -365,9 +374,7 @@ def eval_single_cmd(
         json_path.write_text(json.dumps({"results": results, "settings": {
             "sets": names, "split": split, "limit": limit, "seed": seed,
             "given_rephrases": given_rephrases,
-            "refine": {"max_steps": refine_max_steps, "max_ms": refine_max_ms,
-                       "lr": refine_lr, "strategy": refine_strategy,
-                       "confidence": refine_confidence}}}, indent=2) + "\n")
+            "refine": dataclasses.asdict(refine)}}, indent=2) + "\n")
         json_path.with_suffix(".md").write_text(single_table(results) + "\n")
     typer.echo(single_table(results))
 

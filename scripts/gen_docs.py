@@ -15,6 +15,7 @@ import json
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal, get_args, get_origin
 
 REPO = Path(__file__).resolve().parent.parent
@@ -208,10 +209,30 @@ def _setting_rows(fields: dict[str, Any], env: Callable[[str, Any], str]) -> lis
     return rows
 
 
+def _knob_rows(config_type: type, env: Callable[[str], str]) -> list[str]:
+    """A dataclass config's fields (``editor_core.knobs``): type, bounds, default, meaning."""
+    import dataclasses
+    from typing import get_type_hints
+
+    hints = get_type_hints(config_type)
+    rows = []
+    for f in dataclasses.fields(config_type):
+        kind = hints[f.name]
+        shown = (f"list of {_annotation(get_args(kind)[0])}" if get_origin(kind) is tuple
+                 else _annotation(kind))
+        bounds = _bounds([SimpleNamespace(**{k: v}) for k, v in f.metadata.items()
+                          if k != "description"])
+        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        rows.append(f"| {env(f.name)} | {_cell(shown)}{bounds} | {_cell(_shown(default))} | "
+                    f"{_cell(f.metadata.get('description', ''))} |")
+    return rows
+
+
 def configuration_page() -> str:
     """Every setting of ``ServiceSettings``: environment name, type, default, meaning."""
     from pydantic import BaseModel
 
+    from editor_core.refine import RefineConfig
     from service.settings import ApiKey, Limits, ServiceSettings
 
     prefix = ServiceSettings.model_config["env_prefix"]
@@ -223,7 +244,8 @@ def configuration_page() -> str:
         return " or ".join(f"`{n.upper()}`" for n in names)
 
     flat = {n: f for n, f in ServiceSettings.model_fields.items()
-            if not (isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel))}
+            if not (isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel))
+            and f.annotation is not RefineConfig}
     lines = ["# Configuration", "", GENERATED, "",
              ("The service reads its settings from the environment (`service/settings.py`, "
              "pydantic-settings); [`instructedit serve`](cli.md) takes some of them as flags, "
@@ -237,6 +259,9 @@ def configuration_page() -> str:
               "| environment | type | default | meaning |", "|---|---|---|---|"]
     lines += _setting_rows(Limits.model_fields,
                            lambda n, _: f"`{prefix}LIMITS{nested}{n.upper()}`")
+    lines += ["", "## Refinement", "", _doc(RefineConfig), "",
+              "| environment | type | default | meaning |", "|---|---|---|---|"]
+    lines += _knob_rows(RefineConfig, lambda n: f"`{prefix}REFINE{nested}{n.upper()}`")
     lines += ["", "## API keys", "", _doc(ApiKey), "",
               "| field | type | default | meaning |", "|---|---|---|---|"]
     lines += _setting_rows(ApiKey.model_fields, lambda n, _: f"`{n}`")

@@ -58,7 +58,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                   description="Edit a served language model's knowledge while it runs: "
                   "every edit is measured, stored in Redis, versioned and exactly "
                   "reversible.")
-    app.state.keys = KeyRing(settings.api_keys)
+    app.state.api_keys = KeyRing(settings.api_keys)
     app.state.metrics = metrics
     app.include_router(edits.router)
     app.include_router(model.router)

@@ -64,13 +64,13 @@ def require(scope: Scope) -> Callable[..., Principal]:
 
     def check(request: Request,
               credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
-        keys: KeyRing = request.app.state.keys
-        if not keys.enabled:
+        api_keys: KeyRing = request.app.state.api_keys
+        if not api_keys.enabled:
             return ANONYMOUS
         if credentials is None:
             raise ServiceError(401, "unauthenticated",
                                "send an API key as 'Authorization: Bearer <key>'")
-        principal = keys.find(credentials.credentials)
+        principal = api_keys.find(credentials.credentials)
         if principal is None:
             raise ServiceError(401, "unauthenticated", "the API key is not valid")
         if scope not in _GRANTS[principal.scope]:

@@ -1,11 +1,11 @@
 """Generations decoded together: concurrent requests share each forward pass.
 
 One worker thread owns generation. It takes the first waiting request, gathers whatever
-else arrives within ``window`` (up to ``generation_batch_size``), and decodes them as one
-batch (``generate_together``) under the ledger's read lock — so a wave sees one version of the
-weights, reported to all its requests. Requests that arrive during a wave form the next.
-A step costs little more for eight sequences than for one, which is where concurrent
-clients' throughput comes from; a lone request decodes as before.
+else arrives within ``generation_batch_window_ms`` (up to ``generation_batch_size``), and
+decodes them as one batch (``generate_together``) under the ledger's read lock — so a wave
+sees one version of the weights, reported to all its requests. Requests that arrive during
+a wave form the next. A step costs little more for eight sequences than for one, which is
+where concurrent clients' throughput comes from; a lone request decodes as before.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from editor_core.generation import TokenStream, generate_together
 from editor_core.ledger import WeightLedger
+
+from .settings import ServiceSettings, default
 
 
 @dataclass(frozen=True)
@@ -40,15 +42,17 @@ class _Job:
 
 
 class GenerationBatcher:
-    """Decode requests in waves of up to ``generation_batch_size``, gathered for ``window``
-    seconds (the setting ``generation_batch_window_ms``)."""
+    """Decode requests in waves of up to ``generation_batch_size``, gathered for
+    ``generation_batch_window_ms`` (the settings of those names)."""
 
-    def __init__(self, model, ledger: WeightLedger, generation_batch_size: int = 16,
-                 window: float = 0.002) -> None:
+    def __init__(self, model, ledger: WeightLedger,
+                 generation_batch_size: int = default(ServiceSettings, "generation_batch_size"),
+                 generation_batch_window_ms: float = default(
+                     ServiceSettings, "generation_batch_window_ms")) -> None:
         self.model = model
         self.ledger = ledger
         self.generation_batch_size = generation_batch_size
-        self.window = window
+        self.generation_batch_window_ms = generation_batch_window_ms
         self._waiting: queue.Queue[_Job | None] = queue.Queue()
         self._worker = threading.Thread(target=self._serve, name="generation", daemon=True)
         self._worker.start()
@@ -81,7 +85,7 @@ class GenerationBatcher:
         self._worker.join(timeout=30)
 
     def _gather(self, first: _Job) -> list[_Job]:
-        wave, deadline = [first], time.monotonic() + self.window
+        wave, deadline = [first], time.monotonic() + self.generation_batch_window_ms / 1000
         while len(wave) < self.generation_batch_size:
             try:
                 job = self._waiting.get(timeout=max(0.0, deadline - time.monotonic()))

@@ -53,6 +53,7 @@ from .schemas import (
     RephraseQuality,
     Score,
 )
+from .settings import Limits, ServiceSettings, default
 from .store import AddResult, EditStore, NewEdit
 
 # A locality prompt's answer: its greedy continuation up to the end of the line.
@@ -99,9 +100,10 @@ class EditEngine:
     """One live model's edits: create, roll back, and rebuild from the store at startup."""
 
     def __init__(self, editor: Editor, ledger: WeightLedger, store: EditStore,
-                 metrics: ServiceMetrics, max_queued_edits: int = 16,
-                 refresh_every: int = 64, judge: EditJudge | None = None,
-                 routing: MemoryRouting | None = None) -> None:
+                 metrics: ServiceMetrics,
+                 max_queued_edits: int = default(Limits, "max_queued_edits"),
+                 snapshot_every: int = default(ServiceSettings, "snapshot_every"),
+                 judge: EditJudge | None = None, routing: MemoryRouting | None = None) -> None:
         self.editor = editor
         self.judge = judge  # None: edits are not judged (merged combinations)
         self.routing = routing  # the edit memory's routing of the live model, if any
@@ -109,7 +111,7 @@ class EditEngine:
         self.store = store
         self.metrics = metrics
         self.max_queued_edits = max_queued_edits
-        self.follower = LogFollower(ledger, store, metrics, refresh_every)
+        self.follower = LogFollower(ledger, store, metrics, snapshot_every)
         self._lock = asyncio.Lock()
         self._queued = 0
 

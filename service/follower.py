@@ -4,7 +4,7 @@ The Redis stream ``{p}:log`` is the single source of truth. A replica starts fro
 snapshot — the active edits right after a version at which the combined weights depend on
 the active set alone (``DeltaCombiner.exact_version``) — and then applies every later
 event in log order, its own edits included. A merged combination's exact sums are costly
-to rebuild from every edit, so at such versions (every ``refresh_every``) one replica saves
+to rebuild from every edit, so at such versions (every ``snapshot_every``) one replica saves
 them, and a replica that starts there solves from them; the edit memory is built from its
 stored edits alone and saves nothing. Every replica therefore
 performs the same weight changes in the same order and holds the same weights bit for bit,
@@ -36,6 +36,7 @@ from editor_core.delta import EditDelta
 from editor_core.ledger import LedgerError, WeightLedger
 
 from .metrics import ServiceMetrics
+from .settings import ServiceSettings, default
 from .store import EditStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,9 @@ class LogFollower:
     """Keeps one ledger in step with the store's log."""
 
     def __init__(self, ledger: WeightLedger, store: EditStore, metrics: ServiceMetrics,
-                 refresh_every: int = 64) -> None:
+                 snapshot_every: int = default(ServiceSettings, "snapshot_every")) -> None:
         self.ledger = ledger
-        self.refresh_every = refresh_every
+        self.snapshot_every = snapshot_every
         self.store = store
         self.metrics = metrics
         self.position = "0-0"  # stream id of the last event applied
@@ -181,7 +182,7 @@ class LogFollower:
         else:
             await asyncio.to_thread(self.ledger.remove_many, change.removed, change.version)
         self.metrics.log_events.labels("rollback").inc(len(change.removed))
-        if (self.ledger.combiner.snapshots and change.version % self.refresh_every == 0
+        if (self.ledger.combiner.snapshots and change.version % self.snapshot_every == 0
                 and self.ledger.combiner.exact_version(change.version) == change.version
                 and await self.store.claim_snapshot(change.version)):
             state = await asyncio.to_thread(lambda: st_save(self.ledger.combiner.exact_state()))

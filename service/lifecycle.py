@@ -82,8 +82,8 @@ class LiveService:
             routing = (load_routing(settings.routing) if settings.routing is not None
                        else load_routing(settings.editor) if trained
                        else _own_routing(settings, editor, fingerprint))
-        stack = build_live_stack(editor, routing, settings.refine_config(),
-                                 refresh_every=settings.ridge_refresh_every)
+        stack = build_live_stack(editor, routing, settings.refine,
+                                 ridge_refresh_every=settings.ridge_refresh_every)
         ledger = stack.ledger
         redis = StoreConnection(settings)
         # Stored edits are only valid for this model, combination and basis.
@@ -93,9 +93,9 @@ class LiveService:
                           rolled_back_retention_s=settings.rolled_back_retention_s,
                           idempotency_ttl_s=settings.idempotency_ttl_s)
         engine = EditEngine(editor, ledger, store, metrics, settings.limits.max_queued_edits,
-                            settings.ridge_refresh_every, stack.judge, stack.routing)
+                            settings.snapshot_every, stack.judge, stack.routing)
         batcher = GenerationBatcher(model, ledger, settings.generation_batch_size,
-                                    settings.generation_batch_window_ms / 1000)
+                                    settings.generation_batch_window_ms)
         live = cls(settings, model, tokenizer, editor, ledger, stack.routing, engine, store,
                    metrics, batcher, fingerprint, ledger.live_digest(), redis)
         live.replayed = await engine.replay()
@@ -161,7 +161,7 @@ def load_model_and_editor(settings: ServiceSettings
 
 def _combination(settings: ServiceSettings, editor_config: dict) -> CombinationConfig:
     """The combination the settings ask for; an editor trained for ridge keeps its λ."""
-    trained = CombinationConfig(**editor_config.get("combination", {"kind": "sum"}))
+    trained = CombinationConfig.from_json(editor_config.get("combination", {}))
     if settings.combination == "editor":
         return trained
     if settings.combination == "memory":

@@ -152,7 +152,7 @@ class EditRecord(EditIn):
     refine_steps: int | None = Field(None, description="refinement steps taken (0: one-shot)")
     refine_ms: float | None = Field(None, description="time judging and refining took")
     refine_time_capped: bool = Field(
-        False, description="refinement stopped at the time guard (refine_max_ms) before its "
+        False, description="refinement stopped at the time guard (refine.max_ms) before its "
         "step budget: the outcome then depended on the machine's speed")
 
 

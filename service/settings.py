@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from editor_core.combination import RIDGE_LAMBDA, RIDGE_REFRESH_EVERY
 from editor_core.refine import RefineConfig
 from editor_core.relation_forms import RELATION_FORMS_FILE
 
@@ -16,6 +18,12 @@ DEMO_LM_PATH = REPO_ROOT / "checkpoints" / "demo-lm"
 DEMO_EDITOR_PATH = REPO_ROOT / "checkpoints" / "demo-editor"
 DEMO_CHAT_LM_PATH = REPO_ROOT / "checkpoints" / "demo-chat-lm"
 DEMO_CHAT_EDITOR_PATH = REPO_ROOT / "checkpoints" / "demo-chat-editor"
+
+
+def default(model: type[BaseModel], name: str) -> Any:
+    """A setting's default, for a class that takes the setting as a parameter: the default is
+    written once, on the setting."""
+    return model.model_fields[name].get_default(call_default_factory=True)
 
 
 class RuntimeSettings(BaseSettings):
@@ -110,12 +118,17 @@ class ServiceSettings(RuntimeSettings):
         "to the sequences about its subject; holds up as edits accumulate), 'ridge' (joint "
         "least squares over every active edit's keys, merged into the weights), 'sum', or "
         "'editor' (as the editor checkpoint says)")
-    ridge_lambda: float = Field(3.0, gt=0, description="λ of the ridge combination, unless "
-                                "the editor was trained with its own")
+    ridge_lambda: float = Field(RIDGE_LAMBDA, gt=0, description="λ of the ridge "
+                                "combination, unless the editor was trained with its own")
     ridge_refresh_every: int = Field(
-        64, ge=1, description="the ridge combination is solved exactly at every version "
-        "divisible by this (between them: rank updates), and its sums are saved there for "
-        "starting replicas; replicas must agree on it")
+        RIDGE_REFRESH_EVERY, ge=1, description="the ridge combination is solved exactly at "
+        "every version divisible by this (between them: rank updates); replicas must agree "
+        "on it")
+    snapshot_every: int = Field(
+        RIDGE_REFRESH_EVERY, ge=1, description="a merged combination's (ridge's, sum's) "
+        "exact sums are saved at every version divisible by this, for starting replicas to "
+        "solve from instead of rebuilding from every edit (with ridge, only at its refresh "
+        "versions: keep it a multiple of ridge_refresh_every); the edit memory saves none")
     edit_basis: Literal["auto", "current", "pristine"] = Field(
         "auto", description="which weights a new edit is computed on: 'pristine' (edits "
         "independent, rollback as if never made), 'current' (the live weights), or 'auto' "
@@ -130,22 +143,10 @@ class ServiceSettings(RuntimeSettings):
         "the subject (an edit naming its subject and a catalogued relation); names whose "
         "facts agree with the subject's become aliases of the edit (false: only the "
         "aliases the request lists)")
-    refine_max_steps: int = Field(
-        60, ge=0, description="refinement steps an edit that does not hold may take "
-        "(0: judge only, never refine)")
-    refine_max_ms: float = Field(
-        5000.0, gt=0, description="a guard only: refinement stops after this long even "
-        "within its steps (the edit then says refine_time_capped); the budget is the steps, "
-        "so whether an edit holds does not depend on how busy the machine is")
-    refine_lr: float = Field(0.5, gt=0, description="refinement's Adam step, relative to each "
-                             "factor tensor's scale")
-    refine_locality_weight: float = Field(
-        1.0, ge=0, description="weight of the KL term that keeps locality prompts' next-token "
-        "distribution while refining")
-    refine_confidence: float = Field(
-        0.8, ge=0, lt=1, description="an edit whose targets are the argmax but less likely "
-        "than this (teacher-forced) is refined up to it, within the budget: it then holds on "
-        "more paraphrases")
+    refine: RefineConfig = Field(
+        default_factory=RefineConfig, description="how an edit that does not hold at once "
+        "is refined (editor_core.refine.RefineConfig; one variable a field, e.g. "
+        "INSTRUCTEDIT_REFINE__MAX_STEPS=0: judge only, never refine)")
     generation_batch_size: int = Field(
         16, ge=1, description="generations decoded together at most (1: one at a time)")
     generation_batch_window_ms: float = Field(
@@ -169,6 +170,15 @@ class ServiceSettings(RuntimeSettings):
     def _no_editor(cls, value: object) -> object:
         """'none' however it arrives (a path named none from the command line)."""
         return "none" if str(value) == "none" else value
+
+    @field_validator("refine", mode="before")
+    @classmethod
+    def _json_lists(cls, value: object) -> object:
+        """A list inside a nested setting arrives as text (INSTRUCTEDIT_REFINE__SCALES='[2, 3]')."""
+        if isinstance(value, dict):
+            return {k: json.loads(v) if isinstance(v, str) and v.lstrip().startswith("[")
+                    else v for k, v in value.items()}
+        return value
 
     @field_validator("relation_forms")
     @classmethod
@@ -201,8 +211,3 @@ class ServiceSettings(RuntimeSettings):
     @property
     def trained_editor(self) -> bool:
         return self.editor != "none"
-
-    def refine_config(self) -> RefineConfig:
-        """The refinement budget and fit these settings name."""
-        return RefineConfig(self.refine_max_steps, self.refine_max_ms, self.refine_lr,
-                            self.refine_locality_weight, confidence=self.refine_confidence)

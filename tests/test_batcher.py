@@ -19,7 +19,7 @@ PROMPTS = ["Plyndti Brynta is a citizen of", "The capital of Veiistan is", "Hell
 def batcher(demo_lm):
     model, _ = demo_lm
     running = GenerationBatcher(model, WeightLedger(model, resolve_editable(model)),
-                                generation_batch_size=8, window=0.05)
+                                generation_batch_size=8, generation_batch_window_ms=50)
     yield running
     running.close()
 

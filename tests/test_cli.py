@@ -72,3 +72,31 @@ def test_build_chat_demo_lm_is_a_llama_with_a_chat_template(tmp_path: Path) -> N
     card = (out / "README.md").read_text()
     assert "instructedit build-demo-lm --chat" in card and "LlamaForCausalLM" in card
     assert "Chat: questions by alias" in card
+
+
+def test_the_refine_options_are_made_from_refine_config(monkeypatch) -> None:
+    """One --refine-* option per RefineConfig field, its default the field's; a value out of
+    the field's bounds is refused as a bad option; the command receives one RefineConfig."""
+    import dataclasses
+
+    import typer
+
+    from editor_core.refine import RefineConfig
+    from instructedit_cli.app import config_options
+
+    command = typer.main.get_command(app).commands["eval-single"]
+    options = {p.name: p.default for p in command.params}
+    for f in dataclasses.fields(RefineConfig):
+        default = options[f"refine_{f.name}"]
+        assert (tuple(default) if isinstance(default, list) else default) == f.default
+
+    seen = []
+    probe = typer.Typer()
+    probe.command()(config_options(RefineConfig, "refine", "config")(
+        lambda config=None, other=1: seen.append((config, other))))
+    ok = runner.invoke(probe, ["--refine-max-steps", "3", "--refine-scales", "2",
+                               "--refine-scales", "5", "--other", "2"])
+    assert ok.exit_code == 0, ok.output
+    assert seen == [(RefineConfig(max_steps=3, scales=(2.0, 5.0)), 2)]
+    bad = runner.invoke(probe, ["--refine-confidence", "1.5"])
+    assert bad.exit_code == 2 and "confidence" in bad.output

@@ -52,13 +52,13 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_removing_any_subset_equals_building_with_the_rest(tok) -> None:
     editable = resolve_editable(tiny_model("gpt2", len(tok)))
     edits = [ActiveEdit(f"e{i}", i + 1, keyed_delta(editable, i)) for i in range(40)]
-    live = RidgeCombiner(editable, lam=0.5)
+    live = RidgeCombiner(editable, ridge_lambda=0.5)
     for e in edits:
         live.add(e)
     gone = set(random.Random(0).sample(range(40), 13))
     for i in sorted(gone, reverse=True):
         live.remove(edits[i])
-    fresh = RidgeCombiner(editable, lam=0.5)
+    fresh = RidgeCombiner(editable, ridge_lambda=0.5)
     kept = [e for i, e in enumerate(edits) if i not in gone]
     for e in reversed(kept):  # another order: the result depends on the set only
         fresh.add(e)
@@ -72,7 +72,7 @@ def test_removing_any_subset_equals_building_with_the_rest(tok) -> None:
 def test_one_edit_keeps_its_own_effect_on_its_keys(tok) -> None:
     editable = resolve_editable(tiny_model("gpt2", len(tok)))
     delta = keyed_delta(editable, 1)
-    combiner = RidgeCombiner(editable, lam=1e-3)
+    combiner = RidgeCombiner(editable, ridge_lambda=1e-3)
     combiner.add(ActiveEdit("a", 1, delta))
     for w in editable:
         keys, values = keys_and_values(delta, w.name)
@@ -92,7 +92,7 @@ def test_the_ledger_combines_by_keys_and_restores_bit_for_bit(tok) -> None:
     editable = resolve_editable(model)
     params = dict(model.named_parameters())
     original = {w.name: params[w.name].detach().clone() for w in editable}
-    ledger = WeightLedger(model, editable, RidgeCombiner(editable, lam=1.0))
+    ledger = WeightLedger(model, editable, RidgeCombiner(editable, ridge_lambda=1.0))
     for i in range(10):
         ledger.apply(f"e{i}", keyed_delta(editable, i))
     without_keys = EditDelta(keyed_delta(editable, 99).factors)
@@ -110,29 +110,29 @@ def test_keys_travel_with_the_delta(tok) -> None:
     batch = merge([a, b])
     parts = batch.split()
     name = editable[0].name
-    assert torch.equal(parts[1].key_matrix(name), b.key_matrix(name))
+    assert torch.equal(parts[1].ridge_input_matrix(name), b.ridge_input_matrix(name))
     stored = parts[1].compressed()
     again = EditDelta.from_bytes(stored.to_bytes())
-    assert torch.equal(again.key_matrix(name), stored.key_matrix(name))
-    assert again.key_matrix(name).shape == (7, editable[0].d_in)
+    assert torch.equal(again.ridge_input_matrix(name), stored.ridge_input_matrix(name))
+    assert again.ridge_input_matrix(name).shape == (7, editable[0].d_in)
     with pytest.raises(ValueError):
         merge([a, EditDelta(b.factors)])
 
 
 def test_an_editor_trained_for_ridge_computes_keys_and_says_so(tok, tmp_path: Path) -> None:
     model = tiny_model("gpt2", len(tok))
-    lam = {w.name: 2.0 for w in resolve_editable(model)}
-    editor = make_editor(model, tok, combination=CombinationConfig("ridge", lam=lam))
+    ridge_lambda = {w.name: 2.0 for w in resolve_editable(model)}
+    editor = make_editor(model, tok, combination=CombinationConfig("ridge", ridge_lambda))
     delta = editor.compute([REQ, REQ2])
     for w in editor.editable:
-        keys = delta.keys[w.name]
+        keys = delta.ridge_inputs[w.name]
         assert len(keys) == 2 and all(k.shape[1] == w.d_in for k in keys)
         n = len(tok(REQ.prompt + " " + REQ.target)["input_ids"])
         assert keys[0].shape[0] >= n - 1  # every token of the plain prompt and target
     save_editor(tmp_path, editor, base_fingerprint=model_fingerprint(model, editor.editable,
                                                                       tok))
     loaded = load_editor(tmp_path, model, tok)
-    assert loaded.combination == CombinationConfig("ridge", lam={w.name: 2.0
+    assert loaded.combination == CombinationConfig("ridge", ridge_lambda={w.name: 2.0
                                                                  for w in editor.editable})
     ledger = WeightLedger.for_editor(loaded)
     assert isinstance(ledger.combiner, RidgeCombiner)
@@ -144,7 +144,7 @@ def test_an_editor_trained_for_ridge_computes_keys_and_says_so(tok, tmp_path: Pa
 def test_a_failed_rank_update_falls_back_to_the_exact_solve(tok, monkeypatch) -> None:
     editable = resolve_editable(tiny_model("gpt2", len(tok)))
     edits = [ActiveEdit(f"e{i}", i + 1, keyed_delta(editable, i)) for i in range(4)]
-    live = RidgeCombiner(editable, lam=0.5)
+    live = RidgeCombiner(editable, ridge_lambda=0.5)
     for e in edits[:3]:
         live.add(e)
     real_solve = torch.linalg.solve
@@ -159,7 +159,7 @@ def test_a_failed_rank_update_falls_back_to_the_exact_solve(tok, monkeypatch) ->
     monkeypatch.setattr(torch.linalg, "solve", singular_on_the_second_weight)
     live.add(edits[3])
     monkeypatch.setattr(torch.linalg, "solve", real_solve)
-    fresh = RidgeCombiner(editable, lam=0.5)
+    fresh = RidgeCombiner(editable, ridge_lambda=0.5)
     fresh.recompute(edits)
     for name, total in totals(live, editable).items():
         assert rel_err(total, fresh.total(name)) <= 1e-9
@@ -268,3 +268,29 @@ def test_a_replica_loaded_at_a_refresh_version_then_following_the_log_is_bit_ide
            state)
     replay_history(c, deltas, [op for op in ops if op[2] > refresh])
     assert c.live_digest() == a.live_digest()
+
+
+# Store keys computed before CombinationConfig's λ was renamed (lam → ridge_lambda): the
+# stores of running services are keyed by them, so they must never change.
+@pytest.mark.parametrize(("kind", "lam", "basis", "key"), [
+    ("memory", None, "pristine", "043136db843942a33035cd21e39d9012"),
+    ("sum", None, "current", "ec5aca53da48f2d76849d7ae27bcaf9c"),
+    ("ridge", 3.0, "pristine", "c12df0b5c1fa7abd2974f5eff2a41e8a"),
+    ("ridge", {"a.weight": 2.0, "b.weight": 0.5}, "current", "0f523bbc0fdd53c406626b2b6726286d"),
+])
+def test_the_store_key_of_a_configuration_never_changes(kind, lam, basis, key) -> None:
+    from types import SimpleNamespace
+
+    from service.lifecycle import store_key
+
+    editor = SimpleNamespace(combination=CombinationConfig(kind, lam), basis=basis)
+    assert store_key("f" * 64, editor) == key
+
+
+def test_lambda_is_saved_under_its_first_name_and_read_under_either() -> None:
+    """Checkpoints and store keys hold λ as ``lam``; a saved combination reads back either way."""
+    ridge = CombinationConfig("ridge", ridge_lambda={"a.weight": 2.0})
+    assert ridge.to_json() == {"kind": "ridge", "lam": {"a.weight": 2.0}}
+    assert CombinationConfig.from_json(ridge.to_json()) == ridge
+    assert CombinationConfig.from_json({"kind": "ridge", "ridge_lambda": 3.0}).ridge_lambda == 3.0
+    assert CombinationConfig.from_json({}) == CombinationConfig("sum")

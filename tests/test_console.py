@@ -2,7 +2,7 @@
 ``instructedit serve`` process with API keys; and, over plain HTTP, the two API features the
 console is built on: ``/generate``'s pristine answer and the edit log's event stream.
 
-The service runs with refinement off (``refine_max_steps`` 0): the CounterFact edit below
+The service runs with refinement off (``refine.max_steps`` 0): the CounterFact edit below
 holds one-shot on the demo model, and an unfamiliar fact with a rephrase is refused, so
 both outcomes show in the browser. The run saves the screenshots in ``docs/images``.
 """
@@ -45,7 +45,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
     keys = [{"name": "reader", "key": READ_KEY, "scope": "read"},
             {"name": "editor", "key": EDIT_KEY, "scope": "edit"}]
     process = ServiceProcess(tmp_path_factory.mktemp("console") / "data", env={
-        "INSTRUCTEDIT_API_KEYS": json.dumps(keys), "INSTRUCTEDIT_REFINE_MAX_STEPS": "0"})
+        "INSTRUCTEDIT_API_KEYS": json.dumps(keys), "INSTRUCTEDIT_REFINE__MAX_STEPS": "0"})
     process.start()
     try:
         yield process

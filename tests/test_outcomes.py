@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from editor_core.refine import RefineConfig
 from service.app import create_app
 from service.settings import ServiceSettings
 
@@ -56,7 +57,7 @@ def test_an_edit_the_one_shot_delta_misses_is_refined_until_it_holds(redis_socke
 
 def test_an_edit_that_does_not_hold_is_refused_and_changes_nothing(redis_socket, tmp_path
                                                                   ) -> None:
-    settings = _settings(redis_socket, tmp_path, refine_max_steps=0)  # judge, never refine
+    settings = _settings(redis_socket, tmp_path, refine={"max_steps": 0})  # judge, never refine
     with TestClient(create_app(settings)) as client:
         kept = client.post("/edits", json=KNOWN)
         assert kept.status_code == 201 and kept.json()["outcome"] == "one_shot"
@@ -79,7 +80,7 @@ def test_an_edit_that_does_not_hold_is_refused_and_changes_nothing(redis_socket,
 
 
 def test_a_batch_with_an_edit_that_does_not_hold_stores_none(redis_socket, tmp_path) -> None:
-    settings = _settings(redis_socket, tmp_path, refine_max_steps=0)
+    settings = _settings(redis_socket, tmp_path, refine={"max_steps": 0})
     with TestClient(create_app(settings)) as client:
         before = snapshot(client)
         refused = client.post("/edits/batch", json={"edits": [KNOWN, UNFAMILIAR]})
@@ -89,7 +90,7 @@ def test_a_batch_with_an_edit_that_does_not_hold_stores_none(redis_socket, tmp_p
 
 
 def test_accept_partial_keeps_the_edit_marked_as_such(redis_socket, tmp_path) -> None:
-    settings = _settings(redis_socket, tmp_path, refine_max_steps=0)
+    settings = _settings(redis_socket, tmp_path, refine={"max_steps": 0})
     with TestClient(create_app(settings)) as client:
         created = client.post("/edits", json={**UNFAMILIAR, "accept_partial": True})
         assert created.status_code == 201, created.text
@@ -102,7 +103,16 @@ def test_accept_partial_keeps_the_edit_marked_as_such(redis_socket, tmp_path) ->
 @pytest.mark.parametrize("steps", [-1])
 def test_refinement_settings_are_validated(steps: int) -> None:
     with pytest.raises(ValueError):
-        ServiceSettings(refine_max_steps=steps)
+        ServiceSettings(refine={"max_steps": steps})
+
+
+def test_refinement_is_one_nested_setting_read_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("INSTRUCTEDIT_REFINE__MAX_STEPS", "0")
+    monkeypatch.setenv("INSTRUCTEDIT_REFINE__SCALES", "[2, 3]")
+    assert ServiceSettings().refine == RefineConfig(max_steps=0, scales=(2.0, 3.0))
+    monkeypatch.setenv("INSTRUCTEDIT_REFINE__CONFIDENCE", "1")
+    with pytest.raises(ValueError, match="confidence"):
+        ServiceSettings()
 
 
 def test_an_edit_naming_a_known_relation_holds_in_its_other_wordings_and_by_alias(

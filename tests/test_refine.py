@@ -143,7 +143,7 @@ def test_a_scaling_that_holds_counts_as_a_step_and_is_kept(setup) -> None:
     held = editor.compute(KNOWN).compressed()
     assert judge_for(editor, routing).judge(KNOWN, held).outcome == "one_shot"
     weak = EditDelta({n: dataclasses.replace(f, step=f.step / 6) for n, f in
-                      held.factors.items()}, held.n_requests, held.keys, held.routes)
+                      held.factors.items()}, held.n_requests, held.ridge_inputs, held.routes)
     assert judge_for(editor, routing, max_steps=0).judge(KNOWN, weak).outcome == "did_not_hold"
     verdict = judge_for(editor, routing, strategy="scale", scales=(6.0,)).judge(KNOWN, weak)
     assert verdict.outcome == "refined" and verdict.steps == 1

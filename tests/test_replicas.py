@@ -1,8 +1,8 @@
 """Acceptance: several ``instructedit serve`` processes on one real Redis follow one edit log.
 
-Replicas are started with ``ridge_refresh_every`` 4, so a replica that (re)starts loads a
-snapshot at a refresh version and follows the log from there — the path that must give
-the same weights, bit for bit, as a replica that saw every change.
+Replicas are started with ``ridge_refresh_every`` and ``snapshot_every`` 4, so a replica
+that (re)starts loads a snapshot at a refresh version and follows the log from there — the
+path that must give the same weights, bit for bit, as a replica that saw every change.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .redis_process import RedisProcess
 from .server_process import ServiceProcess
 from .test_acceptance import EDIT, PROMPT, TARGET, generate
 
-SETTINGS = {"INSTRUCTEDIT_RIDGE_REFRESH_EVERY": "4"}
+SETTINGS = {"INSTRUCTEDIT_RIDGE_REFRESH_EVERY": "4", "INSTRUCTEDIT_SNAPSHOT_EVERY": "4"}
 
 
 @pytest.fixture()

@@ -284,7 +284,7 @@ def test_ridge_training_learns_lambda_banks_edits_and_saves_the_combination(
     model = AutoModelForCausalLM.from_pretrained(tiny_lm)
     editor = load_editor(tmp_path / "run" / "best", model, small_tokenizer())
     assert editor.combination.kind == "ridge"
-    assert editor.combination.lam == pytest.approx(
+    assert editor.combination.ridge_lambda == pytest.approx(
         {w.name: float(v) for w, v in zip(editor.editable, lam)}, rel=1e-5)
     # Resuming restores λ along with the rest.
     again = Trainer(cfg.model_copy(update={"steps": 3}))

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from editor_core.answers import is_exact, starts_with_target
-from editor_core.combination import ActiveEdit, CombinationConfig
+from editor_core.combination import RIDGE_LAMBDA, ActiveEdit, CombinationConfig
 from editor_core.data.records import EditCase, Probe
 from editor_core.delta import EditDelta
 from editor_core.editor import EditRequest, Editor
@@ -86,7 +86,7 @@ class StreamSettings:
     sample: int = 300
     seed: int = 0
     combinations: tuple[str, ...] = ("memory",)
-    ridge_lambda: float = 3.0
+    ridge_lambda: float = RIDGE_LAMBDA
     store_tolerance: float | None = None  # the store's default when None
     alone_tolerances: tuple[float, ...] = ()  # each edit alone, also stored at these
     removal_at: int | None = None  # roll back a share of the memory's edits at this count
