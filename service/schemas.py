@@ -329,12 +329,17 @@ class CompletionIn(BaseModel):
     user: str | None = None
 
 
-class Choice(BaseModel):
-    text: str
+class _ChoiceFields(BaseModel):
+    """What every OpenAI choice carries (logprobs are never computed)."""
+
     index: int
     logprobs: None = None
     finish_reason: Literal["stop", "length"] | None
     edits_fired: list[str] | None = None  # an extension: the edits the edit memory applied
+
+
+class Choice(_ChoiceFields):
+    text: str
 
 
 class CompletionUsage(BaseModel):
@@ -399,12 +404,8 @@ class ChatMessageOut(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
-    index: int
+class ChatChoice(_ChoiceFields):
     message: ChatMessageOut
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None
-    edits_fired: list[str] | None = None  # an extension: the edits the edit memory applied
 
 
 class ChatCompletionOut(BaseModel):
