@@ -251,7 +251,7 @@ class Editor:
         return Captured(u_rows, d_rows, spans, per_request.detach())
 
     @torch.no_grad()
-    def plain_keys(self, requests: Sequence[EditRequest]) -> dict[str, tuple[torch.Tensor, ...]]:
+    def ridge_inputs(self, requests: Sequence[EditRequest]) -> dict[str, tuple[torch.Tensor, ...]]:
         """Per editable weight, each request's layer inputs at every token of its plain
         prompt and target: where a joint combination asks the edit to act (fp32, CPU)."""
         batch = encode_batch(self.tokenizer, [r.prompt for r in requests],
@@ -276,7 +276,7 @@ class Editor:
         names = {w.module_name for w in self.editable}
         return next(n for n, _ in self.edit_model.named_modules() if n in names)
 
-    def routing(self, requests: Sequence[EditRequest]) -> tuple[RoutingKey, ...]:
+    def request_routing_keys(self, requests: Sequence[EditRequest]) -> tuple[RoutingKey, ...]:
         """Each request's routing key for the edit memory, on the editing model (the
         pristine copy under the pristine basis): keys at the last token of the plain prompt
         and of each rephrase; token sequences of the subject and its aliases; the answer's
@@ -310,28 +310,28 @@ class Editor:
 
     @torch.no_grad()
     def _finish(self, factors: dict[str, WeightFactors], n: int,
-                keys: dict[str, tuple[torch.Tensor, ...]] | None = None,
+                ridge_inputs: dict[str, tuple[torch.Tensor, ...]] | None = None,
                 routes: tuple[RoutingKey, ...] | None = None) -> EditDelta:
         return EditDelta({
             name: WeightFactors(f.u.detach().float().cpu().contiguous(),
                                 f.d.detach().float().cpu().contiguous(), float(f.step),
                                 f.spans)
             for name, f in factors.items()
-        }, n, keys, routes)
+        }, n, ridge_inputs, routes)
 
     def compute(self, requests: Sequence[EditRequest] | EditRequest) -> EditDelta:
         """The delta of one request or of a batch (rows attributable to each request), with
-        its keys when the editor's combination needs them."""
+        its ridge inputs or routing keys when the editor's combination needs them."""
         if isinstance(requests, EditRequest):
             requests = [requests]
         batch = self.encode(requests)  # a refused input costs nothing further
         parts: list = [lambda: self.capture(batch)]
-        if self.combination.needs_ridge_inputs:  # the keys pass runs beside the editing pass
-            parts.append(lambda: self.plain_keys(requests))
+        if self.combination.needs_ridge_inputs:  # a pass beside the editing pass
+            parts.append(lambda: self.ridge_inputs(requests))
         if self.combination.needs_routing:
-            parts.append(lambda: self.routing(requests))
+            parts.append(lambda: self.request_routing_keys(requests))
         captured, *found = run_all(parts)
-        keys = found[0] if self.combination.needs_ridge_inputs else None
+        ridge_inputs = found[0] if self.combination.needs_ridge_inputs else None
         routes = found[-1] if self.combination.needs_routing else None
         was_training = self.hypernetwork.training
         self.hypernetwork.eval()  # frozen normalisation statistics at inference
@@ -340,7 +340,7 @@ class Editor:
                 factors = self.transform(captured)
         finally:
             self.hypernetwork.train(was_training)
-        return self._finish(factors, len(requests), keys, routes)
+        return self._finish(factors, len(requests), ridge_inputs, routes)
 
 
 def _unit_per_span(rows: torch.Tensor, spans: tuple[tuple[int, int], ...]) -> torch.Tensor:

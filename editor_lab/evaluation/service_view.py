@@ -207,7 +207,7 @@ def evaluate_stream(editor: Editor, routing: RoutingConfig, stream: Sequence[Edi
         """Edit ``i`` as computed (keys too where ridge needs them), not yet stored."""
         delta = editor.compute(requests[i])
         if with_keys:
-            delta = EditDelta(delta.factors, 1, editor.plain_keys([requests[i]]), delta.routes)
+            delta = EditDelta(delta.factors, 1, editor.ridge_inputs([requests[i]]), delta.routes)
         return delta
 
     memory_arm = arms[0]  # the memory when it is measured

@@ -86,7 +86,7 @@ class EditBank:
                 chunk = self.members[start:start + 16]
                 requests = [self.describe(make_example(r, self.rng, 0, 0)).request
                             for r in chunk]
-                keys = editor.plain_keys(requests)
+                keys = editor.ridge_inputs(requests)
                 batch = editor.transform(editor.capture(editor.encode(requests)))
                 for i in range(len(requests)):
                     self.sums.add({n: k[i] for n, k in keys.items()},

@@ -246,7 +246,7 @@ class Trainer:
         the bank alone gives: the bank is detached, so the step's edits can only answer for
         the change they add, not for the crowd's."""
         cfg = self.cfg
-        keys = self.editor.plain_keys([ex.request for ex in examples])
+        keys = self.editor.ridge_inputs([ex.request for ex in examples])
         sums = KeyValueSums(self.editor)
         for i, factors in enumerate(outputs):
             sums.add({n: k[i] for n, k in keys.items()}, factors)
@@ -327,7 +327,7 @@ class Trainer:
             examples = [self._describe(make_example(r, rng, cfg.max_paraphrases,
                                                     cfg.max_locality)) for r in chosen]
             requests = [ex.request for ex in examples]
-            keys = editor.plain_keys(requests)
+            keys = editor.ridge_inputs(requests)
             batch = editor.transform(editor.capture(editor.encode(requests)))
             sums = KeyValueSums(editor)
             for i in range(len(requests)):
