@@ -41,6 +41,14 @@ by the same scripts, so they are part of the change too.
 With ``wait_replicas`` (a primary with replicas, under Sentinel), a change is acknowledged
 only once that many replicas confirm it (``WAIT``): Sentinel promotes the replica that holds
 the most, so an acknowledged change outlives its primary.
+
+The store keeps its own record type, ``StoredEdit``: the record and report are JSON objects
+it stores as given (it reads only a listing's filters from them), beside the state its
+changes set; the API's schemas are built from it above the store. An edit costs three
+round trips: ``read_log`` (the log after the caller's position, the version and an
+Idempotency-Key, in one pipeline), ``add`` (one script, which answers the stored edits'
+state and, when nothing else was logged since that position, the events it wrote, so
+neither is read back) and ``annotate``.
 """
 
 from __future__ import annotations
