@@ -1,11 +1,13 @@
 """``POST /edits`` on two versions of the code in one run: is a change slower, or the machine?
 
-    python -m bench.ab_post_edits --before 2c334b8 [--edits 240] [--no-relation]
+    python -m bench.ab_post_edits --before 2c334b8 [--edits 240] [--no-relation] [--out F]
 
 Starts one service on the working tree and one on ``--before`` (a git worktree in a
 temporary folder, each with its own embedded Redis and its own shipped editor), then posts
-the same edits to both, alternating which goes first, and prints each side's one-shot p50
-and outcomes as JSON. Timings on a shared machine drift between runs; alternating in one
+the same edits to both, alternating which goes first, and prints each side's one-shot p50,
+the median of each phase the edits report and the outcomes as JSON, with ``now``'s p50
+over ``before``'s (``--out`` also writes them to a file, with the command and revision).
+Timings on a shared machine drift between runs; alternating in one
 run cancels that drift, so only the difference between the two versions is left.
 """
 
@@ -65,6 +67,7 @@ def compare(before: str, n: int, seed: int = 7, relation: bool = True) -> dict:
                 _wait_ready(base)
             times: dict[str, list[float]] = {name: [] for name in servers}
             outcomes: dict[str, dict[str, int]] = {name: {} for name in servers}
+            phases: dict[str, dict[str, list[float]]] = {name: {} for name in servers}
             with httpx.Client(timeout=60) as client:
                 for i, r in enumerate(edit_bodies(n + 1, seed=seed)):
                     for name in (("before", "now") if i % 2 == 0 else ("now", "before")):
@@ -72,20 +75,32 @@ def compare(before: str, n: int, seed: int = 7, relation: bool = True) -> dict:
                         if not relation:  # no relation: no derived wordings, no contrast
                             del body["relation"]
                         start = time.perf_counter()
-                        outcome = client.post(servers[name][1] + "/edits",
-                                              json=body).json().get("outcome")
+                        made = client.post(servers[name][1] + "/edits", json=body).json()
                         took = (time.perf_counter() - start) * 1e3
+                        outcome = made.get("outcome")
                         outcomes[name][outcome] = outcomes[name].get(outcome, 0) + 1
                         if i and outcome == "one_shot":  # the first is a warm-up
                             times[name].append(took)
+                            for phase, ms in (made.get("timings_ms") or {}).items():
+                                phases[name].setdefault(phase, []).append(ms)
+                # both made the same changes: the same version and active edits
+                state = {name: {k: client.get(base + "/info").json()[k]
+                                for k in ("edit_version", "active_edits")}
+                         for name, (_, base) in servers.items()}
         finally:
             for proc, _ in servers.values():
                 proc.terminate()
                 proc.wait(30)
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)],
                            check=False)
-        return {name: {"one_shot_p50_ms": round(statistics.median(t), 1), "one_shot": len(t),
-                       "outcomes": outcomes[name]} for name, t in times.items()}
+        out: dict = {name: {"one_shot_p50_ms": round(statistics.median(t), 1),
+                            "one_shot": len(t), "outcomes": outcomes[name], **state[name],
+                            "phase_p50_ms": {p: round(statistics.median(v), 1)
+                                             for p, v in phases[name].items()}}
+                     for name, t in times.items()}
+        out["p50_ratio_now_over_before"] = round(
+            out["now"]["one_shot_p50_ms"] / out["before"]["one_shot_p50_ms"], 3)
+        return out
 
 
 def main() -> None:
@@ -94,9 +109,18 @@ def main() -> None:
     parser.add_argument("--edits", type=int, default=240)
     parser.add_argument("--no-relation", action="store_true",
                         help="post the edits without their relation")
+    parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
-    print(json.dumps(compare(args.before, args.edits, relation=not args.no_relation),
-                     indent=2))
+    figures = compare(args.before, args.edits, relation=not args.no_relation)
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.out is not None:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True).stdout.strip()
+        args.out.write_text(json.dumps({"command": " ".join(["python -m bench.ab_post_edits",
+                                                             *sys.argv[1:]]),
+                                        "before": args.before, "now": head,
+                                        **figures}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from editor_core.hypernetwork import Hypernetwork, HypernetworkConfig
 from editor_core.specs import resolve_editable
 from editor_lab.evaluation.methods import FineTuneMethod
 from service.claims import claims
+from service.engine import stored_record
 from service.schemas import EditRecord
 from service.store import EditStore, NewEdit
 
@@ -87,7 +88,7 @@ def apply_and_persist(w: Workload, redis_url: str, active: int, repeats: int) ->
             start = asyncio.get_running_loop().time()
             record = EditRecord(task="counterfact", prompt=f"p{i}", target="t",
                                 instruction=f"p{i}", created_at="", created_by="bench")
-            await store.add([NewEdit(record, blob, claims(record))])
+            await store.add([NewEdit(stored_record(record), blob, claims(record))])
             times.append((asyncio.get_running_loop().time() - start) * 1e3)
         await client.flushdb()
         await client.aclose()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from service.engine import stored_record
 from service.redis_connection import StoreConnection
 from service.schemas import EditRecord
 from service.settings import ServiceSettings
@@ -43,7 +44,7 @@ async def _measure(addresses: str, adds: int) -> dict:
         for i in tqdm(range(adds), desc="adds", unit="pair"):
             for name, store in (stores.items() if i % 2 else reversed(stores.items())):
                 start = time.perf_counter()
-                await store.add([NewEdit(_record(i), delta)])
+                await store.add([NewEdit(stored_record(_record(i)), delta)])
                 times[name].append((time.perf_counter() - start) * 1000)
     finally:
         await connection.close()

@@ -11,6 +11,7 @@ import time
 import redis.asyncio as aioredis
 
 from service.claims import claims
+from service.engine import stored_record
 from service.follower import LogFollower
 from service.metrics import ServiceMetrics
 from service.schemas import EditRecord
@@ -59,7 +60,7 @@ def redis_memory_and_replay(w: Workload, redis_url: str, sizes: tuple[int, ...])
                 records = [EditRecord(task=r.task, prompt=r.prompt, target=r.target,
                                       subject=r.subject, instruction=r.prompt, created_at="",
                                       created_by="bench") for r in requests[start:stop]]
-                await store.add([NewEdit(record, d.to_bytes(), claims(record))
+                await store.add([NewEdit(stored_record(record), d.to_bytes(), claims(record))
                                  for record, d in zip(records, deltas[start:stop])])
             used = (await client.info("memory"))["used_memory"] - before
             rows.append({"edits": size, "redis_bytes_per_edit": used / size,

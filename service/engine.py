@@ -26,7 +26,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from editor_core.delta import EditDelta
@@ -54,7 +54,7 @@ from .schemas import (
     Score,
 )
 from .settings import Limits, ServiceSettings, default
-from .store import AddResult, EditStore, NewEdit
+from .store import AddResult, EditStore, NewEdit, StoredEdit
 
 # A locality prompt's answer: its greedy continuation up to the end of the line.
 _LOCALITY_ANSWER = SamplingParams(max_new_tokens=16, stop=("\n",))
@@ -94,6 +94,48 @@ class _Measured:
     scores: list[list[TargetScore]]
     answers: list[list[str]]
     earlier: list[TargetScore]
+
+
+@dataclass(frozen=True)
+class _Computed:
+    """What an edit is once computed and judged, before anything is stored: the specs
+    (widened with aliases), the deltas to store, the judgements (None: not judged), the
+    earlier edits checked, and the "before" measurement."""
+
+    specs: list[EditSpec]
+    deltas: list[EditDelta]
+    judged: list[Judgement] | None
+    earlier: list[_Earlier]
+    before: _Measured
+
+
+@dataclass(frozen=True)
+class Created:
+    """What a create answers: the edits, and whether they replay an earlier request with
+    the same Idempotency-Key (then nothing was computed or applied)."""
+
+    edits: list[Edit]
+    replayed: bool
+
+
+def stored_record(record: EditRecord) -> dict[str, Any]:
+    """What the store keeps of an edit's record: its JSON object, defaults left out."""
+    return record.model_dump(mode="json", exclude_defaults=True)
+
+
+def as_edit(stored: StoredEdit) -> Edit:
+    """The API's edit: a stored edit's record and report, with its state."""
+    return Edit.model_validate({
+        **stored.record, **(stored.report or {}), "id": stored.id, "version": stored.version,
+        "status": stored.status, "rolled_back_by": stored.rolled_back_by,
+        "rolled_back_at": stored.rolled_back_at,
+        "rolled_back_version": stored.rolled_back_version,
+        "superseded_by": stored.superseded_by})
+
+
+def _idempotency_key_reused() -> ServiceError:
+    return ServiceError(409, "idempotency_key_reused",
+                        "this Idempotency-Key was used for a different request")
 
 
 class EditEngine:
@@ -149,85 +191,128 @@ class EditEngine:
         await self.follower.run(self._lock)
 
     async def create(self, specs: list[EditSpec], *, idempotency_key: str | None = None,
-                     request_hash: str = "") -> AddResult:
+                     request_hash: str = "") -> Created:
         """Compute, store and apply edits (one editor pass, all or none).
 
         An idempotency key seen before returns what it created, computing and applying
-        nothing; reused with a different request it is refused (409).
+        nothing; reused with a different request it is refused (409). The phases, each
+        below: ``_begin`` (the key and the log: one store round trip), ``_compute_and_judge``
+        (nothing stored yet: a refusal changes nothing), ``_persist`` (one round trip: the
+        edits, the log and the version), ``_apply`` (through the log, which ``_persist``
+        brought back) and ``_answer`` (the report: one round trip). Three in all.
         """
-        tasks = [s.request.task for s in specs]
         lock = await self._turn()
         try:
-            if idempotency_key is not None:
-                seen = await self.store.find_idempotent(idempotency_key)
-                if seen is not None:
-                    if seen.request_hash != request_hash:
-                        raise ServiceError(409, "idempotency_key_reused",
-                                           "this Idempotency-Key was used for a different "
-                                           "request")
-                    return seen
+            replay = await self._begin(idempotency_key, request_hash)
+            if replay is not None:
+                return replay
             timings: dict[str, float] = {}
-            if self.editor.alias_finder is not None:
-                with self._timed(timings, "aliases"):
-                    specs = await asyncio.to_thread(self._with_aliases, specs)
-            await self.follower.sync()  # compute on (and measure) the newest weights
-            earlier = await self._newest_active(max(s.record.check_earlier for s in specs))
-            try:  # nothing is stored or applied yet: a refusal changes nothing
-                with self._timed(timings, "compute"):  # measuring "before" runs beside
-                    deltas, before = await asyncio.gather(
-                        asyncio.to_thread(self._compute, specs),
-                        asyncio.to_thread(self._measure, specs, earlier),
-                        return_exceptions=True)  # both finish before the lock is let go
-                for outcome in (deltas, before):
-                    if isinstance(outcome, BaseException):
-                        raise outcome
-            except (EditInputError, GenerationError, LedgerError, FloatingPointError) as exc:
-                for task in tasks:
-                    self.metrics.edits.labels(task, "rejected").inc()
-                raise ServiceError(422, "invalid_edit", str(exc)) from exc
-            judged = None
-            if self.judge is not None:
-                with self._timed(timings, "judge"):
-                    judged = await asyncio.to_thread(self._judge, specs, deltas)
-                self._refuse_what_did_not_hold(specs, judged, before)
-                deltas = [j.delta for j in judged]
-            records = [s.record if j is None else s.record.model_copy(update=_outcome(j))
-                       for s, j in zip(specs, judged or [None] * len(specs))]
-            with self._timed(timings, "persist"):
-                result = await self.store.add(
-                    [NewEdit(r, d.to_bytes(), claims(r)) for r, d in zip(records, deltas)],
-                    idempotency_key=idempotency_key, request_hash=request_hash,
-                    by=records[0].created_by, at=records[0].created_at)
+            computed = await self._compute_and_judge(specs, timings)
+            result = await self._persist(computed, idempotency_key, request_hash, timings)
             if not result.created:  # another replica stored this Idempotency-Key meanwhile
                 if result.request_hash != request_hash:
-                    raise ServiceError(409, "idempotency_key_reused", "this Idempotency-Key "
-                                       "was used for a different request")
-                return result  # its edits, already applied by the follower; nothing new
-            with self._timed(timings, "apply"):
-                await self.follower.sync({e.id: d for e, d in zip(result.edits, deltas)})
-            self.metrics.rollbacks.inc(sum(len(v) for v in result.superseded.values()))
-            with self._timed(timings, "measure"):
-                # One edit that replaced nothing: its trial routed exactly as the memory now
-                # does, so its prompt and rephrase scores are already known.
-                known = ([list(judged[0].scores)] if judged is not None and len(specs) == 1
-                         and not any(result.superseded.values()) else None)
-                after = await asyncio.to_thread(self._measure, specs, earlier, known)
-            await self.store.annotate({
-                edit.id: EditReport(timings_ms=dict(timings), batch_size=len(specs),
-                                    quality=_quality(spec, before, after, i, earlier),
-                                    superseded=result.superseded.get(edit.id, []))
-                for i, (spec, edit) in enumerate(zip(specs, result.edits))})
-            for i, spec in enumerate(specs):
-                self.metrics.post_edit_probability.labels(spec.request.task).observe(
-                    after.scores[i][0].probability)
-                self.metrics.edits.labels(spec.request.task, "applied").inc()
-                if judged is not None:
-                    self.metrics.edit_outcomes.labels(spec.request.task,
-                                                      judged[i].outcome).inc()
-            edits = await self.store.get_many([e.id for e in result.edits])
-            return AddResult(edits, True, request_hash, result.superseded)
+                    raise _idempotency_key_reused()
+                # its edits, already applied by the follower; nothing new
+                return Created([as_edit(e) for e in result.edits], replayed=True)
+            await self._apply(computed, result, timings)
+            return await self._answer(computed, result, timings)
         finally:
             lock.release()
+
+    async def _begin(self, idempotency_key: str | None, request_hash: str) -> Created | None:
+        """What the Idempotency-Key made, if it was seen (409 when for another request);
+        else the live weights brought up to the log, so that the edit is computed (and
+        measured) on the newest ones. Both are read in one round trip."""
+        read, seen = await self.store.read_log(self.follower.position,
+                                               idempotency_key=idempotency_key)
+        if seen is not None:
+            if seen.request_hash != request_hash:
+                raise _idempotency_key_reused()
+            return Created([as_edit(e) for e in await self.store.get_many(seen.ids)],
+                           replayed=True)
+        await self.follower.sync(read=read)
+        return None
+
+    async def _compute_and_judge(self, specs: list[EditSpec], timings: dict[str, float]
+                                 ) -> _Computed:
+        """Widen with aliases, compute the deltas (measuring "before" beside), and judge
+        them: 422 ``invalid_edit`` or ``edit_did_not_hold`` with nothing stored."""
+        if self.editor.alias_finder is not None:
+            with self._timed(timings, "aliases"):
+                specs = await asyncio.to_thread(self._with_aliases, specs)
+        earlier = await self._newest_active(max(s.record.check_earlier for s in specs))
+        try:  # nothing is stored or applied yet: a refusal changes nothing
+            with self._timed(timings, "compute"):  # measuring "before" runs beside
+                deltas, before = await asyncio.gather(
+                    asyncio.to_thread(self._compute, specs),
+                    asyncio.to_thread(self._measure, specs, earlier),
+                    return_exceptions=True)  # both finish before the lock is let go
+            for outcome in (deltas, before):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        except (EditInputError, GenerationError, LedgerError, FloatingPointError) as exc:
+            for spec in specs:
+                self.metrics.edits.labels(spec.request.task, "rejected").inc()
+            raise ServiceError(422, "invalid_edit", str(exc)) from exc
+        judged = None
+        if self.judge is not None:
+            with self._timed(timings, "judge"):
+                judged = await asyncio.to_thread(self._judge, specs, deltas)
+            self._refuse_what_did_not_hold(specs, judged, before)
+            deltas = [j.delta for j in judged]
+        return _Computed(specs, deltas, judged, earlier, before)
+
+    async def _persist(self, computed: _Computed, idempotency_key: str | None,
+                       request_hash: str, timings: dict[str, float]) -> AddResult:
+        """Store the edits with what the judge found (one round trip), which also answers
+        their stored state and, unless another replica wrote meanwhile, the log since the
+        live weights' position."""
+        records = [s.record if j is None else s.record.model_copy(update=_outcome(j))
+                   for s, j in zip(computed.specs,
+                                   computed.judged or [None] * len(computed.specs))]
+        with self._timed(timings, "persist"):
+            return await self.store.add(
+                [NewEdit(stored_record(r), d.to_bytes(), claims(r))
+                 for r, d in zip(records, computed.deltas)],
+                idempotency_key=idempotency_key, request_hash=request_hash,
+                by=records[0].created_by, at=records[0].created_at,
+                log_after=self.follower.position)
+
+    async def _apply(self, computed: _Computed, result: AddResult,
+                     timings: dict[str, float]) -> None:
+        """Apply the stored edits to the live weights by following the log, as every
+        replica does (with the log ``_persist`` brought back, no round trip)."""
+        with self._timed(timings, "apply"):
+            await self.follower.sync({e.id: d for e, d in zip(result.edits, computed.deltas)},
+                                     read=result.log)
+        self.metrics.rollbacks.inc(sum(len(v) for v in result.superseded.values()))
+
+    async def _answer(self, computed: _Computed, result: AddResult,
+                      timings: dict[str, float]) -> Created:
+        """Measure "after", attach each edit's report (one round trip) and answer the
+        stored edits with it, without reading them back."""
+        specs, judged, earlier = computed.specs, computed.judged, computed.earlier
+        with self._timed(timings, "measure"):
+            # One edit that replaced nothing: its trial routed exactly as the memory now
+            # does, so its prompt and rephrase scores are already known.
+            known = ([list(judged[0].scores)] if judged is not None and len(specs) == 1
+                     and not any(result.superseded.values()) else None)
+            after = await asyncio.to_thread(self._measure, specs, earlier, known)
+        reports = {
+            edit.id: EditReport(timings_ms=dict(timings), batch_size=len(specs),
+                                quality=_quality(spec, computed.before, after, i, earlier),
+                                superseded=result.superseded.get(edit.id, [])
+                                ).model_dump(mode="json")
+            for i, (spec, edit) in enumerate(zip(specs, result.edits))}
+        await self.store.annotate(reports)
+        for i, spec in enumerate(specs):
+            self.metrics.post_edit_probability.labels(spec.request.task).observe(
+                after.scores[i][0].probability)
+            self.metrics.edits.labels(spec.request.task, "applied").inc()
+            if judged is not None:
+                self.metrics.edit_outcomes.labels(spec.request.task, judged[i].outcome).inc()
+        return Created([as_edit(replace(e, report=reports[e.id])) for e in result.edits],
+                       replayed=False)
 
     def _with_aliases(self, specs: list[EditSpec]) -> list[EditSpec]:
         """Each edit widened with the names the model knows for its subject (recorded)."""
@@ -288,7 +373,8 @@ class EditEngine:
             return []
         newest = [edit_id for edit_id, _ in reversed(await self.store.active())][:n]
         records = await self.store.get_many(newest)
-        return [_Earlier(i, r.prompt, r.target) for i, r in zip(newest, records)]
+        return [_Earlier(i, r.record["prompt"], r.record["target"])
+                for i, r in zip(newest, records)]
 
     def _measure(self, specs: list[EditSpec], earlier: list[_Earlier],
                  known: list[list[TargetScore]] | None = None) -> _Measured:
@@ -323,7 +409,7 @@ class EditEngine:
             edit = await self.store.rollback(edit_id, by=by, at=at)
             await self.follower.sync()
             self.metrics.rollbacks.inc()
-            return edit
+            return as_edit(edit)
         finally:
             lock.release()
 
@@ -334,7 +420,7 @@ class EditEngine:
             ids = await self.store.rollback_after(version, by=by, at=at)
             await self.follower.sync()
             self.metrics.rollbacks.inc(len(ids))
-            return await self.store.get_many(ids)
+            return [as_edit(e) for e in await self.store.get_many(ids)]
         finally:
             lock.release()
 

@@ -37,12 +37,9 @@ from editor_core.ledger import LedgerError, WeightLedger
 
 from .metrics import ServiceMetrics
 from .settings import ServiceSettings, default
-from .store import EditStore, StoreError
+from .store import LOG_PAGE, EditStore, LogRead, StoreError
 
 log = logging.getLogger(__name__)
-
-_PAGE = 512  # events read per round trip
-
 
 @dataclass
 class _Change:
@@ -132,24 +129,29 @@ class LogFollower:
                 fetch.cancel()  # a failed parse leaves no read behind
         return edits
 
-    async def sync(self, known: dict[str, EditDelta] | None = None) -> None:
+    async def sync(self, known: dict[str, EditDelta] | None = None,
+                   read: LogRead | None = None) -> None:
         """Apply every event after ``position``; ``known`` are deltas this replica has
-        just computed (spares reading them back). A log the weights cannot follow (a store
-        that lost changes, or an inconsistent event) is recovered from by a fresh start."""
+        just computed (spares reading them back); ``read``: the log after ``position``
+        as already read (else it is read: one round trip, more if it is long). A log the
+        weights cannot follow (a store that lost changes, or an inconsistent event) is
+        recovered from by a fresh start."""
         known = known or {}
-        if not await self.store.has_event(self.position):
+        if read is None:
+            read, _ = await self.store.read_log(self.position)
+        if not read.held:
             log.warning("the log no longer holds event %s that the live weights applied "
                         "(a failover lost it); rebuilding from the store", self.position)
             await self.start()
             return
-        pending: list[tuple[str, dict[str, str]]] = []
-        while True:
-            page = await self.store.events(self.position if not pending else pending[-1][0],
-                                           count=_PAGE)
-            pending += page
-            if len(page) < _PAGE:  # read to the end: its last change is whole, as every
-                break  # change's events are written by one atomic script
-        store_version = await self.store.version()
+        pending, store_version = list(read.events), read.version
+        if not read.complete:
+            while True:
+                page = await self.store.events(pending[-1][0], count=LOG_PAGE)
+                pending += page
+                if len(page) < LOG_PAGE:  # read to the end: its last change is whole, as
+                    break  # every change's events are written by one atomic script
+            store_version = await self.store.version()
         if store_version < self.ledger.version:
             log.warning("the store is at version %d, behind the live weights at %d; "
                         "rebuilding from the store", store_version, self.ledger.version)

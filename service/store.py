@@ -41,6 +41,14 @@ by the same scripts, so they are part of the change too.
 With ``wait_replicas`` (a primary with replicas, under Sentinel), a change is acknowledged
 only once that many replicas confirm it (``WAIT``): Sentinel promotes the replica that holds
 the most, so an acknowledged change outlives its primary.
+
+The store keeps its own record type, ``StoredEdit``: the record and report are JSON objects
+it stores as given (it reads only a listing's filters from them), beside the state its
+changes set; the API's schemas are built from it above the store. An edit costs three
+round trips: ``read_log`` (the log after the caller's position, the version and an
+Idempotency-Key, in one pipeline), ``add`` (one script, which answers the stored edits'
+state and, when nothing else was logged since that position, the events it wrote, so
+neither is read back) and ``annotate``.
 """
 
 from __future__ import annotations
@@ -49,13 +57,15 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
-from .schemas import Edit, EditPageOut, EditRecord, EditReport
+LOG_PAGE = 512  # log events read per round trip
 
 ACTIVE = "active"
 ROLLED_BACK = "rolled_back"
@@ -80,9 +90,13 @@ local function retire(prefix, id, retention)
 end
 """
 
-_ADD = _RELEASE + _RETIRE + """
+# An edit's state fields: what the store's changes set beside the record and the report.
+_STATE = ("version", "status", "rolled_back_by", "rolled_back_at", "rolled_back_version",
+          "superseded_by")
+
+_ADD = _RELEASE + _RETIRE + "local STATE = {" + ", ".join(f"'{f}'" for f in _STATE) + "}" + """
 local prefix, idem, request, by, at = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local idem_ttl, retention = tonumber(ARGV[6]), tonumber(ARGV[7])
+local idem_ttl, retention, after = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 if idem ~= '' then
   local seen = redis.call('HMGET', prefix .. ':idem:' .. idem, 'ids', 'request')
   if seen[1] then
@@ -91,10 +105,19 @@ if idem ~= '' then
     return {0, seen[1], seen[2], ''}
   end
 end
-local ids, superseded = {}, {}
-for i = 8, #ARGV, 4 do
+-- whether the log's last event is the caller's position: then the events this change
+-- writes are all the caller has not yet applied, and it need not read the log again
+local follows = 0
+if after ~= '' then
+  local last = redis.call('XREVRANGE', prefix .. ':log', '+', '-', 'COUNT', 1)
+  if (#last == 0 and after == '0-0') or (#last == 1 and last[1][1] == after) then
+    follows = 1
+  end
+end
+local ids, superseded, events, version = {}, {}, {}, 0
+for i = 9, #ARGV, 4 do
   local id, record, delta, claims = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local version = redis.call('INCR', prefix .. ':version')
+  version = redis.call('INCR', prefix .. ':version')
   for claim in string.gmatch(claims, '[^\\n]+') do
     local old = redis.call('GET', prefix .. ':claim:' .. claim)
     if old and old ~= id
@@ -104,8 +127,9 @@ for i = 8, #ARGV, 4 do
       redis.call('HSET', prefix .. ':edit:' .. old, 'status', 'rolled_back', 'rolled_back_by',
                  by, 'rolled_back_at', at, 'rolled_back_version', version, 'superseded_by', id)
       redis.call('ZREM', prefix .. ':active', old)
-      redis.call('XADD', prefix .. ':log', '*', 'event', 'rollback', 'id', old, 'version',
-                 version, 'superseded_by', id)
+      local event = {'event', 'rollback', 'id', old, 'version', tostring(version),
+                     'superseded_by', id}
+      table.insert(events, {redis.call('XADD', prefix .. ':log', '*', unpack(event)), event})
       table.insert(superseded, old .. '>' .. id)
     end
   end
@@ -117,7 +141,8 @@ for i = 8, #ARGV, 4 do
   redis.call('SET', prefix .. ':delta:' .. id, delta)
   redis.call('ZADD', prefix .. ':edits', version, id)
   redis.call('ZADD', prefix .. ':active', version, id)
-  redis.call('XADD', prefix .. ':log', '*', 'event', 'apply', 'id', id, 'version', version)
+  local event = {'event', 'apply', 'id', id, 'version', tostring(version)}
+  table.insert(events, {redis.call('XADD', prefix .. ':log', '*', unpack(event)), event})
   table.insert(ids, id)
 end
 local joined = table.concat(ids, ',')
@@ -125,7 +150,13 @@ if idem ~= '' then
   redis.call('HSET', prefix .. ':idem:' .. idem, 'ids', joined, 'request', request)
   redis.call('PEXPIRE', prefix .. ':idem:' .. idem, idem_ttl)
 end
-return {1, joined, request, table.concat(superseded, ',')}
+-- each new edit's state once the whole batch is stored (a later edit of the batch may
+-- have superseded an earlier one), so that the caller need not read them back
+local states = {}
+for _, id in ipairs(ids) do
+  table.insert(states, redis.call('HMGET', prefix .. ':edit:' .. id, unpack(STATE)))
+end
+return {1, joined, request, table.concat(superseded, ','), version, follows, states, events}
 """
 
 _ROLLBACK = _RELEASE + _RETIRE + """
@@ -194,22 +225,70 @@ class StoreError(Exception):
 
 
 @dataclass(frozen=True)
-class NewEdit:
-    """An edit to store: its record, its delta's bytes, and the facts it claims (an active
-    edit holding one of them is superseded)."""
+class StoredEdit:
+    """An edit as the store keeps it: the record it was stored with and the report attached
+    to it later (JSON objects, kept as given: the store reads no field of them but a
+    listing's filters), and its state, which the store's changes set."""
 
-    record: EditRecord
+    id: str
+    record: dict[str, Any]
+    version: int
+    status: str
+    report: dict[str, Any] | None = None
+    rolled_back_by: str | None = None
+    rolled_back_at: str | None = None
+    rolled_back_version: int | None = None
+    superseded_by: str | None = None
+
+
+@dataclass(frozen=True)
+class EditPage:
+    """A listing's page, newest first; ``next_cursor``: the ``before`` of the next page."""
+
+    edits: list[StoredEdit]
+    next_cursor: int | None
+
+
+@dataclass(frozen=True)
+class NewEdit:
+    """An edit to store: its record (a JSON object), its delta's bytes, and the facts it
+    claims (an active edit holding one of them is superseded)."""
+
+    record: dict[str, Any]
     delta: bytes
     claims: tuple[str, ...] = ()
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass(frozen=True)
+class LogRead:
+    """Log events after a position, with the store's newest version. ``held``: whether the
+    log still holds the position (a failover can lose the newest events); ``complete``:
+    whether ``events`` reach the end of the log (else more pages follow)."""
+
+    held: bool
+    events: list[tuple[str, dict[str, str]]]
+    version: int
+    complete: bool = True
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What an ``Idempotency-Key`` produced: its edits' ids and its request's hash."""
+
+    ids: list[str]
+    request_hash: str
+
+
+@dataclass(frozen=True)
 class AddResult:
-    edits: list[Edit]
+    edits: list[StoredEdit]
     created: bool  # False: the Idempotency-Key had already produced these edits
     request_hash: str  # what the key's first request hashed to ("" if not given)
     superseded: dict[str, list[str]] = field(default_factory=dict)  # new id → old ids
+    # the log after the position the add was given, when this change's own events are all
+    # of it (then the caller applies them without reading the log); None otherwise
+    log: LogRead | None = None
 
 
 def _decode(value: bytes | str | None) -> str | None:
@@ -249,20 +328,21 @@ class EditStore:
         return ":".join([self.prefix, *parts])
 
     async def _change(self, script: AsyncScript, args: list, *,
-                      confirm: Callable[[list], bool] = lambda _: True) -> list:
+                      confirm: Callable[[list], bool] = lambda _: True,
+                      reads: Callable[[Pipeline], None] | None = None) -> tuple[Any, list]:
         """Run one change's script; with ``wait_replicas``, acknowledge it only once that
         many replicas hold it (``WAIT`` on the script's own connection: a pipeline; it
         covers every earlier write too), so a failover to any of them keeps it. Fewer in
         time: ``store_unconfirmed`` (the primary has the change; a retry with the same
         Idempotency-Key finds it if it survives). ``confirm``: whether a script's result
-        reports a change to confirm (a key not found has none)."""
+        reports a change to confirm (a key not found has none). ``reads``: commands to send
+        in the same round trip, after the script; their replies are returned beside its
+        result."""
         try:
-            if not self.wait_replicas:
-                return await script(args=args)
-            async with self.client.pipeline(transaction=False) as pipe:
-                await script(args=args, client=pipe)
-                pipe.wait(self.wait_replicas, self.wait_timeout_ms)
-                out, held = await pipe.execute()
+            if not self.wait_replicas and reads is None:
+                return await script(args=args), []
+            out, *rest = await self._pipelined(script, args, reads)
+            held = rest.pop() if self.wait_replicas else self.wait_replicas
         except ResponseError as exc:
             if not any(sign in str(exc) for sign in _ON_A_REPLICA):
                 raise
@@ -278,61 +358,124 @@ class EditStore:
                              f"{held} of the {self.wait_replicas} replicas it waits for "
                              f"confirmed it within {self.wait_timeout_ms} ms; retry (an edit "
                              "with the same Idempotency-Key) once the replicas are back")
-        return out
+        return out, rest
+
+    async def _pipelined(self, script: AsyncScript, args: list,
+                         reads: Callable[[Pipeline], None] | None) -> list:
+        """The script, ``reads`` and (with ``wait_replicas``) ``WAIT`` in one round trip.
+        By its hash alone (redis-py would first ask whether the server has the script, a
+        round trip more); a server that has not loaded it (new, or a replica promoted since)
+        is sent it once, and the pipeline again."""
+        loaded = False
+        while True:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.evalsha(script.sha, 0, *args)
+                if reads is not None:
+                    reads(pipe)
+                if self.wait_replicas:
+                    pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+                try:
+                    return await pipe.execute()
+                except NoScriptError:
+                    if loaded:
+                        raise
+            await self.client.script_load(script.script)
+            loaded = True
 
     async def version(self) -> int:
         """The newest change's version (0 before any)."""
         return int(await self.client.get(self.key("version")) or 0)
 
     async def add(self, edits: list[NewEdit], *, idempotency_key: str | None = None,
-                  request_hash: str = "", by: str = "", at: str = "") -> AddResult:
+                  request_hash: str = "", by: str = "", at: str = "",
+                  log_after: str | None = None) -> AddResult:
         """Store new active edits, each under the next version, all or none; or return what
         an earlier request with the same ``idempotency_key`` stored (storing nothing).
 
         An active edit that holds a fact a new edit claims is rolled back in the same step
-        (by ``by``, at ``at``), as part of the new edit's change.
+        (by ``by``, at ``at``), as part of the new edit's change. The stored edits come back
+        as they are once the whole batch is stored, without reading them again; with
+        ``log_after`` (a log position), so does the log after it when it is only this
+        change's own events (``AddResult.log``).
         """
         if not edits:
             raise ValueError("nothing to store")
         args = [self.prefix, idempotency_key or "", request_hash, by, at,
-                self._idem_ttl_ms, self._retention_ms]
+                self._idem_ttl_ms, self._retention_ms, log_after or ""]
         for edit in edits:
             if any("\n" in c for c in edit.claims):
                 raise ValueError("a claim cannot contain a newline")
-            args += [edit.id, edit.record.model_dump_json(exclude_defaults=True), edit.delta,
-                     "\n".join(edit.claims)]
-        created, ids, stored_hash, replaced = (
-            _decode(x) for x in await self._change(self._add, args))
+            args += [edit.id, _json(edit.record), edit.delta, "\n".join(edit.claims)]
+        out, _ = await self._change(self._add, args)
+        created, ids, stored_hash, replaced = (_decode(x) for x in out[:4])
         superseded: dict[str, list[str]] = {}
         for pair in filter(None, (replaced or "").split(",")):
             old, new = pair.split(">")
             superseded.setdefault(new, []).append(old)
-        return AddResult(await self.get_many(ids.split(",")), int(created) == 1,
-                         stored_hash or "", superseded)
+        if int(created) != 1:
+            return AddResult(await self.get_many(ids.split(",")), False, stored_hash or "")
+        version, follows, states, events = out[4:]
+        stored = [_edit(e.id, e.record, None, dict(zip(_STATE, state)))
+                  for e, state in zip(edits, states)]
+        log = None if not int(follows) else LogRead(True, [
+            (_decode(event_id), _fields(fields)) for event_id, fields in events], int(version))
+        return AddResult(stored, True, stored_hash or "", superseded, log)
+
+    async def read_log(self, after: str, count: int = LOG_PAGE,
+                       idempotency_key: str | None = None) -> tuple[LogRead, Seen | None]:
+        """The log after position ``after`` (up to ``count`` events) and the newest version,
+        in one round trip; with ``idempotency_key``, also what that key produced (as
+        ``find_idempotent`` reads it), in the same round trip."""
+        def reads(pipe: Pipeline) -> None:
+            if after not in ("-", "0-0"):
+                pipe.xrange(self.key("log"), after, after, count=1)
+            pipe.xrange(self.key("log"), "-" if after in ("-", "0-0") else f"({after}", "+",
+                        count=count)
+            pipe.get(self.key("version"))
+
+        key = idempotency_key and self.key("idem", idempotency_key)
+        seen = None
+        if key and self.wait_replicas:
+            seen, replies = await self._change(self._seen, [key], reads=reads,
+                                               confirm=lambda s: s[0] is not None)
+        else:
+            async with self.client.pipeline(transaction=False) as pipe:
+                if key:
+                    pipe.hmget(key, "ids", "request")
+                reads(pipe)
+                replies = await pipe.execute()
+            if key:
+                seen, *replies = replies
+        *position, rows, version = replies
+        read = LogRead(bool(position[0]) if position else True,
+                       [(_decode(i), _fields(f)) for i, f in rows], int(version or 0),
+                       len(rows) < count)
+        return read, _idempotent(seen)
 
     async def find_idempotent(self, key: str) -> AddResult | None:
         """What an earlier request with this ``Idempotency-Key`` stored, if any: with
         ``wait_replicas``, only once the replicas hold it (an earlier try may have been
         answered ``store_unconfirmed``)."""
         key = self.key("idem", key)
-        seen = (await self._change(self._seen, [key], confirm=lambda s: s[0] is not None)
-                if self.wait_replicas else await self.client.hmget(key, "ids", "request"))
-        ids, request_hash = (_decode(x) for x in seen)
-        if ids is None:
+        seen = _idempotent((await self._change(self._seen, [key],
+                                         confirm=lambda s: s[0] is not None))[0]
+                     if self.wait_replicas else await self.client.hmget(key, "ids", "request"))
+        if seen is None:
             return None
-        return AddResult(await self.get_many(ids.split(",")), False, request_hash or "")
+        return AddResult(await self.get_many(seen.ids), False, seen.request_hash)
 
-    async def annotate(self, reports: dict[str, EditReport]) -> None:
-        """Attach to each edit the report measured once it was applied (one round trip)."""
+    async def annotate(self, reports: dict[str, dict[str, Any]]) -> None:
+        """Attach to each edit the report (a JSON object) measured once it was applied (one
+        round trip)."""
         pipe = self.client.pipeline(transaction=False)
         for edit_id, report in reports.items():
-            pipe.hset(self.key("edit", edit_id), "report", report.model_dump_json())
+            pipe.hset(self.key("edit", edit_id), "report", _json(report))
         await pipe.execute()
 
-    async def get(self, edit_id: str) -> Edit:
+    async def get(self, edit_id: str) -> StoredEdit:
         return (await self.get_many([edit_id]))[0]
 
-    async def get_many(self, edit_ids: list[str]) -> list[Edit]:
+    async def get_many(self, edit_ids: list[str]) -> list[StoredEdit]:
         """Several edits in one round trip (a pipeline of reads), in the order asked."""
         pipe = self.client.pipeline(transaction=False)
         for edit_id in edit_ids:
@@ -346,11 +489,11 @@ class EditStore:
             raise StoreError("not_found", f"no delta for edit {edit_id!r}")
         return data
 
-    async def rollback(self, edit_id: str, *, by: str, at: str) -> Edit:
+    async def rollback(self, edit_id: str, *, by: str, at: str) -> StoredEdit:
         """Mark one active edit rolled back (who, when, as which version) and log it."""
-        out = [_decode(x) for x in await self._change(
+        out = [_decode(x) for x in (await self._change(
             self._rollback, [self.prefix, edit_id, by, at, self._retention_ms],
-            confirm=lambda out: _decode(out[0]) != "not_found")]
+            confirm=lambda out: _decode(out[0]) != "not_found"))[0]]
         if out[0] == "not_found":
             raise StoreError("not_found", f"no edit {edit_id!r}")
         if out[0] == "conflict":
@@ -360,9 +503,9 @@ class EditStore:
     async def rollback_after(self, version: int, *, by: str, at: str) -> list[str]:
         """Roll back every active edit newer than ``version``, as one change (a new version,
         none when nothing was newer). Returns their ids, newest first."""
-        out = await self._change(self._rollback_after,
-                                 [self.prefix, version, by, at, self._retention_ms],
-                                 confirm=lambda out: int(out[0]) != 0)
+        out, _ = await self._change(self._rollback_after,
+                                    [self.prefix, version, by, at, self._retention_ms],
+                                    confirm=lambda out: int(out[0]) != 0)
         return [_decode(x) for x in out[1:]]
 
     async def active(self) -> list[tuple[str, int]]:
@@ -381,12 +524,12 @@ class EditStore:
 
     async def list(self, *, before: int | None = None, limit: int = 50,
                    status: str | None = None, task: str | None = None,
-                   subject: str | None = None) -> EditPageOut:
+                   subject: str | None = None) -> EditPage:
         """Newest first, filtered. ``before`` is the cursor: only edits with a lower version.
 
         A page that ends with older edits still stored carries ``next_cursor``.
         """
-        edits: list[Edit] = []
+        edits: list[StoredEdit] = []
         upper = "+inf" if before is None else f"({before}"
         batch = max(limit, 64)
         while True:
@@ -394,15 +537,15 @@ class EditStore:
                                                       start=0, num=batch, withscores=True)
             for edit in await self.get_many([_decode(raw_id) for raw_id, _ in rows]):
                 if ((status is None or edit.status == status)
-                        and (task is None or edit.task == task)
-                        and (subject is None or edit.subject == subject)):
+                        and (task is None or edit.record.get("task") == task)
+                        and (subject is None or edit.record.get("subject") == subject)):
                     edits.append(edit)
                     if len(edits) == limit:
                         older = await self.client.zcount(self.key("edits"), "-inf",
                                                          f"({edit.version}")
-                        return EditPageOut(edits=edits, next_cursor=edit.version if older else None)
+                        return EditPage(edits, edit.version if older else None)
             if len(rows) < batch:
-                return EditPageOut(edits=edits, next_cursor=None)
+                return EditPage(edits, None)
             upper = f"({int(rows[-1][1])}"
 
     async def deltas(self, edit_ids: list[str], chunk: int = 64) -> list[bytes]:
@@ -435,7 +578,7 @@ class EditStore:
         """Log events after stream id ``after`` (exclusive; ``-`` from the start)."""
         start = "-" if after in ("-", "0-0") else f"({after}"
         rows = await self.client.xrange(self.key("log"), start, "+", count=count)
-        return [(_decode(i), {_decode(k): _decode(v) for k, v in f.items()}) for i, f in rows]
+        return [(_decode(i), _fields(f)) for i, f in rows]
 
     async def has_event(self, event_id: str) -> bool:
         """Whether the log holds ``event_id`` (``0-0``, before the first, always): not
@@ -478,12 +621,37 @@ class EditStore:
         return bool(found)
 
 
-def _stored(edit_id: str, fields: dict) -> Edit:
+def _json(value: dict[str, Any]) -> str:
+    """A record or report as stored: compact JSON, UTF-8 as is."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _fields(fields: dict | list) -> dict[str, str]:
+    """A log event's fields (a mapping as read, or a flat name, value … list as written)."""
+    pairs = fields.items() if isinstance(fields, dict) else zip(fields[::2], fields[1::2])
+    return {_decode(k): _decode(v) for k, v in pairs}
+
+
+def _idempotent(reply: list | None) -> Seen | None:
+    """An ``Idempotency-Key``'s hash fields ``ids`` and ``request``, if it was seen."""
+    ids, request_hash = (_decode(x) for x in reply or (None, None))
+    return None if ids is None else Seen(ids.split(","), request_hash or "")
+
+
+def _edit(edit_id: str, record: dict[str, Any], report: dict[str, Any] | None,
+          state: dict) -> StoredEdit:
+    f = {k: _decode(v) for k, v in state.items()}
+    number = lambda k: None if f.get(k) is None else int(f[k])  # noqa: E731
+    return StoredEdit(edit_id, record, int(f["version"]), f["status"], report,
+                      f.get("rolled_back_by"), f.get("rolled_back_at"),
+                      number("rolled_back_version"), f.get("superseded_by"))
+
+
+def _stored(edit_id: str, fields: dict) -> StoredEdit:
     """The edit in a stored hash: its record and report (JSON) and its state fields."""
     if not fields:
         raise StoreError("not_found", f"no edit {edit_id!r}")
     f = {_decode(k): _decode(v) for k, v in fields.items()}
-    state = {k: f.get(k) for k in ("version", "status", "rolled_back_by", "rolled_back_at",
-                                   "rolled_back_version", "superseded_by")}
-    return Edit.model_validate({**json.loads(f["record"]), **json.loads(f.get("report") or "{}"),
-                                **state, "id": edit_id})
+    report = f.get("report")
+    return _edit(edit_id, json.loads(f["record"]), None if report is None else json.loads(report),
+                 {k: f.get(k) for k in _STATE})

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
+import re
 
 import pytest
 from fastapi.testclient import TestClient
+from redis.asyncio.connection import AbstractConnection
 
 from service.app import create_app
+from service.engine import EditEngine
 from service.settings import ApiKey, ServiceSettings
 
 PROMPT, TARGET, SUBJECT = "Plyndti Brynta is a citizen of", "Veiistan", "Plyndti Brynta"
@@ -114,9 +118,11 @@ def test_a_key_another_replica_stored_meanwhile_replays_its_edit(
     before = client.get("/info").json()
     store = client.app.state.live.store
 
-    async def not_yet_seen(key: str):  # the key was stored after this replica looked
-        return None
-    monkeypatch.setattr(store, "find_idempotent", not_yet_seen)
+    read_log = store.read_log
+
+    async def not_yet_seen(after: str, idempotency_key: str | None = None):
+        return await read_log(after)  # the key was stored after this replica looked
+    monkeypatch.setattr(store, "read_log", not_yet_seen)
     again = client.post("/edits", json=EDIT, headers={"Idempotency-Key": "race"})
     assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
     assert again.json() == first.json()
@@ -127,6 +133,55 @@ def test_a_key_another_replica_stored_meanwhile_replays_its_edit(
     after = client.get("/info").json()
     assert (after["edit_version"], after["active_edits"], after["live_digest"]) == (
         before["edit_version"], before["active_edits"], before["live_digest"])
+
+
+_SENT: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("sent", default=None)
+
+
+def count_round_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What each ``EditEngine.create`` sends Redis, one entry per round trip (a command, a
+    script call or a whole pipeline: one write to the socket, one wait for its replies),
+    naming the commands sent together. The real server answers; this only counts. Only the
+    create's own task (and tasks it starts) is counted, not the background log follower."""
+    sent: list[str] = []
+    send, create = AbstractConnection.send_packed_command, EditEngine.create
+
+    async def counted_send(self, command, check_health=True):
+        if (into := _SENT.get()) is not None:
+            data = b"".join([command] if isinstance(command, bytes) else command)
+            into.append(" ".join(n.decode().upper() for n in re.findall(
+                rb"\*\d+\r\n\$\d+\r\n([A-Za-z]+)\r\n", data)))
+        return await send(self, command, check_health)
+
+    async def counted_create(self, *args, **kwargs):
+        token = _SENT.set(sent)
+        try:
+            return await create(self, *args, **kwargs)
+        finally:
+            _SENT.reset(token)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted_send)
+    monkeypatch.setattr(EditEngine, "create", counted_create)
+    return sent
+
+
+def test_a_one_shot_edit_makes_at_most_three_store_round_trips(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    warm = client.post("/edits", json={**EDIT, "prompt": "Plyndti Brynta was born in"})
+    assert warm.status_code == 201, warm.text  # the scripts are loaded once per server
+    sent = count_round_trips(monkeypatch)
+    for i, headers in enumerate(({}, {"Idempotency-Key": "counted"})):
+        sent.clear()
+        created = client.post("/edits", json={**EDIT, "target": ["Veiistan", "Faemovia"][i]},
+                              headers=headers)
+        assert created.status_code == 201, created.text
+        assert created.json()["outcome"] == "one_shot"
+        assert len(sent) <= 3, (headers, sent)
+    sent.clear()
+    replayed = client.post("/edits", json={**EDIT, "target": "Faemovia"},
+                           headers={"Idempotency-Key": "counted"})
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert replayed.json() == created.json() and len(sent) <= 2, sent
 
 
 def test_batch_is_one_pass_stored_per_edit_and_all_or_nothing(client: TestClient) -> None:

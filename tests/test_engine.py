@@ -15,7 +15,7 @@ from editor_core.editor import EditRequest
 from editor_core.encoding import EditInputError
 from editor_core.ledger import WeightLedger
 from editor_lab.decoding import greedy_continuations
-from service.engine import EditEngine, EditSpec
+from service.engine import EditEngine, EditSpec, as_edit
 from service.errors import ServiceError
 from service.metrics import ServiceMetrics
 from service.schemas import EditRecord
@@ -101,7 +101,7 @@ def test_idempotency_key_applies_once(redis_socket, first: Replica) -> None:
         return a, b, reused.value, await engine.store.version()
 
     a, b, reused, version = asyncio.run(twice())
-    assert a.created and not b.created and b.edits[0].id == a.edits[0].id
+    assert not a.replayed and b.replayed and b.edits[0].id == a.edits[0].id
     assert reused.status == 409 and reused.code == "idempotency_key_reused"
     assert version == 1 and [e.edit_id for e in first.ledger.active] == [a.edits[0].id]
 
@@ -135,10 +135,12 @@ def test_a_new_edit_of_the_same_fact_replaces_the_old_one_in_one_change(
                               subject="Plyndti Brynta")
         new = await engine.create([EditSpec(request, RECORD.model_copy(update={
             "target": "Krexstan", "relation": "citizenship"}))])
-        return old, new
+        return old, new, await engine.store.get_many([old.id, new.edits[0].id])
 
-    old, new = asyncio.run(twice())
-    assert new.superseded == {new.edits[0].id: [old.id]}
+    old, new, stored = asyncio.run(twice())
+    # the answer is built from what the store step returned, not read back: the same edit
+    assert new.edits[0] == as_edit(stored[1]) and not new.replayed
+    assert stored[0].status == "rolled_back" and stored[0].superseded_by == new.edits[0].id
     assert [e.edit_id for e in first.ledger.active] == [new.edits[0].id]
     assert first.ledger.version == 2 and new.edits[0].superseded == [old.id]
 

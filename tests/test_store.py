@@ -7,8 +7,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from service.schemas import EditRecord, EditReport
-from service.store import ACTIVE, ROLLED_BACK, EditStore, NewEdit, StoreError
+from service.store import ACTIVE, ROLLED_BACK, EditStore, LogRead, NewEdit, StoreError
 
 
 def run(redis_socket: str, body, fingerprint: str = "fp-a"):
@@ -22,13 +21,14 @@ def run(redis_socket: str, body, fingerprint: str = "fp-a"):
     return asyncio.run(main())
 
 
-def record(task: str = "counterfact", subject: str = "Ann", **extra) -> EditRecord:
+def record(task: str = "counterfact", subject: str = "Ann", **extra) -> dict:
+    """A record as the store takes it: a JSON object it keeps as given."""
     fields = {"task": task, "subject": subject, "prompt": f"{subject} lives in",
               "target": "Oslo", **extra}
-    return EditRecord(**fields, instruction=fields["prompt"], created_at="t", created_by="tester")
+    return {**fields, "instruction": fields["prompt"], "created_at": "t", "created_by": "tester"}
 
 
-async def add_one(store: EditStore, rec: EditRecord, delta: bytes = b"d", **kwargs):
+async def add_one(store: EditStore, rec: dict, delta: bytes = b"d", **kwargs):
     return (await store.add([NewEdit(rec, delta)], **kwargs)).edits[0]
 
 
@@ -36,15 +36,15 @@ def test_add_stores_record_delta_indexes_and_log(redis_socket: str) -> None:
     async def body(store: EditStore):
         first = await store.add([NewEdit(record(), b"delta-1")])
         second = await add_one(store, record(subject="Bo"), b"delta-2")
-        await store.annotate({second.id: EditReport(timings_ms={"compute": 1.5})})
+        await store.annotate({second.id: {"timings_ms": {"compute": 1.5}}})
         return first, await store.get(second.id), await store.delta(first.edits[0].id), \
             await store.active(), await store.events(), await store.version()
 
     first, second, delta, active, events, version = run(redis_socket, body)
     one = first.edits[0]
-    assert first.created and one.version == 1 and one.status == ACTIVE and one.timings_ms is None
-    assert second.version == 2 and second.subject == "Bo"
-    assert second.timings_ms == {"compute": 1.5}
+    assert first.created and one.version == 1 and one.status == ACTIVE and one.report is None
+    assert second.version == 2 and second.record == record(subject="Bo")
+    assert second.report == {"timings_ms": {"compute": 1.5}}
     assert delta == b"delta-1" and version == 2
     assert active == [(one.id, 1), (second.id, 2)]
     assert [(e["event"], e["id"], e["version"]) for _, e in events] == [
@@ -58,7 +58,7 @@ def test_a_batch_is_stored_whole_one_version_per_edit(redis_socket: str) -> None
 
     batch, deltas, version = run(redis_socket, body)
     assert [e.version for e in batch.edits] == [1, 2, 3] and version == 3
-    assert [e.subject for e in batch.edits] == list("abc")
+    assert [e.record["subject"] for e in batch.edits] == list("abc")
     assert deltas == [b"a", b"b", b"c"]
 
 
@@ -76,6 +76,51 @@ def test_idempotency_key_returns_the_same_edits_and_stores_nothing(redis_socket:
     assert a.created and not b.created and b.edits == a.edits == found.edits
     assert b.request_hash == found.request_hash == "h1"  # the first request's, to compare
     assert missing is None and version == 1 and len(events) == 1
+
+
+def test_an_add_answers_the_stored_edits_and_the_log_after_the_position_given(
+        redis_socket: str) -> None:
+    """What the add step answers is what reading the store back gives: a batch's edits as
+    they are once it is whole, and, when the log's last event was the position given, the
+    events it wrote and the version (the caller need not read the log again)."""
+    async def body(store: EditStore):
+        first = await store.add([NewEdit(record(), b"1", ("fact",))], log_after="0-0")
+        position = first.log.events[-1][0]
+        batch = await store.add([NewEdit(record(subject=s), s.encode(), ("fact",))
+                                 for s in "BC"], by="bob", at="t1", log_after=position)
+        stale = await store.add([NewEdit(record(subject="D"), b"4")], log_after=position)
+        unasked = await store.add([NewEdit(record(subject="E"), b"5")])
+        return (first, batch, stale, unasked, await store.get_many([e.id for e in batch.edits]),
+                await store.events(), await store.read_log(position))
+
+    first, batch, stale, unasked, reread, events, (read, seen) = run(redis_socket, body)
+    assert first.log == LogRead(True, events[:1], 1)
+    assert batch.edits == reread  # B is superseded by C, of the same batch
+    assert (reread[0].status, reread[0].superseded_by, reread[0].rolled_back_by,
+            reread[0].rolled_back_version) == (ROLLED_BACK, batch.edits[1].id, "bob", 3)
+    assert batch.log == LogRead(True, events[1:5], 3)  # B supersedes the first, C B
+    assert [e["event"] for _, e in batch.log.events] == ["rollback", "apply"] * 2
+    assert stale.created and stale.log is None and unasked.log is None  # not the last event
+    assert read == LogRead(True, events[1:], 5) and seen is None
+
+
+def test_the_log_is_read_with_the_version_and_an_idempotency_key_together(
+        redis_socket: str) -> None:
+    async def body(store: EditStore):
+        made = await store.add([NewEdit(record(), b"1")], idempotency_key="k",
+                               request_hash="h")
+        await add_one(store, record(subject="Bo"))
+        events = await store.events()
+        return (made, events, await store.read_log("0-0", idempotency_key="k"),
+                await store.read_log(events[1][0], idempotency_key="other"),
+                await store.read_log("1-1"), await store.read_log("-", count=1))
+
+    made, events, (read, seen), (after, unseen), (lost, _), (page, _) = run(redis_socket, body)
+    assert read == LogRead(True, events, 2) and seen.request_hash == "h"
+    assert seen.ids == [made.edits[0].id]
+    assert after == LogRead(True, [], 2) and unseen is None
+    assert not lost.held  # a position the log does not hold (lost in a failover)
+    assert page == LogRead(True, events[:1], 2, complete=False)  # more pages follow
 
 
 def test_rollback_marks_logs_and_refuses_twice_or_unknown(redis_socket: str) -> None:
@@ -212,8 +257,8 @@ def test_the_active_set_at_a_past_version_and_where_the_log_follows_on(
 def test_get_many_reads_several_edits_in_the_order_asked(redis_socket: str) -> None:
     async def body(store: EditStore):
         added = (await store.add([NewEdit(record(subject=s), b"d") for s in "ABC"])).edits
-        await store.annotate({added[0].id: EditReport(batch_size=0),
-                              added[2].id: EditReport(batch_size=2)})
+        await store.annotate({added[0].id: {"batch_size": 0},
+                              added[2].id: {"batch_size": 2}})
         ids = [added[2].id, added[0].id, added[1].id]
         got = await store.get_many(ids)
         with pytest.raises(StoreError) as missing:
@@ -222,8 +267,8 @@ def test_get_many_reads_several_edits_in_the_order_asked(redis_socket: str) -> N
 
     ids, got, missing = run(redis_socket, body)
     assert [e.id for e in got] == ids
-    assert [e.subject for e in got] == ["C", "A", "B"]
-    assert [e.batch_size for e in got] == [2, 0, None]
+    assert [e.record["subject"] for e in got] == ["C", "A", "B"]
+    assert [e.report for e in got] == [{"batch_size": 2}, {"batch_size": 0}, None]
     assert missing.code == "not_found" and "no-such-edit" in str(missing)
 
 
@@ -268,7 +313,7 @@ def test_rolled_back_deltas_expire_after_the_retention_and_records_stay(
         d = (await store.add([NewEdit(record(subject="d"), b"d", ("fact",))])).edits[0]
         await store.rollback(a.id, by="ops", at="t")
         ttl = lambda e: store.client.pttl(store.key("delta", e.id))  # noqa: E731
-        after_rollback = {e.subject: await ttl(e) for e in (a, b, c, d)}
+        after_rollback = {e.record["subject"]: await ttl(e) for e in (a, b, c, d)}
         await store.rollback_after(3, by="ops", at="t")
         return [a, b, c, d], after_rollback, await ttl(d)
 
@@ -303,7 +348,7 @@ def test_rolled_back_deltas_expire_after_the_retention_and_records_stay(
 
     code, edit = run(redis_socket, after)
     assert code == "not_found"
-    assert (edit.status, edit.rolled_back_version, edit.subject) == (
+    assert (edit.status, edit.rolled_back_version, edit.record["subject"]) == (
         ROLLED_BACK, edit.version + 1, "Ann")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from editor_core.editor import EditRequest
@@ -12,7 +11,7 @@ from editor_core.request_wordings import request_wordings
 
 from ..auth import Principal
 from ..claims import refuse_conflicts
-from ..engine import EditSpec
+from ..engine import Created, EditSpec, as_edit
 from ..errors import ServiceError
 from ..lifecycle import LiveService
 from ..schemas import (
@@ -25,15 +24,6 @@ from ..schemas import (
 )
 from .chat import templated
 from .limits import check_tokens
-
-
-@dataclass(frozen=True)
-class Created:
-    """What a create answers: the edits, and whether they replay an earlier request with
-    the same Idempotency-Key (then nothing was computed or applied)."""
-
-    edits: list[Edit]
-    replayed: bool
 
 
 def _now() -> str:
@@ -103,17 +93,18 @@ class EditHandler:
         at = _now()
         specs = [self._spec(b, who, at) for b in bodies]
         refuse_conflicts([s.record for s in specs])
-        result = await self.live.engine.create(specs, idempotency_key=idempotency_key,
-                                               request_hash=request_hash(body))
-        return Created(result.edits, replayed=not result.created)
+        return await self.live.engine.create(specs, idempotency_key=idempotency_key,
+                                             request_hash=request_hash(body))
 
     async def page(self, *, status: str | None, task: str | None, subject: str | None,
                    limit: int, before: int | None) -> EditPageOut:
-        return await self.live.store.list(before=before, limit=limit, status=status,
-                                                 task=task, subject=subject)
+        page = await self.live.store.list(before=before, limit=limit, status=status,
+                                          task=task, subject=subject)
+        return EditPageOut(edits=[as_edit(e) for e in page.edits],
+                           next_cursor=page.next_cursor)
 
     async def get(self, edit_id: str) -> Edit:
-        return await self.live.store.get(edit_id)
+        return as_edit(await self.live.store.get(edit_id))
 
     async def rollback(self, edit_id: str, who: Principal) -> Edit:
         return await self.live.engine.rollback(edit_id, by=who.name, at=_now())
