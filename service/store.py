@@ -424,8 +424,9 @@ class EditStore:
     async def read_log(self, after: str, count: int = LOG_PAGE,
                        idempotency_key: str | None = None) -> tuple[LogRead, Seen | None]:
         """The log after position ``after`` (up to ``count`` events) and the newest version,
-        in one round trip; with ``idempotency_key``, also what that key produced (as
-        ``find_idempotent`` reads it), in the same round trip."""
+        in one round trip; with ``idempotency_key``, also what that key produced, in the same
+        round trip: with ``wait_replicas``, only once the replicas hold it (an earlier try
+        may have been answered ``store_unconfirmed``)."""
         def reads(pipe: Pipeline) -> None:
             if after not in ("-", "0-0"):
                 pipe.xrange(self.key("log"), after, after, count=1)
@@ -451,18 +452,6 @@ class EditStore:
                        [(_decode(i), _fields(f)) for i, f in rows], int(version or 0),
                        len(rows) < count)
         return read, _idempotent(seen)
-
-    async def find_idempotent(self, key: str) -> AddResult | None:
-        """What an earlier request with this ``Idempotency-Key`` stored, if any: with
-        ``wait_replicas``, only once the replicas hold it (an earlier try may have been
-        answered ``store_unconfirmed``)."""
-        key = self.key("idem", key)
-        seen = _idempotent((await self._change(self._seen, [key],
-                                         confirm=lambda s: s[0] is not None))[0]
-                     if self.wait_replicas else await self.client.hmget(key, "ids", "request"))
-        if seen is None:
-            return None
-        return AddResult(await self.get_many(seen.ids), False, seen.request_hash)
 
     async def annotate(self, reports: dict[str, dict[str, Any]]) -> None:
         """Attach to each edit the report (a JSON object) measured once it was applied (one
@@ -579,12 +568,6 @@ class EditStore:
         start = "-" if after in ("-", "0-0") else f"({after}"
         rows = await self.client.xrange(self.key("log"), start, "+", count=count)
         return [(_decode(i), _fields(f)) for i, f in rows]
-
-    async def has_event(self, event_id: str) -> bool:
-        """Whether the log holds ``event_id`` (``0-0``, before the first, always): not
-        after a failover to a replica that never received it."""
-        return event_id == "0-0" or bool(
-            await self.client.xrange(self.key("log"), event_id, event_id, count=1))
 
     async def log_position(self, version: int) -> str:
         """The stream id of the newest log event of a change at or before ``version``

@@ -57,12 +57,12 @@ def test_a_change_waits_for_a_replica_and_is_unconfirmed_without_one(
                 await store.add([NewEdit(record(subject="Bo"), b"d2")], idempotency_key="k")
             assert refused.value.code == "store_unconfirmed"
             assert await store.version() == 2  # the primary has it...
-            for retry in (store.find_idempotent("k"),  # ...but a retry is not told so
+            for retry in (store.read_log("-", idempotency_key="k"),  # ...but a retry is not told
                           store.add([NewEdit(record(subject="Bo"), b"d2")],
                                     idempotency_key="k")):
                 with pytest.raises(StoreError, match="1 of the 2 replicas"):
                     await retry
-            assert await store.find_idempotent("unknown") is None  # nothing to confirm
+            assert (await store.read_log("-", idempotency_key="unknown"))[1] is None
         finally:
             await connection.close()
 
@@ -89,8 +89,8 @@ def test_the_store_follows_a_failover_without_a_restart(group: SentinelGroup,
                     await asyncio.sleep(0.1)
             new = group.wait_for_new_primary(old)
             assert new is not old and refused > 0
-            assert [i for i, _ in await store.active()] == [kept.id, (
-                await store.find_idempotent("k-bo")).edits[0].id]
+            assert [i for i, _ in await store.active()] == [kept.id, *(
+                await store.read_log("-", idempotency_key="k-bo"))[1].ids]
             assert await store.version() == 2
         finally:
             await connection.close()
@@ -107,7 +107,8 @@ def test_a_change_sent_to_a_replica_is_a_lost_primary_not_a_server_error(
         waiting, alone = EditStore(client, "fp", wait_replicas=1), EditStore(client, "fp")
         try:
             for change in (waiting.add([NewEdit(record(subject="Ann"), b"d")]),
-                           waiting.find_idempotent("k"), waiting.rollback("x", by="b", at="t"),
+                           waiting.read_log("-", idempotency_key="k"),
+                           waiting.rollback("x", by="b", at="t"),
                            alone.add([NewEdit(record(subject="Bo"), b"d")])):
                 with pytest.raises(redis.ConnectionError, match="wrote to a replica"):
                     await change
