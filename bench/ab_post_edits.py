@@ -15,92 +15,54 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
+from .services import REPO, alternating_posts, running
 from .workload import edit_bodies
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _serve(root: Path, data: Path, port: int, *options: str) -> subprocess.Popen:
-    """``instructedit serve`` from ``root`` (whichever module held the CLI then)."""
-    module = "instructedit_cli" if (root / "instructedit_cli").is_dir() else "service.cli"
-    env = dict(os.environ, PYTHONPATH=str(root), OMP_WAIT_POLICY="PASSIVE")
-    log = (data.parent / f"{data.name}.log").open("wb")
-    return subprocess.Popen([sys.executable, "-m", module, "serve", "--port", str(port),
-                             "--data-dir", str(data), "--threads", "1", *options],
-                            cwd=root, env=env, stdout=log, stderr=log)
-
-
-def _wait_ready(base: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{base} did not become ready")
 
 
 def compare(before: str, n: int, seed: int = 7, relation: bool = True) -> dict:
+    bodies = [{**r, "accept_partial": True} for r in edit_bodies(n + 1, seed=seed)]
+    if not relation:  # no relation: no derived wordings, no contrast
+        bodies = [{k: v for k, v in b.items() if k != "relation"} for b in bodies]
+    times: dict[str, list[float]] = {"before": [], "now": []}
+    outcomes: dict[str, dict[str, int]] = {name: {} for name in times}
+    phases: dict[str, dict[str, list[float]]] = {name: {} for name in times}
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "before"
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(old),
                         before], check=True)
-        servers = {}
         try:
-            for i, (name, root) in enumerate((("before", old), ("now", REPO))):
-                port = 18600 + i
-                servers[name] = (_serve(root, Path(tmp) / f"data-{name}", port),
-                                 f"http://127.0.0.1:{port}")
-            for _, base in servers.values():
-                _wait_ready(base)
-            times: dict[str, list[float]] = {name: [] for name in servers}
-            outcomes: dict[str, dict[str, int]] = {name: {} for name in servers}
-            phases: dict[str, dict[str, list[float]]] = {name: {} for name in servers}
-            with httpx.Client(timeout=60) as client:
-                for i, r in enumerate(edit_bodies(n + 1, seed=seed)):
-                    for name in (("before", "now") if i % 2 == 0 else ("now", "before")):
-                        body = {**r, "accept_partial": True}
-                        if not relation:  # no relation: no derived wordings, no contrast
-                            del body["relation"]
-                        start = time.perf_counter()
-                        made = client.post(servers[name][1] + "/edits", json=body).json()
-                        took = (time.perf_counter() - start) * 1e3
-                        outcome = made.get("outcome")
-                        outcomes[name][outcome] = outcomes[name].get(outcome, 0) + 1
-                        if i and outcome == "one_shot":  # the first is a warm-up
-                            times[name].append(took)
-                            for phase, ms in (made.get("timings_ms") or {}).items():
-                                phases[name].setdefault(phase, []).append(ms)
+            with running({"before": (old, ()), "now": (REPO, ())}, Path(tmp), 18600) as bases, \
+                    httpx.Client(timeout=60) as client:
+                for i, name, took, made in alternating_posts(client, bases, bodies):
+                    outcome = made.get("outcome")
+                    outcomes[name][outcome] = outcomes[name].get(outcome, 0) + 1
+                    if i and outcome == "one_shot":  # the first is a warm-up
+                        times[name].append(took)
+                        for phase, ms in (made.get("timings_ms") or {}).items():
+                            phases[name].setdefault(phase, []).append(ms)
                 # both made the same changes: the same version and active edits
                 state = {name: {k: client.get(base + "/info").json()[k]
                                 for k in ("edit_version", "active_edits")}
-                         for name, (_, base) in servers.items()}
+                         for name, base in bases.items()}
         finally:
-            for proc, _ in servers.values():
-                proc.terminate()
-                proc.wait(30)
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)],
                            check=False)
-        out: dict = {name: {"one_shot_p50_ms": round(statistics.median(t), 1),
-                            "one_shot": len(t), "outcomes": outcomes[name], **state[name],
-                            "phase_p50_ms": {p: round(statistics.median(v), 1)
-                                             for p, v in phases[name].items()}}
-                     for name, t in times.items()}
-        out["p50_ratio_now_over_before"] = round(
-            out["now"]["one_shot_p50_ms"] / out["before"]["one_shot_p50_ms"], 3)
-        return out
+    out: dict = {name: {"one_shot_p50_ms": round(statistics.median(t), 1),
+                        "one_shot": len(t), "outcomes": outcomes[name], **state[name],
+                        "phase_p50_ms": {p: round(statistics.median(v), 1)
+                                         for p, v in phases[name].items()}}
+                 for name, t in times.items()}
+    out["p50_ratio_now_over_before"] = round(
+        out["now"]["one_shot_p50_ms"] / out["before"]["one_shot_p50_ms"], 3)
+    return out
 
 
 def main() -> None:

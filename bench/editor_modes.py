@@ -14,12 +14,11 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
-from .ab_post_edits import REPO, _serve, _wait_ready
+from .services import REPO, alternating_posts, running
 from .workload import edit_bodies
 
 MODES = {"trained editor": (), "none": ("--editor", "none")}
@@ -30,35 +29,20 @@ def _p95(times: list[float]) -> float:
 
 
 def compare(n: int, seed: int = 7) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        servers = {}
-        try:
-            for i, (name, options) in enumerate(MODES.items()):
-                port = 18650 + i
-                servers[name] = (_serve(REPO, Path(tmp) / f"data-{i}", port, *options),
-                                 f"http://127.0.0.1:{port}")
-            for _, base in servers.values():
-                _wait_ready(base)
-            times: dict[str, list[float]] = {name: [] for name in servers}
-            outcomes: dict[str, dict[str, int]] = {name: {} for name in servers}
-            with httpx.Client(timeout=60) as client:
-                for i, body in enumerate(edit_bodies(n + 1, seed=seed)):
-                    order = list(servers) if i % 2 == 0 else list(reversed(servers))
-                    for name in order:
-                        start = time.perf_counter()
-                        reply = client.post(servers[name][1] + "/edits", json=body).json()
-                        took = (time.perf_counter() - start) * 1e3
-                        outcome = reply.get("outcome") or reply["error"]["code"]
-                        outcomes[name][outcome] = outcomes[name].get(outcome, 0) + 1
-                        if i:  # the first is a warm-up
-                            times[name].append(took)
-        finally:
-            for proc, _ in servers.values():
-                proc.terminate()
-                proc.wait(30)
-        return {name: {"p50_ms": round(statistics.median(t), 1), "p95_ms": round(_p95(t), 1),
-                       "edits": len(t), "outcomes": outcomes[name]}
-                for name, t in times.items()}
+    sides = {name: (REPO, options) for name, options in MODES.items()}
+    times: dict[str, list[float]] = {name: [] for name in MODES}
+    outcomes: dict[str, dict[str, int]] = {name: {} for name in MODES}
+    with tempfile.TemporaryDirectory() as tmp, running(sides, Path(tmp), 18650) as bases, \
+            httpx.Client(timeout=60) as client:
+        for i, name, took, reply in alternating_posts(client, bases,
+                                                      edit_bodies(n + 1, seed=seed)):
+            outcome = reply.get("outcome") or reply["error"]["code"]
+            outcomes[name][outcome] = outcomes[name].get(outcome, 0) + 1
+            if i:  # the first is a warm-up
+                times[name].append(took)
+    return {name: {"p50_ms": round(statistics.median(t), 1), "p95_ms": round(_p95(t), 1),
+                   "edits": len(t), "outcomes": outcomes[name]}
+            for name, t in times.items()}
 
 
 def main() -> None:
