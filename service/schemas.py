@@ -356,12 +356,17 @@ class CompletionUsage(BaseModel):
                    total_tokens=prompt + completion)
 
 
-class CompletionOut(BaseModel):
+class _CompletionHead(BaseModel):
+    """What every OpenAI completion, chat completion and chunk begins with."""
+
     id: str
-    object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
     system_fingerprint: str = Field(description="v{version}: the live weights' version")
+
+
+class CompletionOut(_CompletionHead):
+    object: Literal["text_completion"] = "text_completion"
     choices: list[Choice]
     usage: CompletionUsage | None = None
 
@@ -408,12 +413,8 @@ class ChatChoice(_ChoiceFields):
     message: ChatMessageOut
 
 
-class ChatCompletionOut(BaseModel):
-    id: str
+class ChatCompletionOut(_CompletionHead):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    system_fingerprint: str = Field(description="v{version}: the live weights' version")
     choices: list[ChatChoice]
     usage: CompletionUsage
 
@@ -431,12 +432,8 @@ class ChatChunkChoice(BaseModel):
     edits_fired: list[str] | None = None  # on the last chunk: the edits that acted
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(_CompletionHead):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str
     choices: list[ChatChunkChoice]
     usage: CompletionUsage | None = None  # on the last chunk, with stream_options.include_usage
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from instructedit_cli import app, build
 
 from .conftest import read_json
-from .tiny_models import bos_tokenizer, tiny_model
+from .tiny_models import bos_tokenizer, saved_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ["train", "ship", "calibrate-routing", "relation-forms", "eval", "analyze", "card"]
@@ -22,11 +22,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> Path:
-    tok = bos_tokenizer()
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama", len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return saved_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama", bos_tokenizer())
 
 
 @pytest.fixture(scope="module")

@@ -19,18 +19,14 @@ from editor_lab.training.examples import TaskSampler, make_example
 from editor_lab.training.objective import answer_mask, encode_probes, locality_kl
 from editor_lab.training.trainer import Trainer
 
-from .tiny_models import small_tokenizer, tiny_model
+from .tiny_models import saved_tiny_model, small_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory) -> Path:
-    tok = small_tokenizer()
-    path = tmp_path_factory.mktemp("tiny-lm")
-    tiny_model("gpt2", len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return saved_tiny_model(tmp_path_factory.mktemp("tiny-lm"), "gpt2", small_tokenizer())
 
 
 def tiny_config(tiny_lm: Path, exported: Path, out: Path, **over) -> TrainConfig:

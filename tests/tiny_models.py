@@ -67,3 +67,10 @@ def tiny_model(family: str, vocab_size: int, seed: int = 0) -> torch.nn.Module:
     else:
         raise ValueError(family)
     return model.eval()
+
+
+def saved_tiny_model(folder, family: str, tokenizer: PreTrainedTokenizerFast):
+    """A tiny ``family`` model and ``tokenizer`` saved in ``folder`` (an HF model folder)."""
+    tiny_model(family, len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
