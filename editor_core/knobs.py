@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import operator
 from dataclasses import field, fields
+from types import MappingProxyType
 from typing import Any
 
-BOUNDS = {"ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operator.lt}
+BOUNDS = MappingProxyType({"ge": operator.ge, "gt": operator.gt, "le": operator.le,
+                           "lt": operator.lt})
 
 
 def knob(default: Any, description: str, **bounds: float) -> Any:
