@@ -49,7 +49,8 @@ __all__ = ["MemoryRouting", "RoutingSession"]
 
 
 class MemoryRouting:
-    """An edit memory's routing of one model's forward passes (hooks stay for its life)."""
+    """An edit memory's routing of one model's forward passes (its hooks stay on the model
+    until ``close``)."""
 
     def __init__(self, memory: EditMemory, model: nn.Module) -> None:
         self.memory = memory
@@ -57,7 +58,7 @@ class MemoryRouting:
         self._local = threading.local()  # .override: an index; .session: RoutingSession
         modules = dict(model.named_modules())
         edited = list(memory.modules.values())
-        order = [n for n, _ in model.named_modules() if n in set(edited)]
+        order = [n for n, _ in model.named_modules() if n in memory.modules.values()]
         if order[0] != memory.config.gate:
             raise ValueError(f"the gate {memory.config.gate!r} must be the first edited "
                              f"module ({order[0]!r}), so routing never sees an edit's effect")
