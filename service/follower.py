@@ -157,6 +157,7 @@ class LogFollower:
                         "rebuilding from the store", store_version, self.ledger.version)
             await self.start()
             return
+        self.store_version = store_version  # what it lags by while it applies (/readyz)
         try:
             for change, last_id in _changes(pending):
                 if change.version > self.ledger.version:
@@ -196,7 +197,10 @@ class LogFollower:
         replica resumes from ``position`` when Redis returns."""
         backoff = ExponentialWithJitterBackoff(base=0.05, cap=0.5)  # back soon after a failover
         failures = 0
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():  # cancelled, though redis-py's
+                raise asyncio.CancelledError  # retry swallowed it mid-read
             try:
                 await self.store.wait_for_events(self.position, block_ms)
                 async with change_lock:
@@ -205,6 +209,8 @@ class LogFollower:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
+                if task is not None and task.cancelling():  # a cancel (the service stops)
+                    raise asyncio.CancelledError from exc  # that redis-py made an error
                 if self.store_up:
                     log.warning("lost the edit store: %s", exc)
                 self.store_up = False

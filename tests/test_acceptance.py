@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from editor_lab.training.examples import load_task_records
 
 from .server_process import ServiceProcess
+
+HANG_GUARD_S = 120.0  # how long a wait may take before it is called a hang
 
 PROMPT, TARGET, SUBJECT = "Plyndti Brynta is a citizen of", "Veiistan", "Plyndti Brynta"
 REPHRASE = "What country is Plyndti Brynta a citizen of?"
@@ -69,6 +72,8 @@ def test_kill_9_while_editing_loses_no_acknowledged_edit(tmp_path: Path,
     targets = [{"task": "counterfact", "prompt": r.prompt, "target": r.target_new,
                 "subject": r.subject} for r in records]  # forty different facts
 
+    four = threading.Event()
+
     def post_edits() -> None:
         with service.client() as c:
             for body in targets:
@@ -78,15 +83,18 @@ def test_kill_9_while_editing_loses_no_acknowledged_edit(tmp_path: Path,
                     return  # the service died mid-request: not acknowledged
                 assert r.status_code == 201, r.text
                 acknowledged.append(r.json()["id"])
+                if len(acknowledged) == 4:
+                    four.set()
 
+    pool = ThreadPoolExecutor(2)  # the poster, and a wait for its fourth edit
     try:
-        poster = threading.Thread(target=post_edits)
-        poster.start()
-        while len(acknowledged) < 4:
-            poster.join(0.05)
-            assert poster.is_alive(), "the edits finished before the kill"
+        poster = pool.submit(post_edits)  # .result() raises what failed in the thread
+        # the fourth acknowledgement (or the poster ending early, which .result() explains)
+        wait([poster, pool.submit(four.wait, HANG_GUARD_S)], return_when=FIRST_COMPLETED)
+        assert four.is_set(), poster.result() if poster.done() else "no fourth edit: a hang"
+        assert not poster.done(), "the edits finished before the kill"
         service.kill()
-        poster.join(60)
+        poster.result(timeout=HANG_GUARD_S)
         assert len(acknowledged) < len(targets)
         service.start()
         with service.client() as c:
@@ -106,6 +114,7 @@ def test_kill_9_while_editing_loses_no_acknowledged_edit(tmp_path: Path,
             final = c.get("/info").json()
             assert final["live_digest"] == final["pristine_digest"]
     finally:
+        pool.shutdown(wait=False)
         service.stop()
 
 
@@ -117,12 +126,22 @@ def test_generations_during_edits_match_their_reported_version(tmp_path: Path,
     seen: dict[tuple[str, int], set[str]] = defaultdict(set)
     failures: list[str] = []
     health: list[int] = []
+    probed = threading.Condition()
     done = threading.Event()
 
     def probe_health() -> None:
         with service.client() as c:
             while not done.is_set():
-                health.append(c.get("/healthz").status_code)
+                status = c.get("/healthz").status_code
+                with probed:
+                    health.append(status)
+                    probed.notify_all()
+
+    def answered_again() -> None:
+        """Wait for the health probe to answer once more (a hang guard only)."""
+        with probed:
+            n = len(health)
+            assert probed.wait_for(lambda: len(health) > n, HANG_GUARD_S), "a hang"
 
     def client_loop(offset: int) -> None:
         with service.client() as c:
@@ -136,22 +155,22 @@ def test_generations_during_edits_match_their_reported_version(tmp_path: Path,
                     seen[(prompt, r.json()["version"])].add(r.json()["text"])
                 i += 1
 
+    pool = ThreadPoolExecutor(9)
     try:
-        clients = [threading.Thread(target=client_loop, args=(k,)) for k in range(8)]
-        clients.append(threading.Thread(target=probe_health))
-        for t in clients:
-            t.start()
+        clients = [pool.submit(client_loop, k) for k in range(8)]
+        clients.append(pool.submit(probe_health))
         with service.client() as c:
             for r in records:
                 made = c.post("/edits", json={"task": "counterfact", "prompt": r.prompt,
                                               "target": r.target_new, "subject": r.subject})
                 assert made.status_code == 201, made.text
+                answered_again()  # healthy between every two edits
             assert c.get("/healthz").status_code == 200
         done.set()
         for t in clients:
-            t.join(120)
+            t.result(timeout=HANG_GUARD_S)  # raises what failed in a client thread
         assert not failures, failures[:3]
-        assert len(health) > 20 and set(health) == {200}  # alive while edits ran
+        assert len(health) >= 20 and set(health) == {200}  # alive while edits ran
         versions = {v for _, v in seen}
         assert len(versions) > 5  # the clients really ran across the edits
         # Every answer is the one its version gives: rebuild each version's weights by
@@ -165,6 +184,7 @@ def test_generations_during_edits_match_their_reported_version(tmp_path: Path,
                         assert seen[(prompt, version)] == {expected}, (prompt, version)
     finally:
         done.set()
+        pool.shutdown(wait=False)
         service.stop()
 
 
@@ -218,8 +238,14 @@ def test_idempotency_rollback_auth_and_bad_inputs_over_http(tmp_path: Path) -> N
             after = c.get("/info", headers=read).json()
             assert (after["edit_version"], after["live_digest"]) == (
                 before["edit_version"], before["live_digest"])
+            c.get("/info", headers={"Authorization": "Bearer not-a-key-0123456789"})
     finally:
         service.stop()
+    # the keys, right or wrong, are never logged (the requests that carried them are)
+    logs = service.logs()
+    assert "/info" in logs and "/edits" in logs
+    for secret in (read_key, edit_key, "not-a-key-0123456789"):
+        assert secret not in logs
 
 
 def _cases() -> list:

@@ -433,7 +433,14 @@ def test_metrics_request_ids_and_busy(settings: ServiceSettings) -> None:
     assert samples["instructedit_post_edit_target_probability_count{task=\"counterfact\"}"] == 1
     assert samples["instructedit_edit_lock_wait_seconds_count"] == 1
     assert any(k.startswith("instructedit_http_requests_total") for k in samples)
-    assert samples['instructedit_edit_duration_seconds_bucket{le="0.001",phase="persist"}'] >= 0
+    # the applied edit's persist phase (the refused one never got there), in cumulative
+    # buckets that end at the count
+    persist = [v for k, v in samples.items()
+               if k.startswith("instructedit_edit_duration_seconds_bucket{")
+               and 'phase="persist"' in k]
+    assert len(persist) == 16 and persist == sorted(persist)
+    assert persist[-1] == samples['instructedit_edit_duration_seconds_count{phase="persist"}']
+    assert persist[-1] == 1
 
 
 def _samples(text: str) -> dict[str, float]:

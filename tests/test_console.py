@@ -4,12 +4,15 @@ console is built on: ``/generate``'s pristine answer and the edit log's event st
 
 The service runs with refinement off (``refine.max_steps`` 0): the CounterFact edit below
 holds one-shot on the demo model, and an unfamiliar fact with a rephrase is refused, so
-both outcomes show in the browser. The run saves the screenshots in ``docs/images``.
+both outcomes show in the browser. The run saves its screenshots under pytest's temporary
+folder; with ``INSTRUCTEDIT_DOCS_IMAGES=1`` it writes them into ``docs/images`` instead (how
+the console page's pictures are regenerated), so a plain test run never changes the tree.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,8 +39,16 @@ OTHER = {"task": "counterfact", "prompt": "Dreixfur Zindplexgirk is employed by"
 # A name the demo LM never read: without refinement this edit does not hold (test_outcomes).
 UNFAMILIAR = {"prompt": "The capital of Qwertania is", "target": "Blorvik",
               "subject": "Qwertania", "rephrase": "What is the capital of Qwertania?"}
-IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the screenshots go: docs/images only when asked to regenerate them."""
+    if os.environ.get("INSTRUCTEDIT_DOCS_IMAGES") == "1":
+        return DOCS_IMAGES
+    return tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +256,8 @@ def test_without_a_key_or_with_a_read_key_the_console_shows_the_refusals(page) -
     assert answers["live"] == answers["pristine"] != ""
 
 
-def test_an_edit_from_the_form_changes_the_answer_until_it_is_rolled_back(page) -> None:
+def test_an_edit_from_the_form_changes_the_answer_until_it_is_rolled_back(page,
+                                                                          images) -> None:
     use_key(page, EDIT_KEY)
     before = ask_playground(page, PROMPT)
     assert before["live"] == before["pristine"] and not before["live"].startswith(TARGET)
@@ -275,14 +287,14 @@ def test_an_edit_from_the_form_changes_the_answer_until_it_is_rolled_back(page) 
     after = ask_playground(page, PROMPT)
     assert after["live"].startswith(TARGET) and after["pristine"] == before["pristine"]
     assert edit_id[:8] in after["fired"] and "changed" in after["verdict"]
-    page.screenshot(path=IMAGES / "console-playground.png", full_page=True)
+    page.screenshot(path=images / "console-playground.png", full_page=True)
 
     page.click(f"#fired a[href$='{edit_id}']")
     page.wait_for_selector("#edit:not([hidden])")
     assert page.inner_text("#instruction").endswith(f"Input: {PROMPT}")
     assert PROMPT in page.inner_text("#quality")
     assert LOCALITY in page.inner_text("#locality")
-    page.screenshot(path=IMAGES / "console-edit.png", full_page=True)
+    page.screenshot(path=images / "console-edit.png", full_page=True)
 
     page.click("#rollback")
     page.click("#confirm-ok")
@@ -295,7 +307,12 @@ def test_an_edit_from_the_form_changes_the_answer_until_it_is_rolled_back(page) 
 
 
 def test_an_edit_by_another_client_appears_live_and_rolls_back_to_a_version(
-        page, service: ServiceProcess) -> None:
+        page, service: ServiceProcess, images: Path) -> None:
+    with service.client() as c:  # two rolled-back edits of its own, for the paging below
+        for _ in range(2):
+            made = c.post("/edits", json=KNOWN, headers=EDIT)
+            assert made.status_code == 201, made.text
+            c.post(f"/edits/{made.json()['id']}/rollback", headers=EDIT).raise_for_status()
     use_key(page, EDIT_KEY)
     page.evaluate("window.notReloaded = true")
     with service.client() as c:
@@ -306,7 +323,7 @@ def test_an_edit_by_another_client_appears_live_and_rolls_back_to_a_version(
     assert OTHER["target"] in row.inner_text()
     assert f"version {edit['version']}: applied" in page.inner_text("#activity")
     assert page.evaluate("window.notReloaded")  # it came over the event stream
-    page.screenshot(path=IMAGES / "console-edits.png", full_page=True)
+    page.screenshot(path=images / "console-edits.png", full_page=True)
 
     page.click(f"#edits tr[data-id='{edit['id']}'] a")
     page.wait_for_selector("#edit:not([hidden])")

@@ -5,7 +5,12 @@ Grafana's datasource; and every dashboard query names a metric a live service ex
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -162,3 +167,52 @@ def _served_packages() -> set[str]:
     names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, cwd=REPO).stdout.split()
     return {n for n in names if (REPO / n / "__init__.py").exists()}
+
+
+def image_contents(dockerfile: Path, root: Path) -> Path:
+    """What the Dockerfile's COPY lines put into the image, laid out under ``root`` as
+    they are under its WORKDIR; the WORKDIR's stand-in."""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    workdir = None
+    for line in text.splitlines():
+        if line.startswith("WORKDIR "):
+            workdir = root / line.split()[1].lstrip("/")
+            workdir.mkdir(parents=True, exist_ok=True)
+        elif line.startswith("COPY "):
+            *sources, target = line.split()[1:]
+            assert workdir is not None and not any(s.startswith("--") for s in sources)
+            for source in sources:
+                into = workdir / target
+                if (REPO / source).is_dir():
+                    shutil.copytree(REPO / source, into if len(sources) == 1 else
+                                    into / Path(source).name,
+                                    ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    into.mkdir(parents=True, exist_ok=True) if target.endswith("/") else None
+                    shutil.copy(REPO / source, into / Path(source).name
+                                if target.endswith("/") else into)
+    assert workdir is not None
+    return workdir
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
+def test_the_images_contents_start_serve_help(name: str, tmp_path: Path) -> None:
+    """The image's own files (its COPY lines, under its WORKDIR) start ``instructedit serve
+    --help`` as its CMD's entry point would, with nothing of this checkout on the path:
+    only those files and the third-party libraries (``python -S``: no editable install)."""
+    app = image_contents(DOCKER / name, tmp_path / "image")
+    env = {k: v.replace("/app/", f"{app}/") for k, v in dockerfile_env(DOCKER / name).items()}
+    site_packages = sysconfig.get_paths()["purelib"]
+    entry_point = dict(re.findall(r'^(\w+) = "([\w.:]+)"$', (REPO / "pyproject.toml").read_text(),
+                                  re.M))["instructedit"]
+    module, function = entry_point.split(":")
+    script = (f"import sys; import {module}; assert {module}.__file__.startswith("
+              f"{str(app)!r}), {module}.__file__; sys.argv = ['instructedit', 'serve', "
+              f"'--help']; {module}.{function}()")
+    run = subprocess.run([sys.executable, "-S", "-c", script], cwd=tmp_path, env={
+        **env, "PATH": os.environ["PATH"], "HOME": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join([str(app), site_packages]),
+        "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for option in ("--port", "--model", "--editor", "--redis-url", "--data-dir"):
+        assert option in run.stdout, (option, run.stdout[-2000:])

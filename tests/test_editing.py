@@ -326,9 +326,15 @@ def test_compressing_a_zero_delta_gives_no_rows() -> None:
 
 
 def test_editing_the_demo_lm_moves_it_to_the_new_fact(demo_lm, world) -> None:
-    """On the shipped LM, a gradient-step edit (fresh editor) raises the new target."""
+    """On the shipped LM, a gradient-step edit (a fresh editor: the identity network, a
+    large enough step) makes the model answer with the new target; undone, the old answer."""
+    from editor_core.generation import SamplingParams, TokenStream
+
+    def answer(prompt: str) -> str:
+        return TokenStream(model, tokenizer, prompt, SamplingParams(max_new_tokens=4)).run()
+
     model, tokenizer = demo_lm
-    editor = make_editor(model, tokenizer, step=1e-3, rank=16)
+    editor = make_editor(model, tokenizer, step=0.3, rank=16)
     person = world.of_kind("person", seen=True)[0]
     request = EditRequest("counterfact", f"{person.name} is a citizen of", "Foxland",
                           subject=person.name)
@@ -336,15 +342,19 @@ def test_editing_the_demo_lm_moves_it_to_the_new_fact(demo_lm, world) -> None:
     assert len(editable) == 6 and all(n.startswith("transformer.h.") for n in editable)
     batch = editor.encode([request])
     before = editor.capture(batch).loss.item()
+    old_answer = answer(request.prompt)
+    assert not old_answer.strip().startswith("Foxland")
     ledger = WeightLedger(model, editor.editable)
     try:
         delta = editor.compute(request)
         for name, f in delta.factors.items():
             assert f.u.shape[1] == editable[name].d_in and f.d.shape[1] == editable[name].d_out
         ledger.apply("e", delta)
-        assert editor.capture(batch).loss.item() < before
+        assert editor.capture(batch).loss.item() < before / 10
+        assert answer(request.prompt).strip().startswith("Foxland")
     finally:
         ledger.reset()
+    assert answer(request.prompt) == old_answer
 
 
 def test_per_edit_delta_scaling_makes_each_edit_unit_norm(tok) -> None:

@@ -103,7 +103,8 @@ def test_eval_sequential_runs_the_lifelong_protocol(exported: Path, tmp_path: Pa
         "demo, sequential (sum, current basis)"]
     assert set(ridge["checkpoints"]) == {"3", "6"} and set(sequential["checkpoints"]) == {"3"}
     assert ridge["removal"]["removed"] == 1 and ridge["removal"]["same_answers"]
-    assert ridge["removal"]["max_relative_weight_error"] <= 1e-6
+    # ridge between refresh versions: rank updates, equal to a fresh build to rounding
+    assert 0 <= ridge["removal"]["max_relative_weight_error"] <= 1e-6
     assert "| demo, ridge, pristine basis | 6 |" in result.output
 
 

@@ -8,7 +8,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from editor_core.editor import EditRequest
-from editor_core.encoding import IGNORE_INDEX, label_nll
+from editor_core.encoding import IGNORE_INDEX, label_nll, predicting_positions
 from editor_core.head import OutputHead
 
 from .test_editing import make_editor
@@ -81,7 +81,21 @@ def test_a_model_that_changes_its_logits_keeps_its_own_forward(tok) -> None:
     assert OutputHead.verified(model) is None
     editor = make_editor(model, tok)
     assert editor._head is None
-    editor.compute(EditRequest("counterfact", "The capital of Foxland is", "Mandan City"))
+    request = EditRequest("counterfact", "The capital of Foxland is", "Mandan City")
+    batch = editor.encode([request])
+    loss = editor.capture(batch).loss
+    # the loss the edit is computed from is the model's own (its doubled logits)...
+    kept = predicting_positions(batch.labels)
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    torch.testing.assert_close(loss, label_nll(logits[:, kept], batch.labels[:, kept + 1]))
+    # ...not the one the plain output layer would give
+    plain = make_editor(base.eval(), tok)
+    assert plain._head is not None
+    assert not torch.allclose(loss, plain.capture(plain.encode([request])).loss)
+    delta = editor.compute(request)
+    assert delta.factors and all(torch.isfinite(f.dense()).all() and f.dense().any()
+                                 for f in delta.factors.values())
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])

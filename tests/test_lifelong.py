@@ -37,7 +37,11 @@ def test_edits_accumulate_and_a_removed_share_matches_a_fresh_build(
     assert set(ten["ms_per_edit"]) == {"compute", "apply"}
     removal = result["removal"]
     assert removal["active_before"] == 10 and removal["removed"] == 1
-    assert removal["max_relative_weight_error"] <= 1e-6 and removal["same_answers"]
+    assert removal["same_answers"]
+    if kind == "sum":  # an exact sum: the weights are a function of the active set
+        assert removal["max_relative_weight_error"] == 0.0
+    else:  # rank updates between refresh versions depend on the path: equal to rounding
+        assert removal["max_relative_weight_error"] <= 1e-6
     # The run leaves the model as it found it.
     assert all(torch.equal(params[n], w) for n, w in before.items())
     with pytest.raises(ValueError, match="weights, the method says"):

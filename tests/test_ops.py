@@ -23,7 +23,7 @@ from instructedit_cli import app
 from .redis_process import RedisProcess
 from .server_process import ServiceProcess
 from .test_acceptance import EDIT, PROMPT, REPHRASE, UNRELATED, generate
-from .test_replicas import facts, within
+from .test_replicas import eventually, facts
 
 runner = CliRunner()
 
@@ -142,7 +142,7 @@ def test_a_redis_snapshot_restores_into_a_fresh_service(edited: Edited,
     try:
         client = redis.Redis.from_url(loaded.url)
         client.config_set("appendonly", "yes")  # writes the AOF from the loaded data
-        within(30, lambda: _aof_written(client))
+        eventually(lambda: _aof_written(client))
     finally:
         loaded.stop()
     server = RedisProcess(folder).start()  # as it runs from now on, from the AOF
@@ -186,7 +186,7 @@ def test_a_replica_that_needed_a_pruned_delta_rebuilds_from_the_active_edits(
         with a.client() as c:
             kept = c.post("/edits", json=EDIT)
             assert kept.status_code == 201, kept.text
-        within(5, lambda: _info(b)["edit_version"] == 1)
+        eventually(lambda: _info(b)["edit_version"] == 1)
         os.kill(b.proc.pid, signal.SIGSTOP)  # b lags from here on
         try:
             with a.client() as c:
@@ -201,7 +201,7 @@ def test_a_replica_that_needed_a_pruned_delta_rebuilds_from_the_active_edits(
         finally:
             os.kill(b.proc.pid, signal.SIGCONT)
         # b's log says apply (pruned delta), then rollback: it rebuilds from the active set
-        within(10, lambda: _info(b)["edit_version"] == 3)
+        eventually(lambda: _info(b)["edit_version"] == 3)
         assert _info(b)["live_digest"] == _info(a)["live_digest"]
         with a.client() as ca, b.client() as cb:
             assert generate(cb, PROMPT)["text"] == generate(ca, PROMPT)["text"]

@@ -44,11 +44,16 @@ def facts(exported: Path, n: int) -> list[dict]:
              "subject": r.subject} for r in records]
 
 
-def within(seconds: float, check: Callable[[], bool]) -> float:
-    """Poll ``check`` until it holds; how long that took (fails after ``seconds``)."""
+# How long ``eventually`` polls before it calls a wait a hang. Not a latency promise: on a
+# loaded machine (two cores, several services) a change may take seconds to reach a replica.
+HANG_GUARD_S = 120.0
+
+
+def eventually(check: Callable[[], bool], guard: float = HANG_GUARD_S) -> float:
+    """Poll ``check`` until it holds; how long that took. ``guard`` only stops a hang."""
     start = time.monotonic()
     while not check():
-        assert time.monotonic() - start < seconds, f"not within {seconds} s"
+        assert time.monotonic() - start < guard, f"still not so after {guard} s: a hang"
         time.sleep(0.02)
     return time.monotonic() - start
 
@@ -77,8 +82,8 @@ def test_three_replicas_follow_one_log(tmp_path: Path, redis_process: RedisProce
         with r1.client() as c:
             made = c.post("/edits", json=EDIT)
         assert made.status_code == 201, made.text
-        for other in (r2, r3):  # the edit reaches the other replicas within a second
-            within(1.0, lambda other=other: answers_with_target(other))
+        for other in (r2, r3):  # the edit reaches the other replicas
+            eventually(lambda other=other: answers_with_target(other))
         assert same_weights([r1, r2, r3])
 
         # Edits posted to different replicas get one global order of versions.
@@ -91,8 +96,8 @@ def test_three_replicas_follow_one_log(tmp_path: Path, redis_process: RedisProce
         with r3.client() as c:
             c.post(f"/edits/{made.json()['id']}/rollback").raise_for_status()
         for other in (r1, r2):
-            within(1.0, lambda other=other: not answers_with_target(other))
-        within(2.0, lambda: same_weights([r1, r2, r3]))
+            eventually(lambda other=other: not answers_with_target(other))
+        eventually(lambda: same_weights([r1, r2, r3]))
         assert {info(r)["edit_version"] for r in (r1, r2, r3)} == {8}
         log = info(r2)["log"]
         assert log["lag"] == 0 and log["store_up"] and log["applied_version"] == 8
@@ -101,7 +106,7 @@ def test_three_replicas_follow_one_log(tmp_path: Path, redis_process: RedisProce
         with r2.client() as c:
             rolled = c.post("/edits/rollback", json={"to_version": 4}).json()
         assert len(rolled["rolled_back"]) == 3
-        within(2.0, lambda: same_weights([r1, r2, r3]))
+        eventually(lambda: same_weights([r1, r2, r3]))
         assert {info(r)["active_edits"] for r in (r1, r2, r3)} == {3}
     finally:
         for r in (r1, r2, r3):
@@ -119,7 +124,7 @@ def test_a_killed_replica_catches_up_before_it_is_ready(tmp_path: Path,
         r2.start()
         with r1.client() as c:
             ids = [c.post("/edits", json=b).json()["id"] for b in bodies[:3]]
-        within(2.0, lambda: same_weights([r1, r2]))
+        eventually(lambda: same_weights([r1, r2]))
         r2.kill()
         with r1.client() as c:  # more edits and rollbacks while it is down
             ids += [c.post("/edits", json=b).json()["id"] for b in bodies[3:10]]
@@ -138,14 +143,24 @@ def test_a_killed_replica_catches_up_before_it_is_ready(tmp_path: Path,
         # ...and it keeps following.
         with r1.client() as c:
             c.post(f"/edits/{ids[0]}/rollback").raise_for_status()
-        within(2.0, lambda: same_weights([r1, r2]))
+        eventually(lambda: same_weights([r1, r2]))
     finally:
         r1.stop()
         r2.stop()
 
 
+def store_up(client: httpx.Client) -> float:
+    lines = client.get("/metrics").text.splitlines()
+    return float(next(line for line in lines
+                      if line.startswith("instructedit_store_up ")).split()[1])
+
+
 def test_without_redis_generation_answers_edits_get_503_and_it_recovers(
         tmp_path: Path, redis_process: RedisProcess, exported: Path) -> None:
+    """Redis crashes (kill -9, not a clean stop): generation goes on, changes get 503,
+    ``instructedit_store_up`` is 0; restarted on its append-only file (``appendfsync
+    everysec``), it has every acknowledged edit, and a retry with the Idempotency-Key of
+    a refused edit makes that edit once."""
     service = replica(tmp_path, "r1", redis_process.url)
     bodies = facts(exported, 4)
     try:
@@ -154,21 +169,27 @@ def test_without_redis_generation_answers_edits_get_503_and_it_recovers(
             acknowledged = [c.post("/edits", json=b).json()["id"] for b in bodies[:2]]
             before = info(service)
             edited = generate(c, bodies[0]["prompt"])
-            redis_process.stop()
+            assert store_up(c) == 1
+            redis_process.kill()
             assert generate(c, bodies[0]["prompt"]) == edited  # on the same edited weights
-            refused = c.post("/edits", json=bodies[2])
+            key = {"Idempotency-Key": "retried-after-the-crash"}
+            refused = c.post("/edits", json=bodies[2], headers=key)
             assert refused.status_code == 503, refused.text
             assert refused.json()["error"]["code"] == "store_unavailable"
             assert refused.headers["Retry-After"] == "1"
             assert c.get("/edits").status_code == 503
-            within(5.0, lambda: c.get("/readyz").status_code == 503)
+            eventually(lambda: c.get("/readyz").status_code == 503)
             assert c.get("/readyz").json()["error"]["code"] == "store_unavailable"
+            eventually(lambda: store_up(c) == 0)
             assert info(service)["live_digest"] == before["live_digest"]  # nothing changed
 
             redis_process.start()  # same data directory: the append-only file
-            within(10.0, lambda: c.get("/readyz").status_code == 200)
-            made = c.post("/edits", json=bodies[2])
+            eventually(lambda: c.get("/readyz").status_code == 200)
+            assert store_up(c) == 1
+            made = c.post("/edits", json=bodies[2], headers=key)
             assert made.status_code == 201, made.text
+            again = c.post("/edits", json=bodies[2], headers=key)
+            assert again.status_code == 201 and again.json()["id"] == made.json()["id"]
             stored = {e["id"] for e in c.get("/edits", params={"status": "active"}
                                              ).json()["edits"]}
             assert stored == {*acknowledged, made.json()["id"]}

@@ -26,7 +26,7 @@ from service.store import EditStore, NewEdit, StoreError
 from .redis_process import SentinelGroup
 from .server_process import ServiceProcess
 from .test_acceptance import generate
-from .test_replicas import facts, info, within
+from .test_replicas import eventually, facts, info
 from .test_store import record
 
 
@@ -186,7 +186,7 @@ def test_edits_acknowledged_across_a_primary_kill_are_kept_and_replicas_converge
         assert sorted(stored) == sorted(ids)  # every acknowledged edit, each once
         assert int(store.get(f"{prefix}:version")) == 6
 
-        converged = within(2.0, lambda: all(
+        converged = eventually(lambda: all(
             info(s)["edit_version"] == 6 and info(s)["log"]["lag"] == 0 for s in services))
         states = [info(s) for s in services]
         assert states[0]["live_digest"] == states[1]["live_digest"]

@@ -61,4 +61,5 @@ class EditLogHandler:
             error = ErrorOut(error=ErrorBody(
                 code="store_unavailable", message="the edit store (Redis) does not answer; "
                 "reconnect with Last-Event-ID to resume", details={"type": type(exc).__name__}))
+            self.live.metrics.errors.labels("store_unavailable").inc()  # as every error
             yield {"event": "error", "data": error.model_dump_json()}

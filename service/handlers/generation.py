@@ -131,6 +131,7 @@ class GenerationHandler:
                     yield {"event": "done", "data": piece.model_dump_json()}
         except Exception as exc:  # after the first byte, an error can only be an event
             error = ErrorOut(error=ErrorBody(code="generation_failed", message=str(exc)))
+            self.live.metrics.errors.labels("generation_failed").inc()  # as every error
             yield {"event": "error", "data": error.model_dump_json()}
 
     def _finished(self, stream: TokenStream, version: int, seconds: float) -> GenerateOut:
