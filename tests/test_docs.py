@@ -114,3 +114,22 @@ def test_curl_examples_run_against_a_fresh_service(tmp_path: Path) -> None:
                 assert f"HTTP_STATUS {expected}" in done.stdout, report
     finally:
         service.stop()
+
+
+def test_the_library_examples_run(tmp_path) -> None:
+    """The library page's in-process editing examples (merged, and the edit memory) run as
+    written from the repository root; the edit memory's answers with its edit and,
+    pristine, without it. (Its data-loading example needs a file of the reader's.)"""
+    blocks = [b for b in re.findall(r"```python\n(.*?)```",
+                                    (REPO / "docs" / "library.md").read_text(), re.S)
+              if "ledger" in b]
+    assert len(blocks) == 2
+    outputs = []
+    for i, block in enumerate(blocks):
+        script = tmp_path / f"example_{i}.py"
+        script.write_text(block)
+        done = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs.append(done.stdout)
+    assert " Veiistan. ('edit-1',)" in outputs[1] and outputs[1].splitlines()[-1] != " Veiistan."
