@@ -280,6 +280,9 @@ def test_routing_is_per_model_and_closing_a_stack_takes_its_hooks_off() -> None:
     assert ask(first, request.prompt)[1] == ("e",) and ask(second, request.prompt)[1] == ()
     assert logprobs(second, [request.prompt])[0] == pristine[1]
     assert logprobs(first, [request.prompt])[0] != pristine[0]
+    mixed = [TokenStream(s.model, tok, request.prompt, ANSWER, s.routing) for s in stacks]
+    with pytest.raises(ValueError, match="share the edit memory's routing"):
+        next(generate_together(first.model, mixed))  # one batch decodes one model's routing
     first.close()
     assert len(first.memory) == 1
     assert logprobs(first, [request.prompt])[0] == pristine[0]
